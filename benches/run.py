@@ -1,0 +1,744 @@
+"""One command that measures shardscan against the machine's limits and the tools users pick instead.
+
+    /work/venv/bin/python benches/run.py                 # full run (~10-15 min on 2 cores)
+    /work/venv/bin/python benches/run.py --smoke --out /tmp/x.md   # a few MB, seconds
+
+Everything in one table comes from one run: the machine drifts (up to 2x on shared hosts), so only
+ratios between rows measured side by side mean anything. Every timed command is its own process
+(start-up and imports count, as they do for a user), started by a ~1 MiB C spawner (spawn.c) that
+times it and reaps it with wait4, whose rusage gives its own peak resident memory. Repetitions alternate the commands (A B C A B C ...) so drift spreads
+over all of them instead of landing on one.
+
+Warm runs read from the page cache (the files are read once untimed first). Cold runs drop the
+checkpoint's pages with posix_fadvise(POSIX_FADV_DONTNEED) before each run, outside the timing,
+and then check with mincore(2) that no page stayed resident; the count is reported.
+
+The table goes to benches/results/latest.md (and raw figures to latest.json), written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import mmap
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import make_checkpoint  # noqa: E402  (sibling script, not a package)
+
+PY = sys.executable
+GB = 1e9  # throughput in decimal GB/s, like dd, b3sum and every disk vendor
+MiB = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring one process
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    seconds: float
+    maxrss_kib: int
+    returncode: int
+    stderr_tail: str
+    resident_before: int = 0  # pages of the inputs still cached when a cold run started
+
+
+def run_timed(argv: list[str], spawner: Path) -> Run:
+    """Run argv to completion under benches/spawn.c; its wall time and its own peak RSS.
+
+    The C spawner does the fork/exec/wait4: a child forked from this Python process would
+    inherit our (torch-sized) high-water mark into its ru_maxrss.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report"
+        with open(Path(tmp) / "stderr", "w+b") as err:
+            subprocess.run([str(spawner), str(report), *argv], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=err, check=True)
+            err.seek(0)
+            lines = err.read().decode(errors="replace").strip().splitlines()
+        fields = dict(kv.split("=", 1) for kv in report.read_text().split())
+    return Run(float(fields["seconds"]), int(fields["maxrss_kib"]), int(fields["status"]),
+               lines[-1] if lines else "")
+
+
+# --------------------------------------------------------------------------------------------
+# Page cache control: evict with fadvise, verify with mincore
+# --------------------------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_BIT0 = bytes(i & 1 for i in range(256))
+
+
+def resident_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache right now (mincore on a fresh map).
+
+    Mapping without touching faults nothing in, so the probe does not disturb what it measures.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, _MAP_FAILED):
+            raise OSError(ctypes.get_errno(), "mmap failed", str(path))
+        try:
+            pages = (size + _PAGE - 1) // _PAGE
+            vec = ctypes.create_string_buffer(pages)
+            if _libc.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed", str(path))
+            # Bit 0 of each byte says resident; the other bits are reserved, so mask them off.
+            return vec.raw[:pages].translate(_BIT0).count(1)
+        finally:
+            _libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def evict(paths: list[Path]) -> int:
+    """Drop the files' cached pages; return how many stayed resident (0 is the goal)."""
+    for attempt in range(3):
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        left = sum(resident_pages(p) for p in paths)
+        if left == 0:
+            return 0
+        # Dirty pages (a file written moments ago) are skipped by DONTNEED; flush and retry.
+        os.sync()
+    return left
+
+
+def warm_up(paths: list[Path], reader: Path) -> None:
+    """Read every file once, untimed, so warm runs start from a full page cache."""
+    subprocess.run([str(reader), "pread", "2", *map(str, paths)], check=True, stdout=subprocess.DEVNULL)
+
+
+# --------------------------------------------------------------------------------------------
+# What gets measured
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Bench:
+    label: str
+    argv: list[str] | None  # None: not available (see note)
+    nbytes: int  # bytes the command is asked to cover (for GB/s)
+    inputs: list[Path]  # files to evict before a cold run
+    kind: str  # "shardscan" | "limit" | "peer"
+    modes: tuple[str, ...] = ("warm", "cold")
+    note: str = ""
+    header_only: bool = False
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    failure: dict[str, str] = field(default_factory=dict)
+
+    def ok(self, mode: str) -> list[Run]:
+        return [r for r in self.runs.get(mode, []) if r.returncode == 0]
+
+
+def shardscan_cmd() -> list[str]:
+    """The installed entry point if there is one (what users run), else `python -m shardscan`."""
+    exe = Path(PY).with_name("shardscan")
+    return [str(exe)] if exe.exists() else [PY, "-m", "shardscan"]
+
+
+def probe(argv: list[str]) -> str:
+    """'' if `argv --help` works, else a short reason (the command does not exist yet, ...)."""
+    try:
+        r = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"not available ({e.__class__.__name__})"
+    if r.returncode == 0:
+        return ""
+    tail = (r.stderr or r.stdout).strip().splitlines()
+    return "not available" + (f" ({tail[-1][:80]})" if tail else f" (exit {r.returncode})")
+
+
+def build_tool(workdir: Path, name: str) -> Path:
+    """Compile benches/NAME.c into the workdir (again whenever the source is newer).
+
+    -march=native matters for readlimit: without it GCC lowers the 64-byte vector add to SSE2
+    code that tops out near 6 GB/s per core here, below memory bandwidth, so the "limit" would
+    measure the reader instead of the machine.
+    """
+    exe = workdir / name
+    src = HERE / f"{name}.c"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        cmd = ["gcc", "-O2", "-march=native", "-Wall", "-Wextra", "-pthread", "-o", str(exe), str(src)]
+        if subprocess.run(cmd).returncode != 0:
+            subprocess.run([*cmd[:2], *cmd[3:]], check=True)  # a compiler without -march=native
+    return exe
+
+
+def gcc_version() -> str:
+    try:
+        return subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        return "gcc not found"
+
+
+@dataclass(frozen=True)
+class Tools:
+    reader: Path  # benches/readlimit.c
+    spawner: Path  # benches/spawn.c
+
+
+@dataclass
+class Config:
+    workdir: Path
+    size: int
+    shard_size: int
+    sizes: list[int]
+    counts: list[int]
+    reps_warm: int
+    reps_cold: int
+    threads: list[int]
+    cold: bool
+    out: Path
+    smoke: bool
+
+
+def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str],
+                 have_scan: str, have_check: str) -> list[Bench]:
+    st = [ckpt / n for n in man["safetensors"]]
+    bins = [ckpt / n for n in man["bin"]]
+    st_bytes, bin_bytes = man["safetensors_bytes"], man["bin_bytes"]
+    all_inputs = sorted(p for p in ckpt.rglob("*") if p.is_file())
+    s_st = list(map(str, st))
+    cores = os.cpu_count() or 1
+    dd_loop = 'for f in "$@"; do dd if="$f" of=/dev/null iflag=direct bs=16M status=none || exit 1; done'
+
+    def ss_argv(*args: str, avail: str = have_scan) -> list[str] | None:
+        return None if avail else [*ss, *args]
+
+    return [
+        Bench("shardscan scan (XXH3-128)", ss_argv("scan", str(ckpt)), st_bytes, all_inputs, "shardscan",
+              note=have_scan),
+        Bench("shardscan scan --no-hash", ss_argv("scan", "--no-hash", str(ckpt)), st_bytes, all_inputs,
+              "shardscan", note=have_scan, header_only=True),
+        Bench("shardscan check --no-hash", ss_argv("check", "--no-hash", str(ckpt), avail=have_check),
+              st_bytes, all_inputs, "shardscan", note=have_check, header_only=True),
+        Bench("shardscan scan .bin (XXH3-128)", ss_argv("scan", *map(str, bins)), bin_bytes, all_inputs,
+              "shardscan", note=have_scan),
+        Bench(f"limit: mmap read, {min(2, cores)} threads", [str(reader), "mmap", str(min(2, cores)), *s_st],
+              st_bytes, all_inputs, "limit"),
+        Bench(f"limit: pread read, {min(2, cores)} threads", [str(reader), "pread", str(min(2, cores)), *s_st],
+              st_bytes, all_inputs, "limit"),
+        # O_DIRECT bypasses the page cache, so warm and cold are the same run; measure it cold only.
+        Bench("limit: dd iflag=direct bs=16M", ["sh", "-c", dd_loop, "sh", *s_st], st_bytes, all_inputs,
+              "limit", modes=("cold",)),
+        Bench("xxhsum -H2", ["xxhsum", "-H2", *s_st], st_bytes, all_inputs, "peer"),
+        Bench("b3sum", ["b3sum", *s_st], st_bytes, all_inputs, "peer"),
+        Bench("sha256sum", ["sha256sum", *s_st], st_bytes, all_inputs, "peer"),
+        Bench("python: safe_open + xxh3_128 per tensor", [PY, str(HERE / "peers.py"), "st-xxh", *s_st],
+              st_bytes, all_inputs, "peer"),
+        Bench("python: torch.load(mmap) + xxh3_128 (.bin)", [PY, str(HERE / "peers.py"), "torch-xxh",
+              *map(str, bins)], bin_bytes, all_inputs, "peer"),
+        Bench("python: safe_open headers only", [PY, str(HERE / "peers.py"), "st-headers", *s_st],
+              st_bytes, all_inputs, "peer", header_only=True),
+        Bench("python: json headers only", [PY, str(HERE / "peers.py"), "json-headers", *s_st],
+              st_bytes, all_inputs, "peer", header_only=True),
+    ]
+
+
+def measure(benches: list[Bench], mode: str, reps: int, warm_inputs: list[Path], tools: "Tools",
+            log) -> None:
+    """Round-robin over the benches, `reps` times; a bench that fails once is not repeated."""
+    todo = [b for b in benches if b.argv and mode in b.modes]
+    if mode == "warm" and todo:
+        warm_up(warm_inputs, tools.reader)
+    for rep in range(reps):
+        for b in todo:
+            if mode in b.failure:
+                continue
+            left = evict(b.inputs) if mode == "cold" else 0
+            r = run_timed(b.argv, tools.spawner)
+            r.resident_before = left
+            b.runs.setdefault(mode, []).append(r)
+            if r.returncode != 0:
+                b.failure[mode] = f"failed (exit {r.returncode}: {r.stderr_tail[:100]})"
+            log(f"  {mode} {rep + 1}/{reps} {b.label}: {r.seconds:.3f} s, {r.maxrss_kib // 1024} MiB"
+                + (f", rc={r.returncode}" if r.returncode else ""))
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------------
+
+def med(runs: list[Run]) -> float:
+    return statistics.median(r.seconds for r in runs)
+
+
+def gbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / GB
+
+
+def fmt_rate(b: Bench, mode: str) -> str:
+    runs = b.ok(mode)
+    if not runs:
+        return ""
+    ts = [r.seconds for r in runs]
+    rates = sorted(gbps(b.nbytes, t) for t in ts)
+    return f"{gbps(b.nbytes, med(runs)):.2f} ({rates[0]:.2f}-{rates[-1]:.2f})"
+
+
+def fmt_time(runs: list[Run]) -> str:
+    ts = sorted(r.seconds for r in runs)
+    return f"{statistics.median(ts):.3f} ({ts[0]:.3f}-{ts[-1]:.3f})"
+
+
+def peak_rss(runs: list[Run]) -> str:
+    return f"{max(r.maxrss_kib for r in runs) / 1024:.0f} MiB" if runs else ""
+
+
+def status(b: Bench, mode: str) -> str | None:
+    """The text that replaces the figures when a row has none."""
+    if b.argv is None:
+        return b.note or "not available"
+    if mode not in b.modes:
+        return None
+    if mode in b.failure and not b.ok(mode):
+        return b.failure[mode]
+    if not b.ok(mode):
+        return "not run"
+    return None
+
+
+def main_table(benches: list[Bench], mode: str) -> list[str]:
+    by = {b.label: b for b in benches}
+    limit = by["limit: dd iflag=direct bs=16M"] if mode == "cold" else next(
+        b for b in benches if b.label.startswith("limit: mmap"))
+    limit_t = med(limit.ok(mode)) if limit.ok(mode) else None
+    scan = by["shardscan scan (XXH3-128)"]
+    header_ref = by["shardscan check --no-hash"] if by["shardscan check --no-hash"].ok(mode) else \
+        by["shardscan scan --no-hash"]
+    lim_name = "x dd O_DIRECT" if mode == "cold" else "x mmap limit"
+    rows = [f"| {mode} | time s, median (min-max) | GB/s, median (min-max) | {lim_name} | "
+            "shardscan faster by | peak RSS |" + (" resident at start |" if mode == "cold" else ""),
+            "|---|---:|---:|---:|---:|---:|" + ("---:|" if mode == "cold" else "")]
+    for b in benches:
+        if mode not in b.modes:
+            continue
+        st = status(b, mode)
+        if st:
+            rows.append(f"| {b.label} | {st} | | | | |" + (" |" if mode == "cold" else ""))
+            continue
+        runs = b.ok(mode)
+        t = med(runs)
+        # Header-only rows touch a few KB; a GB/s figure would be meaningless, time is the metric.
+        rate = "header only" if b.header_only else fmt_rate(b, mode)
+        x_lim = "" if b.header_only or not limit_t else f"{limit_t / t:.2f}"
+        ref = header_ref if b.header_only else scan
+        faster = ""
+        if ref is not b and ref.ok(mode):
+            faster = f"{t / med(ref.ok(mode)):.2f}x"
+            if b.header_only:
+                faster += f" (vs {ref.label.removeprefix('shardscan ')})"
+        line = f"| {b.label} | {fmt_time(runs)} | {rate} | {x_lim} | {faster} | {peak_rss(runs)} |"
+        if mode == "cold":
+            line += f" {max(r.resident_before for r in runs)} pages |"
+        rows.append(line)
+    return rows
+
+
+@dataclass
+class Target:
+    what: str
+    value: float | None  # None: not measured
+    target: float
+    higher_is_better: bool
+    unit: str = "x"
+    why_missing: str = ""
+
+    def row(self) -> str:
+        op = ">=" if self.higher_is_better else "<="
+        tgt = f"{op} {self.target:g}{self.unit}"
+        if self.value is None:
+            return f"| {self.what} | {tgt} | | not measured: {self.why_missing} |"
+        v = f"{self.value:.3g}{self.unit}"
+        if self.higher_is_better:
+            met, by = self.value >= self.target, (self.target - self.value) / self.target
+        else:
+            met, by = self.value <= self.target, (self.value - self.target) / self.target
+        return f"| {self.what} | {tgt} | {v} | {'met' if met else f'missed by {by * 100:.0f}%'} |"
+
+
+def ratio(a: Bench, b: Bench, mode: str) -> float | None:
+    """How many times faster a is than b (b's median time / a's), or None if either has no data."""
+    if not a.ok(mode) or not b.ok(mode):
+        return None
+    return med(b.ok(mode)) / med(a.ok(mode))
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+def size_label(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return f"{n}B"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+        mem_gib = int(mem.split()[1]) / (1 << 20)
+    except (OSError, StopIteration):
+        mem_gib = 0
+    return (f"{cpu}, {os.cpu_count()} online CPUs, {mem_gib:.0f} GiB RAM, Linux {platform.release()}, "
+            f"Python {platform.python_version()}, {gcc_version()}")
+
+
+def tool_versions() -> str:
+    out = []
+    for cmd in (["xxhsum", "--version"], ["b3sum", "--version"], ["sha256sum", "--version"], ["dd", "--version"]):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            text = (r.stdout or r.stderr).strip().splitlines()[0]
+            out.append(text.split(" by ")[0])
+        except (OSError, IndexError):
+            out.append(f"{cmd[0]}: missing")
+    try:
+        import importlib.metadata as md
+        out += [f"{p} {md.version(p)}" for p in ("safetensors", "torch", "xxhash")]
+    except Exception:  # noqa: BLE001 -- versions are informational only
+        pass
+    return ", ".join(out)
+
+
+def run(cfg: Config) -> Path:
+    t_start = time.perf_counter()
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    tools = Tools(build_tool(cfg.workdir, "readlimit"), build_tool(cfg.workdir, "spawn"))
+    reader = tools.reader
+    ss = shardscan_cmd()
+    have_scan = probe([*ss, "scan"])
+    have_check = probe([*ss, "check"])
+    log(f"shardscan: {' '.join(ss)}; scan {have_scan or 'ok'}; check {have_check or 'ok'}")
+
+    log(f"generating checkpoints under {cfg.workdir} ...")
+    main_dir = cfg.workdir / f"llm-{size_label(cfg.size)}"
+    man = make_checkpoint.make_llm(main_dir, cfg.size, cfg.shard_size, with_bin=True, quiet=cfg.smoke)
+    size_dirs = {}
+    for s in cfg.sizes:
+        if s == cfg.size:
+            size_dirs[s] = (main_dir, man)
+        else:
+            d = cfg.workdir / f"llm-{size_label(s)}-st"
+            size_dirs[s] = (d, make_checkpoint.make_llm(d, s, cfg.shard_size, with_bin=False, quiet=cfg.smoke))
+    many = {n: (cfg.workdir / "many" / f"n{n}.safetensors") for n in cfg.counts}
+    many_man = {n: make_checkpoint.make_many(p, n) for n, p in many.items()}
+
+    # 1. The main comparison, warm then cold.
+    benches = main_benches(cfg, main_dir, man, reader, ss, have_scan, have_check)
+    inputs = sorted(p for p in main_dir.rglob("*") if p.is_file())
+    log("main comparison, warm ...")
+    measure(benches, "warm", cfg.reps_warm, inputs, tools, log)
+    if cfg.cold:
+        log("main comparison, cold ...")
+        measure(benches, "cold", cfg.reps_cold, inputs, tools, log)
+
+    # 2. Start-up: `shardscan --help` must not import torch, numpy or pyarrow.
+    help_b = Bench("shardscan --help", None if have_scan else [*ss, "--help"], 0, [], "shardscan",
+                   modes=("warm",), note=have_scan)
+    measure([help_b], "warm", cfg.reps_warm, [], tools, log)
+
+    # 3. Thread scaling (warm): scan -j N against the mmap reader with N threads.
+    st_files = [str(main_dir / n) for n in man["safetensors"]]
+    thread_rows = []
+    for n in cfg.threads:
+        thread_rows.append((n,
+            Bench(f"shardscan scan -j {n}", None if have_scan else [*ss, "scan", "-j", str(n), str(main_dir)],
+                  man["safetensors_bytes"], inputs, "shardscan", modes=("warm",), note=have_scan),
+            Bench(f"mmap read, {n} threads", [str(reader), "mmap", str(n), *st_files],
+                  man["safetensors_bytes"], inputs, "limit", modes=("warm",))))
+    log("thread scaling ...")
+    measure([b for _, a, c in thread_rows for b in (a, c)], "warm", cfg.reps_warm, inputs, tools, log)
+
+    # 4. Size scaling: the same scan over 1, 2, 4 ... GiB; time and RSS should be linear / flat.
+    size_rows = []
+    for s in cfg.sizes:
+        d, m = size_dirs[s]
+        files = sorted(p for p in d.rglob("*") if p.is_file())
+        size_rows.append((s, m, Bench(f"scan {size_label(s)}", None if have_scan else [*ss, "scan", str(d)],
+                                      m["safetensors_bytes"], files, "shardscan", note=have_scan),
+                          Bench(f"mmap read {size_label(s)}", [str(reader), "mmap", str(min(2, os.cpu_count() or 1)),
+                                *(str(d / n) for n in m["safetensors"])], m["safetensors_bytes"], files, "limit",
+                                modes=("warm",))))
+    log("size scaling ...")
+    for s, m, b, lim in size_rows:
+        # One size at a time, so a size bigger than RAM cannot push the others out mid-measurement.
+        measure([b, lim], "warm", cfg.reps_cold, b.inputs, tools, log)
+        if cfg.cold:
+            measure([b], "cold", cfg.reps_cold, b.inputs, tools, log)
+
+    # 5. Header-only cost against the number of tensors (one file of n tiny tensors).
+    many_rows = []
+    for n, p in many.items():
+        row = [
+            Bench("shardscan scan --no-hash", None if have_scan else [*ss, "scan", "--no-hash", str(p)],
+                  0, [p], "shardscan", modes=("warm",), note=have_scan, header_only=True),
+            Bench("shardscan check --no-hash", None if have_check else [*ss, "check", "--no-hash", str(p)],
+                  0, [p], "shardscan", modes=("warm",), note=have_check, header_only=True),
+            Bench("python: safe_open headers", [PY, str(HERE / "peers.py"), "st-headers", str(p)],
+                  0, [p], "peer", modes=("warm",), header_only=True),
+            Bench("python: json headers", [PY, str(HERE / "peers.py"), "json-headers", str(p)],
+                  0, [p], "peer", modes=("warm",), header_only=True),
+        ]
+        many_rows.append((n, row))
+    log("header-only scaling ...")
+    measure([b for _, row in many_rows for b in row], "warm", cfg.reps_warm, list(many.values()), tools, log)
+
+    elapsed = time.perf_counter() - t_start
+    text = report(cfg, man, benches, help_b, thread_rows, size_rows, many_rows, many_man, ss, elapsed)
+    write_atomic(cfg.out, text)
+    write_atomic(cfg.out.with_suffix(".json"), json.dumps(raw(benches, help_b, thread_rows, size_rows, many_rows),
+                                                          indent=1) + "\n")
+    log(f"wrote {cfg.out} ({elapsed:.0f} s)")
+    return cfg.out
+
+
+def raw(benches, help_b, thread_rows, size_rows, many_rows) -> dict:
+    """Every run's figures, for anyone who wants to recompute the table differently."""
+    def dump(b: Bench, prefix: str = "") -> dict:
+        return {"label": prefix + b.label, "argv": b.argv, "nbytes": b.nbytes,
+                "runs": {m: [r.__dict__ for r in rs] for m, rs in b.runs.items()}, "note": b.note,
+                "failure": b.failure}
+    out = [dump(b) for b in benches] + [dump(help_b)]
+    out += [dump(b, "threads: ") for _, a, c in thread_rows for b in (a, c)]
+    out += [dump(b, "size: ") for _, _, b, lim in size_rows for b in (b, lim)]
+    out += [dump(b, f"tensors={n}: ") for n, row in many_rows for b in row]
+    return {"benches": out}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows, many_man, ss, elapsed) -> str:
+    by = {b.label: b for b in benches}
+    scan = by["shardscan scan (XXH3-128)"]
+    L: list[str] = []
+    L.append(f"# shardscan benchmarks ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
+    L.append(f"- Machine: {machine()}")
+    L.append(f"- Tools: {tool_versions()}")
+    L.append(f"- shardscan: `{' '.join(ss)}`")
+    L.append(f"- Command: `{' '.join(shlex.quote(a) for a in [Path(PY).name, 'benches/run.py', *sys.argv[1:]])}`"
+             f" ({elapsed / 60:.1f} min)")
+    L.append(f"- Checkpoint: {man['tensors']} bf16 tensors in {len(man['safetensors'])} shards, "
+             f"{man['safetensors_bytes'] / GB:.2f} GB safetensors + the same state dict as {len(man['bin'])} "
+             f"torch.save .bin shards ({man['bin_bytes'] / GB:.2f} GB); random bytes")
+    L.append(f"- Repetitions: {cfg.reps_warm} warm, {cfg.reps_cold} cold, commands alternated; "
+             "each a separate process, timed spawn to exit; GB/s = 1e9 bytes/s")
+    L.append("")
+    L.append("Every figure below was measured in this one run; compare ratios, not absolute numbers "
+             "across runs (shared machine). \"shardscan faster by\" = this row's median time / "
+             "shardscan scan's (header-only rows: / shardscan's header-only command); > 1 means shardscan wins.\n")
+
+    L.append("## Targets (issue 6)\n")
+    L.append("| target | bar | measured | |")
+    L.append("|---|---|---|---|")
+    for t in targets(cfg, benches, help_b, size_rows):
+        L.append(t.row())
+    L.append("")
+
+    L.append("## Warm (page cache)\n")
+    L += main_table(benches, "warm")
+    L.append("")
+    if cfg.cold:
+        L.append("## Cold (evicted with posix_fadvise(DONTNEED) before each run, checked with mincore)\n")
+        L += main_table(benches, "cold")
+        L.append("")
+
+    L.append("## Start-up\n")
+    L.append("| command | time s, median (min-max) | peak RSS |")
+    L.append("|---|---:|---:|")
+    st = status(help_b, "warm")
+    L.append(f"| shardscan --help | {st} | |" if st else
+             f"| shardscan --help | {fmt_time(help_b.ok('warm'))} | {peak_rss(help_b.ok('warm'))} |")
+    L.append("")
+
+    L.append("## Thread scaling (warm)\n")
+    L.append("| threads | shardscan scan -j N, GB/s | mmap read, GB/s | scan / read | scan peak RSS |")
+    L.append("|---:|---:|---:|---:|---:|")
+    for n, a, c in thread_rows:
+        sa, sc = status(a, "warm"), status(c, "warm")
+        r = ratio(a, c, "warm")
+        L.append(f"| {n} | {sa or fmt_rate(a, 'warm')} | {sc or fmt_rate(c, 'warm')} | "
+                 f"{'' if r is None else f'{r:.2f}'} | {peak_rss(a.ok('warm'))} |")
+    L.append("")
+
+    L.append("## Size scaling (scan with hashing)\n")
+    L.append("| size | tensors | warm GB/s | warm x mmap limit | cold GB/s | s per GB (warm) | peak RSS |")
+    L.append("|---:|---:|---:|---:|---:|---:|---:|")
+    for s, m, b, lim in size_rows:
+        st = status(b, "warm")
+        if st:
+            L.append(f"| {m['safetensors_bytes'] / GB:.2f} GB | {m['tensors']} | {st} | | | | |")
+            continue
+        r = ratio(b, lim, "warm")
+        spg = med(b.ok("warm")) / (b.nbytes / GB)
+        rss = b.ok("warm") + b.ok("cold")
+        L.append(f"| {m['safetensors_bytes'] / GB:.2f} GB | {m['tensors']} | {fmt_rate(b, 'warm')} | "
+                 f"{'' if r is None else f'{r:.2f}'} | {fmt_rate(b, 'cold') or status(b, 'cold') or ''} | "
+                 f"{spg:.3f} | {peak_rss(rss)} |")
+    L.append("")
+
+    L.append("## Header-only cost against the number of tensors (warm, whole process)\n")
+    labels = [b.label for b in many_rows[0][1]] if many_rows else []
+    L.append("| tensors | file MB | " + " | ".join(f"{l}, ms" for l in labels) + " |")
+    L.append("|---:|---:|" + "---:|" * len(labels))
+    prev = None
+    for n, row in many_rows:
+        cells = []
+        for b in row:
+            st = status(b, "warm")
+            cells.append(st if st else f"{med(b.ok('warm')) * 1e3:.0f} ({min(r.seconds for r in b.ok('warm')) * 1e3:.0f}"
+                         f"-{max(r.seconds for r in b.ok('warm')) * 1e3:.0f})")
+        L.append(f"| {n} | {many_man[n]['bytes'] / 1e6:.1f} | " + " | ".join(cells) + " |")
+    # Marginal cost per tensor between consecutive counts: constant when the cost is linear.
+    if len(many_rows) > 1:
+        L.append("")
+        L.append("Marginal cost per tensor between consecutive counts (constant = linear):\n")
+        L.append("| from -> to | " + " | ".join(f"{l}, us/tensor" for l in labels) + " |")
+        L.append("|---|" + "---:|" * len(labels))
+        for (n0, r0), (n1, r1) in zip(many_rows, many_rows[1:]):
+            cells = []
+            for b0, b1 in zip(r0, r1):
+                if b0.ok("warm") and b1.ok("warm"):
+                    cells.append(f"{(med(b1.ok('warm')) - med(b0.ok('warm'))) / (n1 - n0) * 1e6:.2f}")
+                else:
+                    cells.append("")
+            L.append(f"| {n0} -> {n1} | " + " | ".join(cells) + " |")
+    L.append("")
+    return "\n".join(L)
+
+
+def targets(cfg: Config, benches: list[Bench], help_b: Bench, size_rows) -> list[Target]:
+    by = {b.label: b for b in benches}
+    scan = by["shardscan scan (XXH3-128)"]
+    why = scan.note or scan.failure.get("warm", "") or "no successful run"
+    mmap_lim = next(b for b in benches if b.label.startswith("limit: mmap"))
+    dd = by["limit: dd iflag=direct bs=16M"]
+    peers = [b for b in benches if b.kind == "peer" and not b.header_only]
+    out = [Target("warm scan vs 2-thread mmap read", ratio(scan, mmap_lim, "warm"), 0.9, True, why_missing=why)]
+    vs = [(ratio(scan, p, "warm"), p.label) for p in peers]
+    vs = [(r, l) for r, l in vs if r is not None]
+    worst = min(vs) if vs else (None, "")
+    out.append(Target(f"warm scan vs fastest peer ({worst[1]})", worst[0], 1.0, True, why_missing=why))
+    if cfg.cold:
+        out.append(Target("cold scan vs dd O_DIRECT", ratio(scan, dd, "cold"), 0.9, True, why_missing=why))
+        out.append(Target("cold scan vs xxhsum -H2 (cold)", ratio(scan, by["xxhsum -H2"], "cold"), 1.0, True,
+                          why_missing=why))
+    rss = [r.maxrss_kib / 1024 for b in [scan, *(b for _, _, b, _ in size_rows)]
+           for m in ("warm", "cold") for r in b.ok(m)]
+    out.append(Target("scan peak RSS, any size", max(rss) if rss else None, 256, False, " MiB", why))
+    sized = [(m["safetensors_bytes"], max(r.maxrss_kib for r in b.ok("warm") + b.ok("cold")) / 1024)
+             for _, m, b, _ in size_rows if b.ok("warm")]
+    if len(sized) > 1:
+        (s0, r0), (s1, r1) = sized[0], sized[-1]
+        # Flat means the largest checkpoint needs no more memory than the smallest (10% slack for noise).
+        out.append(Target(f"scan RSS growth {s0 / GB:.1f} -> {s1 / GB:.1f} GB", r1 / r0, 1.1, False))
+    else:
+        out.append(Target("scan RSS growth with size", None, 1.1, False, why_missing="needs 2+ sizes and scan"))
+    chk = by["shardscan check --no-hash"]
+    t = med(chk.ok("warm")) if chk.ok("warm") else None
+    out.append(Target(f"check --no-hash, whole process ({by['shardscan scan (XXH3-128)'].nbytes / GB:.1f} GB)",
+                      t, 0.3, False, " s", chk.note or chk.failure.get("warm", "")))
+    if cfg.cold:
+        t = med(chk.ok("cold")) if chk.ok("cold") else None
+        out.append(Target("check --no-hash, whole process, cold", t, 0.3, False, " s",
+                          chk.note or chk.failure.get("cold", "")))
+    b = by["shardscan scan .bin (XXH3-128)"]
+    r = None
+    if b.ok("warm") and scan.ok("warm"):
+        r = gbps(b.nbytes, med(b.ok("warm"))) / gbps(scan.nbytes, med(scan.ok("warm")))
+    out.append(Target(".bin scan GB/s / safetensors scan GB/s (warm)", r, 0.9, True,
+                      why_missing=b.note or b.failure.get("warm", "")))
+    nh = by["shardscan scan --no-hash"]
+    out.append(Target("scan --no-hash vs safe_open headers", ratio(nh, by["python: safe_open headers only"], "warm"),
+                      1.0, True, why_missing=nh.note or nh.failure.get("warm", "")))
+    out.append(Target("shardscan --help", med(help_b.ok("warm")) if help_b.ok("warm") else None, 0.3, False, " s",
+                      help_b.note or help_b.failure.get("warm", "")))
+    return out
+
+
+def parse_sizes(text: str) -> list[int]:
+    return [make_checkpoint.parse_size(s) for s in text.split(",") if s.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/shardscan-bench"),
+                    help="where checkpoints are generated (kept between runs; never inside the repo)")
+    ap.add_argument("--size", type=make_checkpoint.parse_size, default=4 << 30,
+                    help="main checkpoint size (default 4GiB)")
+    ap.add_argument("--shard-size", type=make_checkpoint.parse_size, default=1 << 30)
+    ap.add_argument("--sizes", type=parse_sizes, default=None,
+                    help="size scaling, comma-separated (default 1GiB,2GiB,4GiB; 8GiB adds ~3 min)")
+    ap.add_argument("--counts", default="1000,10000,100000", help="tensor counts for header-only scaling")
+    ap.add_argument("--reps", type=int, default=5, help="warm repetitions (default 5)")
+    ap.add_argument("--cold-reps", type=int, default=3, help="cold repetitions (default 3)")
+    ap.add_argument("--no-cold", action="store_true", help="skip cold runs")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.md")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few MB, one repetition: keeps the script from rotting (run by the test suite)")
+    ap.add_argument("--clean", action="store_true", help="delete the workdir's checkpoints afterwards")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        size, shard, sizes, counts, reps, cold_reps = 4 << 20, 1 << 20, [2 << 20, 4 << 20], [100, 1000], 1, 1
+    else:
+        size, shard, counts, reps, cold_reps = a.size, a.shard_size, a.counts, a.reps, a.cold_reps
+        sizes = a.sizes or sorted({1 << 30, 2 << 30, 4 << 30} | {size})
+        counts = [int(c) for c in str(counts).split(",") if c.strip()]
+    repo = HERE.parent.resolve()
+    if a.workdir.resolve().is_relative_to(repo):
+        ap.error("--workdir must be outside the repository (generated checkpoints are gigabytes)")
+    cores = os.cpu_count() or 1
+    cfg = Config(workdir=a.workdir, size=size, shard_size=shard, sizes=sizes, counts=counts,
+                 reps_warm=reps, reps_cold=cold_reps, threads=list(range(1, cores + 1)), cold=not a.no_cold,
+                 out=a.out, smoke=a.smoke)
+    try:
+        run(cfg)
+    finally:
+        if a.clean:
+            shutil.rmtree(a.workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

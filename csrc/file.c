@@ -1,0 +1,173 @@
+/* Files: open + fstat + read-only mapping, the SIGBUS guard, errors and messages. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+const char *ss_strerror(ss_status status) {
+    switch (status) {
+#define SS_MESSAGE_CASE(name, number, message) \
+    case name:                                 \
+        return message;
+        SS_STATUS_LIST(SS_MESSAGE_CASE)
+#undef SS_MESSAGE_CASE
+    }
+    return "unknown status";
+}
+
+ss_status ss_fail(ss_error *err, ss_status status, const char *name, const char *fmt, ...) {
+    if (err) {
+        int used = snprintf(err->message, sizeof err->message, "%s: ", name ? name : "?");
+        if (used < 0 || (size_t)used >= sizeof err->message) used = 0;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->message + used, sizeof err->message - (size_t)used, fmt, ap);
+        va_end(ap);
+        err->status = status;
+    }
+    return status;
+}
+
+void ss_quote_name(char *out, size_t cap, const char *name, size_t len) {
+    /* Names come from hostile files: keep messages one printable line of bounded length. */
+    size_t o = 0, limit = cap > 8 ? cap - 8 : 0;
+    for (size_t i = 0; i < len && o < limit; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c >= 0x20 && c != 0x7f && c != '\\') {
+            out[o++] = (char)c;
+        } else {
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", c);
+        }
+    }
+    if (len && o >= limit) {
+        memcpy(out + (o < cap - 4 ? o : cap - 4), "...", 4);
+        return;
+    }
+    out[o < cap ? o : cap - 1] = '\0';
+}
+
+/* ---- SIGBUS guard ------------------------------------------------------------------------ */
+
+__thread sigjmp_buf *ss_guard_jump;
+static struct sigaction previous_sigbus;
+static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+
+static void on_sigbus(int sig, siginfo_t *info, void *context) {
+    sigjmp_buf *target = ss_guard_jump;
+    if (target) {
+        ss_guard_jump = NULL;
+        siglongjmp(*target, 1);
+    }
+    /* Not inside one of our guarded loops: behave as if we were never here. */
+    if (previous_sigbus.sa_flags & SA_SIGINFO) {
+        if (previous_sigbus.sa_sigaction) {
+            previous_sigbus.sa_sigaction(sig, info, context);
+            return;
+        }
+    } else if (previous_sigbus.sa_handler != SIG_DFL && previous_sigbus.sa_handler != SIG_IGN) {
+        previous_sigbus.sa_handler(sig);
+        return;
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void install_once(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = on_sigbus;
+    /* SA_NODEFER: we leave the handler by siglongjmp without restoring the mask, so SIGBUS
+     * must not stay blocked on this thread afterwards. */
+    action.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGBUS, &action, &previous_sigbus);
+}
+
+void ss_guard_install(void) { pthread_once(&guard_once, install_once); }
+
+/* ---- files --------------------------------------------------------------------------------- */
+
+ss_status ss_file_open(const char *path, ss_file **out, ss_error *err) {
+    *out = NULL;
+    ss_guard_install();
+    /* O_NONBLOCK: opening a FIFO must never wait for a writer; we refuse it right after. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) return ss_fail(err, SS_E_IO, path, "cannot open: %s", strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return ss_fail(err, SS_E_IO, path, "cannot stat: %s", strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return ss_fail(err, SS_E_NOT_REGULAR, path, "%s", S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
+    }
+    ss_file *file = calloc(1, sizeof *file);
+    if (!file) {
+        close(fd);
+        return ss_fail(err, SS_E_NOMEM, path, "out of memory");
+    }
+    file->size = (uint64_t)st.st_size;
+    file->path = strdup(path);
+    if (!file->path) {
+        close(fd);
+        free(file);
+        return ss_fail(err, SS_E_NOMEM, path, "out of memory");
+    }
+    if (file->size > 0) {
+        void *map = mmap(NULL, (size_t)file->size, PROT_READ, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            free(file->path);
+            free(file);
+            return ss_fail(err, SS_E_IO, path, "cannot map: %s", strerror(e));
+        }
+        /* Tensors are read front to back: ask the kernel for aggressive readahead. */
+        madvise(map, (size_t)file->size, MADV_SEQUENTIAL);
+        file->data = map;
+    }
+    close(fd);
+    *out = file;
+    return SS_OK;
+}
+
+void ss_file_close(ss_file *file) {
+    if (!file) return;
+    if (file->data) munmap((void *)file->data, (size_t)file->size);
+    free(file->path);
+    free(file);
+}
+
+uint64_t ss_file_size(const ss_file *file) { return file->size; }
+
+/* The copy lives in its own frame so nothing that changes is live across sigsetjmp. */
+static ss_status guarded_copy(void *dst, const uint8_t *src, uint64_t len) {
+    sigjmp_buf jump;
+    if (sigsetjmp(jump, 0)) return SS_E_CHANGED;
+    ss_guard_jump = &jump;
+    memcpy(dst, src, (size_t)len);
+    ss_guard_jump = NULL;
+    return SS_OK;
+}
+
+ss_status ss_file_read(const ss_file *file, uint64_t offset, void *dst, uint64_t len, ss_error *err) {
+    uint64_t end;
+    if (!ss_add_u64(offset, len, &end) || end > file->size)
+        return ss_fail(err, SS_E_RANGE, file->path, "range %llu+%llu outside a %llu-byte file",
+                       (unsigned long long)offset, (unsigned long long)len, (unsigned long long)file->size);
+    if (len == 0) return SS_OK;
+    if (guarded_copy(dst, file->data + offset, len) != SS_OK)
+        return ss_fail(err, SS_E_CHANGED, file->path, "file shrank while being read");
+    return SS_OK;
+}

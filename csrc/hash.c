@@ -1,0 +1,325 @@
+/* The hashing engine: a batch of jobs over mapped files, XXH3-128 on N pthreads.
+ *
+ * Why mmap and not pread: on a warm page cache, hashing straight from the mapping avoids a
+ * copy per byte (the lead's measurements: 16-20 GB/s against 11.7 GB/s with pread on two
+ * cores). Resident memory stays bounded because each window of pages is released with
+ * MADV_DONTNEED as soon as it is hashed (the page cache keeps the data; only our mapping of
+ * it goes), and a file that shrinks under us faults into the SIGBUS guard, not a crash. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xxh_x86dispatch.h>
+/* libxxhash picks SSE2/AVX2/AVX-512 at run time through these entry points. */
+#define hash_update XXH3_128bits_update_dispatch
+#else
+#define hash_update XXH3_128bits_update
+#endif
+
+#include "internal.h"
+
+#define WINDOW (8u << 20)   /* bytes hashed between two releases of pages */
+#define GATHER (1u << 20)   /* per-thread buffer for strided and byte-swapped data */
+
+typedef struct {
+    ss_file *const *files;
+    uint32_t nfiles;
+    ss_job *jobs;
+    uint32_t *order; /* job indices, largest first */
+    uint32_t njobs;
+    uint32_t next;   /* next position in order; taken with __atomic_fetch_add */
+    size_t page;
+    uint64_t *progress;
+} batch;
+
+typedef struct {
+    XXH3_state_t state;
+    uLong crc;
+    int with_crc;
+    uint8_t *gather;
+    size_t gathered;
+} stream;
+
+static void stream_bytes(stream *st, const uint8_t *p, size_t n) {
+    if (!n) return;
+    hash_update(&st->state, p, n);
+    if (st->with_crc) st->crc = crc32_z(st->crc, p, n);
+}
+
+static void flush_gather(stream *st) {
+    stream_bytes(st, st->gather, st->gathered);
+    st->gathered = 0;
+}
+
+/* Appends n bytes to the gather buffer, reversing each `swap`-byte element when swap > 1. */
+static void gather_bytes(stream *st, const uint8_t *p, size_t n, uint32_t swap) {
+    while (n) {
+        size_t room = GATHER - st->gathered;
+        if (swap > 1) room -= room % swap;
+        size_t take = n < room ? n : room;
+        uint8_t *dst = st->gather + st->gathered;
+        if (swap > 1) {
+            for (size_t i = 0; i < take; i += swap)
+                for (uint32_t k = 0; k < swap; k++) dst[i + k] = p[i + swap - 1 - k];
+        } else {
+            memcpy(dst, p, take);
+        }
+        st->gathered += take;
+        p += take;
+        n -= take;
+        if (st->gathered + (swap > 1 ? swap : 1) > GATHER) flush_gather(st);
+    }
+}
+
+/* Drops our mapping of the whole pages inside [p, p + n): they are hashed, keep RSS flat. */
+static void release_pages(const batch *b, const uint8_t *p, size_t n) {
+    uintptr_t lo = ((uintptr_t)p + b->page - 1) & ~(uintptr_t)(b->page - 1);
+    uintptr_t hi = ((uintptr_t)p + n) & ~(uintptr_t)(b->page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+static void stream_contiguous(const batch *b, stream *st, const uint8_t *p, uint64_t n, uint32_t swap) {
+    while (n) {
+        size_t len = n < WINDOW ? (size_t)n : WINDOW;
+        if (n > len) madvise((void *)((uintptr_t)(p + len) & ~(uintptr_t)(b->page - 1)), WINDOW, MADV_WILLNEED);
+        if (swap > 1) {
+            if (st->with_crc) st->crc = crc32_z(st->crc, p, len); /* the CRC covers stored bytes */
+            int keep = st->with_crc;
+            st->with_crc = 0;
+            gather_bytes(st, p, len, swap);
+            flush_gather(st);
+            st->with_crc = keep;
+        } else {
+            stream_bytes(st, p, len);
+        }
+        release_pages(b, p, len);
+        if (b->progress) __atomic_fetch_add(b->progress, len, __ATOMIC_RELAXED);
+        p += len;
+        n -= len;
+    }
+}
+
+/* Row-major walk of a strided view. The innermost dimension is one run when it is dense. */
+static void stream_strided(stream *st, const uint8_t *base, const ss_segment *seg, uint32_t itemsize, uint32_t swap) {
+    uint32_t nd = seg->ndim;
+    int64_t index[SS_MAX_DIMS] = {0};
+    int64_t inner = seg->shape[nd - 1], inner_stride = seg->strides[nd - 1];
+    const uint8_t *row = base;
+    for (;;) {
+        if (inner_stride == (int64_t)itemsize) {
+            gather_bytes(st, row, (size_t)inner * itemsize, swap);
+        } else {
+            for (int64_t i = 0; i < inner; i++) gather_bytes(st, row + i * inner_stride, itemsize, swap);
+        }
+        /* Advance the outer index like an odometer. */
+        int d = (int)nd - 2;
+        for (; d >= 0; d--) {
+            row += seg->strides[d];
+            if (++index[d] < seg->shape[d]) break;
+            row -= seg->strides[d] * seg->shape[d];
+            index[d] = 0;
+        }
+        if (d < 0) break;
+    }
+}
+
+/* A job's segments: its own list, or its inline contiguous run written into *one. */
+static const ss_segment *job_segments(const ss_job *job, ss_segment *one, uint32_t *count) {
+    if (job->nsegments) {
+        *count = job->nsegments;
+        return job->segments;
+    }
+    memset(one, 0, sizeof *one);
+    one->file = job->file;
+    one->offset = job->offset;
+    one->nbytes = job->nbytes;
+    *count = 1;
+    return one;
+}
+
+/* Checks a job against the files before anything is touched; computes its size. */
+static ss_status check_job(const batch *b, ss_job *job, uint64_t *size) {
+    *size = 0;
+    if (job->nsegments && !job->segments) return SS_E_ARGUMENT;
+    if ((job->flags & SS_JOB_BYTESWAP) && job->itemsize == 0) return SS_E_ARGUMENT;
+    ss_segment one;
+    uint32_t count;
+    const ss_segment *segs = job_segments(job, &one, &count);
+    for (uint32_t i = 0; i < count; i++) {
+        const ss_segment *seg = &segs[i];
+        if (seg->file >= b->nfiles) {
+            snprintf(job->message, sizeof job->message, "segment %u names file %u of %u", i, seg->file, b->nfiles);
+            return SS_E_ARGUMENT;
+        }
+        const ss_file *f = b->files[seg->file];
+        uint64_t bytes = seg->nbytes, last = seg->nbytes; /* last: extent past offset */
+        if (seg->ndim) {
+            if (seg->ndim > SS_MAX_DIMS || job->itemsize == 0) return SS_E_ARGUMENT;
+            uint64_t numel = 1, reach = 0, step;
+            for (uint32_t d = 0; d < seg->ndim; d++) {
+                if (seg->shape[d] < 0 || seg->strides[d] < 0) return SS_E_ARGUMENT;
+                if (!ss_mul_u64(numel, (uint64_t)seg->shape[d], &numel)) return SS_E_ARGUMENT;
+                if (seg->shape[d] == 0) continue;
+                if (!ss_mul_u64((uint64_t)(seg->shape[d] - 1), (uint64_t)seg->strides[d], &step) ||
+                    !ss_add_u64(reach, step, &reach))
+                    return SS_E_RANGE;
+            }
+            if (!ss_mul_u64(numel, job->itemsize, &bytes)) return SS_E_ARGUMENT;
+            last = numel ? reach + job->itemsize : 0;
+        }
+        uint64_t end;
+        if (!ss_add_u64(seg->offset, last, &end) || end > f->size) {
+            snprintf(job->message, sizeof job->message, "%s: bytes %llu..%llu lie outside the %llu-byte file", f->path,
+                     (unsigned long long)seg->offset, (unsigned long long)end, (unsigned long long)f->size);
+            return SS_E_RANGE;
+        }
+        if (!ss_add_u64(*size, bytes, size)) return SS_E_ARGUMENT;
+    }
+    return SS_OK;
+}
+
+static void hash_job(const batch *b, ss_job *job, stream *st, volatile uint32_t *current_file) {
+    uint32_t swap = (job->flags & SS_JOB_BYTESWAP) ? job->itemsize : 1;
+    ss_segment one;
+    uint32_t count;
+    const ss_segment *segs = job_segments(job, &one, &count);
+    for (uint32_t i = 0; i < count; i++) {
+        const ss_segment *seg = &segs[i];
+        const ss_file *f = b->files[seg->file];
+        *current_file = seg->file;
+        if (!f->data) continue; /* empty file: check_job allowed only empty ranges */
+        const uint8_t *base = f->data + seg->offset;
+        int empty = 0;
+        for (uint32_t d = 0; d < seg->ndim; d++) empty |= seg->shape[d] == 0;
+        if (empty) continue;
+        if (seg->ndim) {
+            stream_strided(st, base, seg, job->itemsize, swap);
+            if (b->progress) {
+                uint64_t bytes = job->itemsize; /* cannot overflow: check_job multiplied it out */
+                for (uint32_t d = 0; d < seg->ndim; d++) bytes *= (uint64_t)seg->shape[d];
+                __atomic_fetch_add(b->progress, bytes, __ATOMIC_RELAXED);
+            }
+        } else {
+            stream_contiguous(b, st, base, seg->nbytes, swap);
+        }
+    }
+    flush_gather(st);
+}
+
+/* sigsetjmp's frame: only `job`, `files` and the volatile file index are used after a jump. */
+static void run_job(const batch *b, ss_job *job, uint8_t *gather) {
+    volatile uint32_t current_file = 0;
+    stream st;
+    memset(&st, 0, sizeof st);
+    XXH3_INITSTATE(&st.state);
+    XXH3_128bits_reset(&st.state);
+    st.with_crc = (job->flags & SS_JOB_CRC32) != 0;
+    st.crc = crc32_z(0L, Z_NULL, 0);
+    st.gather = gather;
+    sigjmp_buf jump;
+    if (sigsetjmp(jump, 0)) {
+        ss_guard_jump = NULL;
+        job->status = SS_E_CHANGED;
+        snprintf(job->message, sizeof job->message, "%s: file shrank while being read", b->files[current_file]->path);
+        return;
+    }
+    ss_guard_jump = &jump;
+    hash_job(b, job, &st, &current_file);
+    ss_guard_jump = NULL;
+    XXH128_canonical_t canonical;
+    XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(&st.state));
+    memcpy(job->digest, canonical.digest, 16);
+    job->crc32 = (uint32_t)st.crc;
+    job->status = SS_OK;
+}
+
+static void *worker(void *arg) {
+    batch *b = arg;
+    uint8_t *gather = malloc(GATHER);
+    for (;;) {
+        uint32_t at = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
+        if (at >= b->njobs) break;
+        ss_job *job = &b->jobs[b->order[at]];
+        if (job->status != SS_OK) continue; /* rejected by check_job */
+        if (!gather) {
+            job->status = SS_E_NOMEM;
+            snprintf(job->message, sizeof job->message, "out of memory");
+            continue;
+        }
+        run_job(b, job, gather);
+    }
+    free(gather);
+    return NULL;
+}
+
+typedef struct {
+    uint64_t size;
+    uint32_t index;
+} sized;
+
+static int largest_first(const void *a, const void *b) {
+    const sized *x = a, *y = b;
+    if (x->size != y->size) return x->size > y->size ? -1 : 1;
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+ss_status ss_hash_batch(ss_file *const *files, uint32_t nfiles, ss_job *jobs, uint32_t njobs, uint32_t threads,
+                        uint64_t *progress) {
+    if ((njobs && !jobs) || (nfiles && !files)) return SS_E_ARGUMENT;
+    if (njobs == 0) return SS_OK;
+    ss_guard_install();
+    batch b = {.files = files, .nfiles = nfiles, .jobs = jobs, .njobs = njobs, .page = (size_t)sysconf(_SC_PAGESIZE),
+               .progress = progress};
+    sized *sizes = malloc(njobs * sizeof *sizes);
+    b.order = malloc(njobs * sizeof *b.order);
+    if (!sizes || !b.order) {
+        free(sizes);
+        free(b.order);
+        return SS_E_NOMEM;
+    }
+    for (uint32_t i = 0; i < njobs; i++) {
+        jobs[i].message[0] = '\0';
+        jobs[i].status = check_job(&b, &jobs[i], &sizes[i].size);
+        if (jobs[i].status && !jobs[i].message[0])
+            snprintf(jobs[i].message, sizeof jobs[i].message, "%s", ss_strerror(jobs[i].status));
+        sizes[i].index = i;
+    }
+    qsort(sizes, njobs, sizeof *sizes, largest_first);
+    for (uint32_t i = 0; i < njobs; i++) b.order[i] = sizes[i].index;
+    free(sizes);
+
+    if (threads == 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = online > 0 ? (uint32_t)online : 1;
+    }
+    if (threads > njobs) threads = njobs;
+    if (threads > 256) threads = 256;
+    pthread_t tids[256];
+    uint32_t started = 0;
+    /* Thread 0 is the caller; failing to start more threads only costs speed. */
+    for (uint32_t t = 1; t < threads; t++) {
+        if (pthread_create(&tids[started], NULL, worker, &b) != 0) break;
+        started++;
+    }
+    worker(&b);
+    for (uint32_t t = 0; t < started; t++) pthread_join(tids[t], NULL);
+    free(b.order);
+    return SS_OK;
+}
+
+void ss_hex_digests(const ss_job *jobs, uint32_t njobs, char *out) {
+    static const char hex[] = "0123456789abcdef";
+    for (uint32_t i = 0; i < njobs; i++)
+        for (int k = 0; k < 16; k++) {
+            *out++ = hex[jobs[i].digest[k] >> 4];
+            *out++ = hex[jobs[i].digest[k] & 15];
+        }
+}

@@ -1,0 +1,33 @@
+/* Internal to the C core: shared between its translation units, never exported. */
+#ifndef SHARDSCAN_INTERNAL_H
+#define SHARDSCAN_INTERNAL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+
+#include "shardscan.h"
+
+struct ss_file {
+    const uint8_t *data; /* NULL when size == 0 */
+    uint64_t size;
+    char *path; /* as given to ss_file_open, for messages */
+};
+
+/* SIGBUS guard. While a thread has `ss_guard_jump` pointing at a sigjmp_buf, a SIGBUS on that
+ * thread (a mapped file shrank under us) jumps there instead of killing the process. Use only
+ * through SS_GUARDED below, which keeps the jump target on the caller's stack. */
+extern __thread sigjmp_buf *ss_guard_jump;
+void ss_guard_install(void);
+
+/* Formats err->message as "<name>: <what>" and sets err->status; returns status. */
+ss_status ss_fail(ss_error *err, ss_status status, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Writes a printable, length-capped rendering of a tensor name into out (for messages). */
+void ss_quote_name(char *out, size_t cap, const char *name, size_t len);
+
+/* Overflow-checked arithmetic: return 0 on overflow. */
+static inline int ss_add_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_add_overflow(a, b, out); }
+static inline int ss_mul_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_mul_overflow(a, b, out); }
+
+#endif

@@ -1,0 +1,669 @@
+/* safetensors: header parsing and validation, rule for rule as the reference implementation
+ * (safetensors 0.8), each violation with its own status:
+ *   8-byte little-endian N; N <= 100,000,000; 8 + N <= file size; header UTF-8, starting with
+ *   '{', a JSON object; optional __metadata__ of string -> string; every other member a tensor
+ *   {dtype, shape, data_offsets}; sorted by offsets the tensors start at 0 and follow each other
+ *   with no gap or overlap; numel overflow-checked; numel * bits a whole number of bytes equal
+ *   to end - begin; the last end covers the file exactly.
+ * Beyond the reference: duplicate names are rejected (serde would silently keep one). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define MAX_HEADER 100000000ull
+#define MAX_DEPTH 128 /* serde_json's recursion limit */
+
+static const struct {
+    const char *st_name, *name;
+    uint32_t bits;
+} DTYPES[SS_DTYPE_COUNT] = {
+#define SS_DTYPE_ROW(id, st, torch, nbits) [id] = {st, torch, nbits},
+    SS_DTYPE_LIST(SS_DTYPE_ROW)
+#undef SS_DTYPE_ROW
+};
+
+const char *ss_dtype_name(uint32_t dtype) { return dtype < SS_DTYPE_COUNT ? DTYPES[dtype].name : NULL; }
+const char *ss_dtype_st_name(uint32_t dtype) { return dtype < SS_DTYPE_COUNT ? DTYPES[dtype].st_name : NULL; }
+uint32_t ss_dtype_bits(uint32_t dtype) { return dtype < SS_DTYPE_COUNT ? DTYPES[dtype].bits : 0; }
+
+/* ---- growable arrays --------------------------------------------------------------------- */
+
+typedef struct {
+    void *data;
+    size_t len, cap, item;
+} vec;
+
+static int vec_reserve(vec *v, size_t extra) {
+    if (v->len + extra <= v->cap) return 1;
+    size_t cap = v->cap ? v->cap : 64;
+    while (cap < v->len + extra) cap *= 2;
+    void *grown = realloc(v->data, cap * v->item);
+    if (!grown) return 0;
+    v->data = grown;
+    v->cap = cap;
+    return 1;
+}
+
+static int vec_push(vec *v, const void *item) {
+    if (!vec_reserve(v, 1)) return 0;
+    memcpy((char *)v->data + v->len * v->item, item, v->item);
+    v->len++;
+    return 1;
+}
+
+/* ---- the parser ---------------------------------------------------------------------------- */
+
+typedef struct {
+    uint32_t key_start, key_len;
+    uint32_t dims_start, ndims;
+    uint64_t begin, end;
+    uint8_t dtype;
+} entry;
+
+typedef struct {
+    const char *begin, *p, *end;
+    const char *path;
+    ss_error *err;
+    vec text;    /* char: unescaped tensor names, then metadata strings */
+    vec entries; /* entry */
+    vec dims;    /* int64_t */
+    vec meta;    /* uint32_t pairs (start, len) into text, key then value */
+    int seen_metadata;
+} parser;
+
+static ss_status json_error(parser *ps, const char *what) {
+    return ss_fail(ps->err, SS_E_ST_JSON, ps->path, "header is not valid JSON: %s at header byte %lld", what,
+                   (long long)(ps->p - ps->begin));
+}
+
+static void skip_ws(parser *ps) {
+    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r')) ps->p++;
+}
+
+static int hex4(const char *s, uint32_t *out) {
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (uint32_t)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (uint32_t)(c - 'A' + 10);
+        else return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+static int put_utf8(vec *text, uint32_t cp) {
+    char b[4];
+    size_t n;
+    if (cp < 0x80) b[0] = (char)cp, n = 1;
+    else if (cp < 0x800) b[0] = (char)(0xC0 | (cp >> 6)), b[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
+    else if (cp < 0x10000)
+        b[0] = (char)(0xE0 | (cp >> 12)), b[1] = (char)(0x80 | ((cp >> 6) & 0x3F)), b[2] = (char)(0x80 | (cp & 0x3F)), n = 3;
+    else
+        b[0] = (char)(0xF0 | (cp >> 18)), b[1] = (char)(0x80 | ((cp >> 12) & 0x3F)),
+        b[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), b[3] = (char)(0x80 | (cp & 0x3F)), n = 4;
+    if (!vec_reserve(text, n)) return 0;
+    memcpy((char *)text->data + text->len, b, n);
+    text->len += n;
+    return 1;
+}
+
+/* Parses a JSON string at ps->p (which must be '"'). With `text` set, appends the unescaped
+ * bytes there; otherwise only validates. UTF-8 validity of raw bytes was checked up front. */
+static ss_status parse_string(parser *ps, vec *text) {
+    if (ps->p >= ps->end || *ps->p != '"') return json_error(ps, "expected a string");
+    ps->p++;
+    for (;;) {
+        const char *run = ps->p;
+        while (ps->p < ps->end && *ps->p != '"' && *ps->p != '\\' && (unsigned char)*ps->p >= 0x20) ps->p++;
+        if (text && ps->p > run) {
+            size_t n = (size_t)(ps->p - run);
+            if (!vec_reserve(text, n)) return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+            memcpy((char *)text->data + text->len, run, n);
+            text->len += n;
+        }
+        if (ps->p >= ps->end) return json_error(ps, "unterminated string");
+        char c = *ps->p++;
+        if (c == '"') return SS_OK;
+        if (c != '\\') return json_error(ps, "control character in string");
+        if (ps->p >= ps->end) return json_error(ps, "unterminated escape");
+        char e = *ps->p++;
+        uint32_t cp;
+        switch (e) {
+        case '"': cp = '"'; break;
+        case '\\': cp = '\\'; break;
+        case '/': cp = '/'; break;
+        case 'b': cp = '\b'; break;
+        case 'f': cp = '\f'; break;
+        case 'n': cp = '\n'; break;
+        case 'r': cp = '\r'; break;
+        case 't': cp = '\t'; break;
+        case 'u':
+            if (ps->end - ps->p < 4 || !hex4(ps->p, &cp)) return json_error(ps, "bad \\u escape");
+            ps->p += 4;
+            if (cp >= 0xDC00 && cp <= 0xDFFF) return json_error(ps, "lone low surrogate");
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                uint32_t low;
+                if (ps->end - ps->p < 6 || ps->p[0] != '\\' || ps->p[1] != 'u' || !hex4(ps->p + 2, &low) ||
+                    low < 0xDC00 || low > 0xDFFF)
+                    return json_error(ps, "lone high surrogate");
+                ps->p += 6;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            }
+            break;
+        default: return json_error(ps, "bad escape");
+        }
+        if (text && !put_utf8(text, cp)) return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+    }
+}
+
+/* Any JSON number, validated and skipped (for members we ignore). */
+static ss_status skip_number(parser *ps) {
+    const char *p = ps->p;
+    if (p < ps->end && *p == '-') p++;
+    if (p >= ps->end) return json_error(ps, "bad number");
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9') while (p < ps->end && *p >= '0' && *p <= '9') p++;
+    else return json_error(ps, "bad number");
+    if (p < ps->end && *p == '.') {
+        p++;
+        if (p >= ps->end || *p < '0' || *p > '9') return json_error(ps, "bad number");
+        while (p < ps->end && *p >= '0' && *p <= '9') p++;
+    }
+    if (p < ps->end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < ps->end && (*p == '+' || *p == '-')) p++;
+        if (p >= ps->end || *p < '0' || *p > '9') return json_error(ps, "bad number");
+        while (p < ps->end && *p >= '0' && *p <= '9') p++;
+    }
+    ps->p = p;
+    return SS_OK;
+}
+
+static ss_status skip_value(parser *ps, int depth);
+
+static int literal(parser *ps, const char *word) {
+    size_t n = strlen(word);
+    if ((size_t)(ps->end - ps->p) < n || memcmp(ps->p, word, n) != 0) return 0;
+    ps->p += n;
+    return 1;
+}
+
+static ss_status skip_container(parser *ps, int depth, char close) {
+    int object = close == '}';
+    ps->p++;
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == close) return ps->p++, SS_OK;
+    for (;;) {
+        ss_status s;
+        if (object) {
+            if ((s = parse_string(ps, NULL))) return s;
+            skip_ws(ps);
+            if (ps->p >= ps->end || *ps->p != ':') return json_error(ps, "expected ':'");
+            ps->p++;
+        }
+        if ((s = skip_value(ps, depth + 1))) return s;
+        skip_ws(ps);
+        if (ps->p < ps->end && *ps->p == ',') {
+            ps->p++;
+            skip_ws(ps);
+            continue;
+        }
+        if (ps->p < ps->end && *ps->p == close) return ps->p++, SS_OK;
+        return json_error(ps, object ? "expected ',' or '}'" : "expected ',' or ']'");
+    }
+}
+
+static ss_status skip_value(parser *ps, int depth) {
+    if (depth > MAX_DEPTH) return ss_fail(ps->err, SS_E_ST_TOO_DEEP, ps->path, "header JSON nests deeper than %d", MAX_DEPTH);
+    skip_ws(ps);
+    if (ps->p >= ps->end) return json_error(ps, "unexpected end");
+    switch (*ps->p) {
+    case '"': return parse_string(ps, NULL);
+    case '{': return skip_container(ps, depth, '}');
+    case '[': return skip_container(ps, depth, ']');
+    case 't': return literal(ps, "true") ? SS_OK : json_error(ps, "bad literal");
+    case 'f': return literal(ps, "false") ? SS_OK : json_error(ps, "bad literal");
+    case 'n': return literal(ps, "null") ? SS_OK : json_error(ps, "bad literal");
+    default: return skip_number(ps);
+    }
+}
+
+/* A non-negative integer that fits in uint64 (serde's usize); 0 if the value is any other
+ * valid JSON value (the caller reports its own error), -1 with err set if invalid JSON. */
+static int parse_uint(parser *ps, uint64_t *out, ss_status *status) {
+    skip_ws(ps);
+    const char *start = ps->p;
+    uint64_t v = 0;
+    int digits = 0, overflow = 0;
+    while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') {
+        if (!ss_mul_u64(v, 10, &v) || !ss_add_u64(v, (uint64_t)(*ps->p - '0'), &v)) overflow = 1;
+        ps->p++;
+        digits++;
+    }
+    int leading_zero = digits > 1 && *start == '0';
+    int more = ps->p < ps->end && (*ps->p == '.' || *ps->p == 'e' || *ps->p == 'E');
+    if (digits && !overflow && !leading_zero && !more) {
+        *out = v;
+        return 1;
+    }
+    ps->p = start;
+    *status = skip_value(ps, 1);
+    return *status ? -1 : 0;
+}
+
+static int key_is(const vec *text, size_t start, const char *word) {
+    size_t n = strlen(word);
+    return text->len - start == n && memcmp((char *)text->data + start, word, n) == 0;
+}
+
+static const char *tensor_label(parser *ps, const entry *e, char *buf, size_t cap) {
+    ss_quote_name(buf, cap, (char *)ps->text.data + e->key_start, e->key_len);
+    return buf;
+}
+
+static ss_status parse_tensor(parser *ps, entry *e) {
+    char label[160];
+    tensor_label(ps, e, label, sizeof label);
+    skip_ws(ps);
+    if (ps->p >= ps->end || *ps->p != '{') {
+        ss_status s = skip_value(ps, 1);
+        return s ? s : ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, ps->path, "tensor '%s': entry is not an object", label);
+    }
+    ps->p++;
+    int have_dtype = 0, have_shape = 0, have_offsets = 0;
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == '}') ps->p++;
+    else for (;;) {
+        ss_status s;
+        size_t mark = ps->text.len; /* field names go to the scratch end of text, then dropped */
+        if ((s = parse_string(ps, &ps->text))) return s;
+        int is_dtype = key_is(&ps->text, mark, "dtype"), is_shape = key_is(&ps->text, mark, "shape"),
+            is_offsets = key_is(&ps->text, mark, "data_offsets");
+        ps->text.len = mark;
+        skip_ws(ps);
+        if (ps->p >= ps->end || *ps->p != ':') return json_error(ps, "expected ':'");
+        ps->p++;
+        skip_ws(ps);
+        if ((is_dtype && have_dtype) || (is_shape && have_shape) || (is_offsets && have_offsets))
+            return ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, ps->path, "tensor '%s': field given twice", label);
+        if (is_dtype) {
+            have_dtype = 1;
+            if (ps->p >= ps->end || *ps->p != '"') {
+                if ((s = skip_value(ps, 1))) return s;
+                return ss_fail(ps->err, SS_E_ST_DTYPE, ps->path, "tensor '%s': dtype is not a string", label);
+            }
+            size_t at = ps->text.len;
+            if ((s = parse_string(ps, &ps->text))) return s;
+            size_t n = ps->text.len - at;
+            const char *name = (char *)ps->text.data + at;
+            int found = -1;
+            for (int d = 0; d < SS_DTYPE_COUNT; d++)
+                if (strlen(DTYPES[d].st_name) == n && memcmp(DTYPES[d].st_name, name, n) == 0) found = d;
+            if (found < 0) {
+                char shown[64];
+                ss_quote_name(shown, sizeof shown, name, n);
+                ps->text.len = at;
+                return ss_fail(ps->err, SS_E_ST_DTYPE, ps->path, "tensor '%s': unknown dtype '%s'", label, shown);
+            }
+            ps->text.len = at;
+            e->dtype = (uint8_t)found;
+        } else if (is_shape || is_offsets) {
+            ss_status bad = is_shape ? SS_E_ST_SHAPE : SS_E_ST_OFFSETS;
+            const char *what = is_shape ? "shape is not a list of non-negative integers"
+                                        : "data_offsets is not a list of two non-negative integers";
+            if (ps->p >= ps->end || *ps->p != '[') {
+                if ((s = skip_value(ps, 1))) return s;
+                return ss_fail(ps->err, bad, ps->path, "tensor '%s': %s", label, what);
+            }
+            ps->p++;
+            uint64_t values[2] = {0, 0};
+            size_t count = 0;
+            if (is_shape) e->dims_start = (uint32_t)ps->dims.len;
+            skip_ws(ps);
+            if (ps->p < ps->end && *ps->p == ']') ps->p++;
+            else for (;;) {
+                uint64_t v;
+                int r = parse_uint(ps, &v, &s);
+                if (r < 0) return s;
+                if (r == 0 || (is_shape && v > INT64_MAX)) return ss_fail(ps->err, bad, ps->path, "tensor '%s': %s", label, what);
+                if (is_shape) {
+                    int64_t d = (int64_t)v;
+                    if (!vec_push(&ps->dims, &d)) return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+                } else if (count < 2) {
+                    values[count] = v;
+                }
+                count++;
+                skip_ws(ps);
+                if (ps->p < ps->end && *ps->p == ',') { ps->p++; continue; }
+                if (ps->p < ps->end && *ps->p == ']') { ps->p++; break; }
+                return json_error(ps, "expected ',' or ']'");
+            }
+            if (is_shape) {
+                have_shape = 1;
+                e->ndims = (uint32_t)count;
+            } else {
+                have_offsets = 1;
+                if (count != 2) return ss_fail(ps->err, bad, ps->path, "tensor '%s': %s", label, what);
+                e->begin = values[0];
+                e->end = values[1];
+            }
+        } else if ((s = skip_value(ps, 1))) {
+            return s; /* the reference ignores unknown fields; so do we, after validating them */
+        }
+        skip_ws(ps);
+        if (ps->p < ps->end && *ps->p == ',') { ps->p++; skip_ws(ps); continue; }
+        if (ps->p < ps->end && *ps->p == '}') { ps->p++; break; }
+        return json_error(ps, "expected ',' or '}'");
+    }
+    if (!have_dtype || !have_shape || !have_offsets)
+        return ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, ps->path, "tensor '%s': missing %s", label,
+                       !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
+    return SS_OK;
+}
+
+static ss_status parse_metadata(parser *ps) {
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == 'n' && literal(ps, "null")) return SS_OK; /* Option<...> = None */
+    if (ps->p >= ps->end || *ps->p != '{') {
+        ss_status s = skip_value(ps, 1);
+        return s ? s : ss_fail(ps->err, SS_E_ST_METADATA, ps->path, "__metadata__ is not an object of strings");
+    }
+    ps->p++;
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == '}') return ps->p++, SS_OK;
+    for (;;) {
+        ss_status s;
+        for (int half = 0; half < 2; half++) {
+            uint32_t start = (uint32_t)ps->text.len;
+            if (half == 1) {
+                skip_ws(ps);
+                if (ps->p >= ps->end || *ps->p != ':') return json_error(ps, "expected ':'");
+                ps->p++;
+                skip_ws(ps);
+                if (ps->p >= ps->end || *ps->p != '"') {
+                    if ((s = skip_value(ps, 1))) return s;
+                    return ss_fail(ps->err, SS_E_ST_METADATA, ps->path, "__metadata__ value is not a string");
+                }
+                start = (uint32_t)ps->text.len;
+            }
+            if ((s = parse_string(ps, &ps->text))) return s;
+            uint32_t pair[2] = {start, (uint32_t)(ps->text.len - start)};
+            if (!vec_push(&ps->meta, pair)) return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+        }
+        skip_ws(ps);
+        if (ps->p < ps->end && *ps->p == ',') { ps->p++; skip_ws(ps); continue; }
+        if (ps->p < ps->end && *ps->p == '}') return ps->p++, SS_OK;
+        return json_error(ps, "expected ',' or '}'");
+    }
+}
+
+static int utf8_valid(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c < 0x80) { i++; continue; }
+        size_t len;
+        uint32_t cp;
+        if (c >= 0xC2 && c <= 0xDF) len = 2, cp = c & 0x1F;
+        else if (c >= 0xE0 && c <= 0xEF) len = 3, cp = c & 0x0F;
+        else if (c >= 0xF0 && c <= 0xF4) len = 4, cp = c & 0x07;
+        else return 0;
+        if (n - i < len) return 0;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
+/* Sort entries by (begin, end), as the reference does before validating. */
+static int by_offsets(const void *a, const void *b) {
+    const entry *x = a, *y = b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    return 0;
+}
+
+typedef struct {
+    const char *name;
+    uint32_t len;
+    uint32_t index;
+} name_ref;
+
+static int by_name(const void *a, const void *b) {
+    const name_ref *x = a, *y = b;
+    uint32_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->name, y->name, n);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+static ss_status check_duplicates(parser *ps) {
+    size_t n = ps->entries.len;
+    if (n < 2) return SS_OK;
+    name_ref *refs = malloc(n * sizeof *refs);
+    if (!refs) return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+    const entry *es = ps->entries.data;
+    for (size_t i = 0; i < n; i++) refs[i] = (name_ref){(char *)ps->text.data + es[i].key_start, es[i].key_len, (uint32_t)i};
+    qsort(refs, n, sizeof *refs, by_name);
+    ss_status s = SS_OK;
+    for (size_t i = 1; i < n && !s; i++) {
+        if (by_name(&refs[i - 1], &refs[i]) == 0) {
+            char label[160];
+            ss_quote_name(label, sizeof label, refs[i].name, refs[i].len);
+            s = ss_fail(ps->err, SS_E_ST_DUPLICATE, ps->path, "tensor '%s' appears twice in the header", label);
+        }
+    }
+    free(refs);
+    return s;
+}
+
+static ss_status parse_header(parser *ps) {
+    ss_status s;
+    if (ps->p >= ps->end || *ps->p != '{')
+        return ss_fail(ps->err, SS_E_ST_NOT_OBJECT, ps->path, "header does not start with '{'");
+    ps->p++;
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == '}') ps->p++;
+    else for (;;) {
+        entry e;
+        memset(&e, 0, sizeof e);
+        e.key_start = (uint32_t)ps->text.len;
+        if ((s = parse_string(ps, &ps->text))) return s;
+        e.key_len = (uint32_t)(ps->text.len - e.key_start);
+        skip_ws(ps);
+        if (ps->p >= ps->end || *ps->p != ':') return json_error(ps, "expected ':'");
+        ps->p++;
+        if (key_is(&ps->text, e.key_start, "__metadata__")) {
+            ps->text.len = e.key_start;
+            if (ps->seen_metadata)
+                return ss_fail(ps->err, SS_E_ST_DUPLICATE, ps->path, "__metadata__ appears twice in the header");
+            ps->seen_metadata = 1;
+            if ((s = parse_metadata(ps))) return s;
+        } else {
+            if ((s = parse_tensor(ps, &e))) return s;
+            if (!vec_push(&ps->entries, &e)) return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+        }
+        skip_ws(ps);
+        if (ps->p < ps->end && *ps->p == ',') { ps->p++; skip_ws(ps); continue; }
+        if (ps->p < ps->end && *ps->p == '}') { ps->p++; break; }
+        return json_error(ps, "expected ',' or '}'");
+    }
+    skip_ws(ps);
+    if (ps->p != ps->end) return json_error(ps, "trailing characters after the object");
+    return check_duplicates(ps);
+}
+
+/* Validates the sorted entries; returns the end of the data (relative to the data start). */
+static ss_status validate(parser *ps, uint64_t *data_len) {
+    uint64_t start = 0;
+    const entry *es = ps->entries.data;
+    const int64_t *dims = ps->dims.data;
+    char label[160];
+    for (size_t i = 0; i < ps->entries.len; i++) {
+        const entry *e = &es[i];
+        if (e->begin != start) {
+            tensor_label(ps, e, label, sizeof label);
+            return ss_fail(ps->err, SS_E_ST_GAP, ps->path, "tensor '%s' starts at data byte %llu, but the previous tensor ends at %llu (%s)",
+                           label, (unsigned long long)e->begin, (unsigned long long)start, e->begin < start ? "overlap" : "gap");
+        }
+        if (e->end < e->begin) {
+            tensor_label(ps, e, label, sizeof label);
+            return ss_fail(ps->err, SS_E_ST_OFFSETS, ps->path, "tensor '%s': data_offsets end %llu is before begin %llu", label,
+                           (unsigned long long)e->end, (unsigned long long)e->begin);
+        }
+        start = e->end;
+        uint64_t numel = 1, nbits;
+        for (uint32_t d = 0; d < e->ndims; d++)
+            if (!ss_mul_u64(numel, (uint64_t)dims[e->dims_start + d], &numel)) {
+                tensor_label(ps, e, label, sizeof label);
+                return ss_fail(ps->err, SS_E_ST_NUMEL_OVERFLOW, ps->path, "tensor '%s': number of elements overflows 64 bits", label);
+            }
+        if (!ss_mul_u64(numel, DTYPES[e->dtype].bits, &nbits)) {
+            tensor_label(ps, e, label, sizeof label);
+            return ss_fail(ps->err, SS_E_ST_NUMEL_OVERFLOW, ps->path, "tensor '%s': size in bits overflows 64 bits", label);
+        }
+        if (nbits % 8) {
+            tensor_label(ps, e, label, sizeof label);
+            return ss_fail(ps->err, SS_E_ST_PARTIAL_BYTE, ps->path, "tensor '%s': %llu elements of %s fill %llu bits, not whole bytes",
+                           label, (unsigned long long)numel, DTYPES[e->dtype].st_name, (unsigned long long)nbits);
+        }
+        if (e->end - e->begin != nbits / 8) {
+            tensor_label(ps, e, label, sizeof label);
+            return ss_fail(ps->err, SS_E_ST_NBYTES, ps->path, "tensor '%s': data_offsets span %llu bytes, but shape and %s need %llu",
+                           label, (unsigned long long)(e->end - e->begin), DTYPES[e->dtype].st_name, (unsigned long long)(nbits / 8));
+        }
+    }
+    *data_len = start;
+    return SS_OK;
+}
+
+/* Moves the parser's vectors into the listing's columns. */
+static ss_status fill_listing(parser *ps, uint64_t data_start, ss_st_listing *out) {
+    size_t n = ps->entries.len;
+    const entry *es = ps->entries.data;
+    const int64_t *dims = ps->dims.data;
+    const char *text = ps->text.data;
+    size_t key_bytes = 0, ndims = 0, meta_bytes = 0;
+    for (size_t i = 0; i < n; i++) key_bytes += es[i].key_len, ndims += es[i].ndims;
+    const uint32_t *meta = ps->meta.data;
+    for (size_t i = 0; i < ps->meta.len; i++) meta_bytes += meta[2 * i + 1];
+    out->count = (uint32_t)n;
+    out->key_offsets = malloc((n + 1) * sizeof *out->key_offsets);
+    out->keys = malloc(key_bytes + 1);
+    out->dtypes = malloc(n + 1);
+    out->shape_offsets = malloc((n + 1) * sizeof *out->shape_offsets);
+    out->dims = malloc((ndims + 1) * sizeof *out->dims);
+    out->offsets = malloc((n + 1) * sizeof *out->offsets);
+    out->nbytes = malloc((n + 1) * sizeof *out->nbytes);
+    out->metadata_count = (uint32_t)(ps->meta.len / 2);
+    out->metadata_offsets = malloc((ps->meta.len + 1) * sizeof *out->metadata_offsets);
+    out->metadata = malloc(meta_bytes + 1);
+    if (!out->key_offsets || !out->keys || !out->dtypes || !out->shape_offsets || !out->dims || !out->offsets ||
+        !out->nbytes || !out->metadata_offsets || !out->metadata)
+        return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+    uint32_t k = 0, d = 0;
+    for (size_t i = 0; i < n; i++) {
+        const entry *e = &es[i];
+        out->key_offsets[i] = k;
+        memcpy(out->keys + k, text + e->key_start, e->key_len);
+        k += e->key_len;
+        out->dtypes[i] = e->dtype;
+        out->shape_offsets[i] = d;
+        memcpy(out->dims + d, dims + e->dims_start, e->ndims * sizeof *dims);
+        d += e->ndims;
+        out->offsets[i] = data_start + e->begin;
+        out->nbytes[i] = e->end - e->begin;
+    }
+    out->key_offsets[n] = k;
+    out->shape_offsets[n] = d;
+    uint32_t m = 0;
+    for (size_t i = 0; i < ps->meta.len; i++) {
+        out->metadata_offsets[i] = m;
+        memcpy(out->metadata + m, text + meta[2 * i], meta[2 * i + 1]);
+        m += meta[2 * i + 1];
+    }
+    out->metadata_offsets[ps->meta.len] = m;
+    return SS_OK;
+}
+
+ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err) {
+    memset(out, 0, sizeof *out);
+    const char *path = file->path;
+    uint8_t len_bytes[8];
+    if (file->size < 8) return ss_fail(err, SS_E_ST_TOO_SMALL, path, "%llu bytes is too small for a safetensors header", (unsigned long long)file->size);
+    ss_status s = ss_file_read(file, 0, len_bytes, 8, err);
+    if (s) return s;
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = (n << 8) | len_bytes[i];
+    if (n > MAX_HEADER) return ss_fail(err, SS_E_ST_HEADER_TOO_LARGE, path, "header length %llu exceeds the 100000000-byte limit", (unsigned long long)n);
+    if (8 + n > file->size)
+        return ss_fail(err, SS_E_ST_HEADER_PAST_EOF, path, "header length %llu runs past the end of a %llu-byte file",
+                       (unsigned long long)n, (unsigned long long)file->size);
+    /* Copy the header out of the mapping once (guarded) so the parser never faults. */
+    char *header = malloc(n ? n : 1);
+    if (!header) return ss_fail(err, SS_E_NOMEM, path, "out of memory");
+    if ((s = ss_file_read(file, 8, header, n, err))) {
+        free(header);
+        return s;
+    }
+    parser ps = {.begin = header, .p = header, .end = header + n, .path = path, .err = err};
+    ps.text.item = 1;
+    ps.entries.item = sizeof(entry);
+    ps.dims.item = sizeof(int64_t);
+    ps.meta.item = sizeof(uint32_t);
+    uint64_t data_len = 0, data_end = 0;
+    if (!utf8_valid((const unsigned char *)header, n)) s = ss_fail(err, SS_E_ST_UTF8, path, "header is not valid UTF-8");
+    else s = parse_header(&ps);
+    if (!s) {
+        qsort(ps.entries.data, ps.entries.len, sizeof(entry), by_offsets);
+        s = validate(&ps, &data_len);
+    }
+    if (!s) {
+        out->header_len = n;
+        if (!ss_add_u64(8 + n, data_len, &data_end))
+            s = ss_fail(err, SS_E_ST_OFFSETS, path, "tensor data claims more than 2^64 bytes");
+        out->data_end = data_end;
+        s = s ? s : fill_listing(&ps, 8 + n, out);
+    }
+    if (!s && data_end > file->size) {
+        /* Name the first tensor the file cuts: the listing stays filled for forensics. */
+        uint32_t cut = 0;
+        while (cut < out->count && out->offsets[cut] + out->nbytes[cut] <= file->size) cut++;
+        char label[160] = "";
+        if (cut < out->count)
+            ss_quote_name(label, sizeof label, out->keys + out->key_offsets[cut], out->key_offsets[cut + 1] - out->key_offsets[cut]);
+        s = ss_fail(err, SS_E_ST_TRUNCATED, path, "truncated: %llu of %llu bytes present; tensor '%s' is cut short",
+                    (unsigned long long)file->size, (unsigned long long)data_end, label);
+    } else if (!s && data_end < file->size) {
+        s = ss_fail(err, SS_E_ST_TRAILING, path, "%llu trailing bytes after the last tensor",
+                    (unsigned long long)(file->size - data_end));
+    }
+    free(header);
+    free(ps.text.data);
+    free(ps.entries.data);
+    free(ps.dims.data);
+    free(ps.meta.data);
+    if (s && s != SS_E_ST_TRUNCATED) ss_st_listing_free(out);
+    return s;
+}
+
+void ss_st_listing_free(ss_st_listing *listing) {
+    free(listing->key_offsets);
+    free(listing->keys);
+    free(listing->dtypes);
+    free(listing->shape_offsets);
+    free(listing->dims);
+    free(listing->offsets);
+    free(listing->nbytes);
+    free(listing->metadata_offsets);
+    free(listing->metadata);
+    memset(listing, 0, sizeof *listing);
+}

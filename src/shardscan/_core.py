@@ -1,0 +1,231 @@
+"""The one module that touches the C core (`lib`/`ffi`): owns native memory, releases the GIL
+(cffi does so around every call) and turns status codes into exceptions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+import threading
+from typing import Callable, Sequence
+
+from ._native import ffi, lib
+from .errors import FormatError, IntegrityError
+
+_OS_STATUSES = {lib.SS_E_IO, lib.SS_E_NOT_REGULAR}
+_INTEGRITY_STATUSES = {lib.SS_E_CHANGED, lib.SS_E_CRC}
+
+TRUNCATED = lib.SS_E_ST_TRUNCATED
+MAX_DIMS = lib.SS_MAX_DIMS
+
+#: dtype code -> reported name, and safetensors name -> reported name.
+DTYPE_NAMES: tuple[str, ...] = tuple(ffi.string(lib.ss_dtype_name(i)).decode() for i in range(lib.SS_DTYPE_COUNT))
+ST_DTYPE_NAMES: dict[str, str] = {
+    ffi.string(lib.ss_dtype_st_name(i)).decode(): DTYPE_NAMES[i] for i in range(lib.SS_DTYPE_COUNT)
+}
+
+
+def error_for(status: int, message: str, path: str | None, key: str | None = None) -> Exception:
+    """The exception for a failed status: OSError for the OS, IntegrityError for bytes that
+    changed or do not match their CRC, FormatError for everything structural."""
+    if status in _OS_STATUSES:
+        return OSError(message)
+    if status in _INTEGRITY_STATUSES:
+        return IntegrityError(message, path=path, key=key)
+    return FormatError(message, path=path, key=key)
+
+
+def _message(err) -> str:
+    return ffi.string(err.message).decode("utf-8", "replace")
+
+
+class NativeFile:
+    """A file mapped read-only by the core. Close it (or use `with`) to unmap."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        out = ffi.new("ss_file **")
+        err = ffi.new("ss_error *")
+        status = lib.ss_file_open(os.fsencode(self.path), out, err)
+        if status != lib.SS_OK:
+            raise error_for(status, _message(err), self.path)
+        self._handle = ffi.gc(out[0], lib.ss_file_close)
+
+    @property
+    def handle(self):
+        return self._handle
+
+    @property
+    def size(self) -> int:
+        return lib.ss_file_size(self._handle)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset + length); FormatError outside the file, IntegrityError if
+        the file shrank since it was opened."""
+        buf = ffi.new("char[]", max(length, 1))
+        err = ffi.new("ss_error *")
+        status = lib.ss_file_read(self._handle, offset, buf, length, err)
+        if status != lib.SS_OK:
+            raise error_for(status, _message(err), self.path)
+        return ffi.buffer(buf, length)[:]
+
+    def close(self) -> None:
+        if self._handle is not None:
+            ffi.release(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> "NativeFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """Validated columns of one safetensors header (tensors in data-offset order).
+    `error` is set when the file is truncated: the header survived and the columns are still
+    complete, so callers can tell intact tensors from cut and lost ones."""
+
+    keys: list[str]
+    dtypes: list[str]
+    shapes: list[list[int]]
+    offsets: list[int]
+    nbytes: list[int]
+    metadata: dict[str, str]
+    data_end: int
+    error: FormatError | None
+
+
+def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
+    """Parses and validates; raises FormatError for any violation but truncation."""
+    listing = ffi.new("ss_st_listing *")
+    err = ffi.new("ss_error *")
+    status = lib.ss_st_parse(file.handle, listing, err)
+    try:
+        if status not in (lib.SS_OK, lib.SS_E_ST_TRUNCATED):
+            raise error_for(status, _message(err), file.path)
+        n = listing.count
+        key_offsets = ffi.unpack(listing.key_offsets, n + 1)
+        keys_blob = ffi.buffer(listing.keys, key_offsets[-1])[:]
+        keys = [keys_blob[key_offsets[i] : key_offsets[i + 1]].decode() for i in range(n)]
+        shape_offsets = ffi.unpack(listing.shape_offsets, n + 1)
+        dims = ffi.unpack(listing.dims, shape_offsets[-1])
+        shapes = [dims[shape_offsets[i] : shape_offsets[i + 1]] for i in range(n)]
+        dtypes = [DTYPE_NAMES[code] for code in ffi.unpack(listing.dtypes, n)]
+        meta_offsets = ffi.unpack(listing.metadata_offsets, 2 * listing.metadata_count + 1)
+        meta_blob = ffi.buffer(listing.metadata, meta_offsets[-1])[:]
+        strings = [meta_blob[meta_offsets[i] : meta_offsets[i + 1]].decode() for i in range(2 * listing.metadata_count)]
+        return SafetensorsHeader(
+            keys=keys,
+            dtypes=dtypes,
+            shapes=shapes,
+            offsets=ffi.unpack(listing.offsets, n),
+            nbytes=ffi.unpack(listing.nbytes, n),
+            metadata=dict(zip(strings[0::2], strings[1::2])),
+            data_end=listing.data_end,
+            error=FormatError(_message(err), path=file.path) if status != lib.SS_OK else None,
+        )
+    finally:
+        lib.ss_st_listing_free(listing)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A strided view (shape, byte strides) or, with shape=None, a contiguous run of nbytes."""
+
+    file: int
+    offset: int
+    nbytes: int = 0
+    shape: tuple[int, ...] | None = None
+    strides: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class HashJob:
+    """The bytes of one tensor: one contiguous run (file, offset, nbytes) or `segments`."""
+
+    file: int
+    offset: int = 0
+    nbytes: int = 0
+    segments: tuple[Segment, ...] = ()
+    itemsize: int = 1
+    byteswap: bool = False
+    crc32: bool = False
+
+
+@dataclass(frozen=True)
+class HashResult:
+    checksum: str | None  # 32 lowercase hex digits, None on failure
+    crc32: int | None
+    status: int
+    message: str
+
+
+def hash_jobs(
+    files: Sequence[NativeFile],
+    jobs: Sequence[HashJob],
+    threads: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[HashResult]:
+    """Runs all jobs in one parallel batch; one result per job, in order. With `progress`,
+    the batch runs on a helper thread while this one reports bytes hashed so far (about ten
+    times a second)."""
+    n = len(jobs)
+    if n == 0:
+        return []
+    handles = ffi.new("ss_file *[]", [f.handle for f in files])
+    cjobs = ffi.new("ss_job[]", n)
+    keepalive = []
+    for cjob, job in zip(cjobs, jobs):
+        cjob.file = job.file
+        cjob.offset = job.offset
+        cjob.nbytes = job.nbytes
+        cjob.itemsize = job.itemsize
+        cjob.flags = (lib.SS_JOB_BYTESWAP if job.byteswap else 0) | (lib.SS_JOB_CRC32 if job.crc32 else 0)
+        if job.segments:
+            segs = ffi.new("ss_segment[]", len(job.segments))
+            for cseg, seg in zip(segs, job.segments):
+                cseg.file = seg.file
+                cseg.offset = seg.offset
+                cseg.nbytes = seg.nbytes
+                if seg.shape is not None:
+                    if len(seg.shape) > MAX_DIMS:
+                        raise ValueError(f"strided view with {len(seg.shape)} dimensions; at most {MAX_DIMS}")
+                    cseg.ndim = len(seg.shape)
+                    cseg.shape[0 : len(seg.shape)] = list(seg.shape)
+                    cseg.strides[0 : len(seg.shape)] = list(seg.strides or ())
+            cjob.segments = segs
+            cjob.nsegments = len(job.segments)
+            keepalive.append(segs)
+    status = _run_batch(handles, len(files), cjobs, n, threads or 0, progress)
+    if status != lib.SS_OK:
+        raise MemoryError(ffi.string(lib.ss_strerror(status)).decode())
+    hexes = ffi.new("char[]", 32 * n)
+    lib.ss_hex_digests(cjobs, n, hexes)
+    blob = ffi.buffer(hexes, 32 * n)[:].decode("ascii")
+    results = []
+    for i, cjob in enumerate(cjobs):
+        if cjob.status == lib.SS_OK:
+            results.append(HashResult(blob[32 * i : 32 * i + 32], cjob.crc32 if jobs[i].crc32 else None, 0, ""))
+        else:
+            results.append(HashResult(None, None, cjob.status, ffi.string(cjob.message).decode("utf-8", "replace")))
+    return results
+
+
+def _run_batch(handles, nfiles: int, cjobs, njobs: int, threads: int, progress: Callable[[int], None] | None) -> int:
+    if progress is None:
+        return lib.ss_hash_batch(handles, nfiles, cjobs, njobs, threads, ffi.NULL)
+    counter = ffi.new("uint64_t *")
+    outcome: list[int] = []
+    # cffi drops the GIL for the call, so this thread is free to poll the counter.
+    worker = threading.Thread(
+        target=lambda: outcome.append(lib.ss_hash_batch(handles, nfiles, cjobs, njobs, threads, counter)),
+        name="shardscan-hash",
+        daemon=True,
+    )
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+        progress(counter[0])
+    progress(counter[0])
+    return outcome[0]

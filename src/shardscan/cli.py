@@ -1,0 +1,158 @@
+"""The command line: a thin shell over the library. Each command calls one library function
+and presents its result; main() is the one place errors become messages and exit codes.
+
+Exit codes: 0 clean, 1 problems found, 2 usage error or unreadable input.
+Start-up stays light: pyarrow and the native core load inside the commands, never torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from .scanner import ScanResult
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(
+    name="shardscan",
+    help="Check model checkpoints for missing, truncated and corrupt tensors, without loading them.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """Check model checkpoints for missing, truncated and corrupt tensors, without loading them.
+
+    Exit codes: 0 clean, 1 problems found, 2 usage error or unreadable input.
+    """
+
+
+# Options shared by several commands, defined once.
+NoHash = Annotated[bool, typer.Option("--no-hash", help="Read headers only; do not hash tensor bytes.")]
+Threads = Annotated[
+    Optional[int], typer.Option("--threads", "-j", min=1, help="Hashing threads (default: online CPUs).")
+]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
+
+
+def _progress_reporter() -> Callable[[int, int], None] | None:
+    """A progress bar on stderr for scans longer than about a second, only on a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    started = time.monotonic()
+    state: dict = {}
+
+    def report(done: int, total: int) -> None:
+        if "bar" not in state:
+            if time.monotonic() - started < 1.0 or done >= total:
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+            state["bar"] = Progress(
+                BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=True,
+            )
+            state["bar"].start()
+            state["task"] = state["bar"].add_task("hashing", total=total)
+        state["bar"].update(state["task"], completed=done)
+        if done >= total:
+            state["bar"].stop()
+
+    return report
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _summary(result: ScanResult) -> str:
+    nbytes = result.nbytes
+    rate = f", {nbytes / result.elapsed / 1e9:.2f} GB/s" if result.elapsed > 0 and nbytes else ""
+    return (
+        f"{len(result.files)} files, {result.table.num_rows} tensors, {_human_bytes(nbytes)} "
+        f"in {result.elapsed:.2f} s{rate}"
+    )
+
+
+@app.command()
+def scan(
+    paths: Annotated[list[Path], typer.Argument(help="Tensor files or checkpoint directories.", show_default=False)],
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Write the table: .parquet, .arrow/.feather or .csv (atomically)."),
+    ] = None,
+    no_hash: NoHash = False,
+    threads: Threads = None,
+    list_tensors: Annotated[bool, typer.Option("--list", help="Print one line per tensor.")] = False,
+    json_output: Json = False,
+) -> None:
+    """List every tensor (key, dtype, shape, offset, size, XXH3-128 checksum) of the given files."""
+    from .output import write_atomic
+    from .scanner import scan_paths
+
+    result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
+    if output is not None:
+        write_atomic(result.table, output)
+    rows = result.table.to_pylist() if list_tensors else []
+    if json_output:
+        payload = {
+            "ok": result.ok,
+            "files": len(result.files),
+            "tensors": result.table.num_rows,
+            "bytes": result.nbytes,
+            "elapsed": round(result.elapsed, 6),
+            "errors": [{"file": p.file, "error": p.error} for p in result.problems],
+        }
+        if list_tensors:
+            payload["rows"] = rows
+        typer.echo(json.dumps(payload))
+    else:
+        for row in rows:
+            shape = "[" + ",".join(map(str, row["shape"])) + "]"
+            typer.echo(f"{row['checksum'] or '-':32}  {row['dtype']:<14} {shape:<20} {row['file']}:{row['key']}")
+        for problem in result.problems:
+            typer.echo(f"{problem.file}: FAILED {problem.error}")
+        typer.echo(_summary(result) + ("" if result.ok else f"; {len(result.problems)} files with problems"))
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
+
+
+def main() -> None:
+    """Entry point: every failure becomes one line on stderr and an exit code; a traceback
+    only with SHARDSCAN_DEBUG=1."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.stderr.write("shardscan: interrupted\n")
+        sys.exit(130)
+    except Exception as exc:  # the one funnel: everything else is a one-line error
+        if os.environ.get("SHARDSCAN_DEBUG") == "1":
+            raise
+        sys.stderr.write(f"shardscan: {_describe(exc)}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,68 @@
+"""Writing tables to disk, atomically: a temporary file in the destination's directory,
+fsync'd, then renamed over the destination. An existing file is replaced only by a complete
+new one; on any failure it is left as it was and the temporary file is removed."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+
+#: File suffix -> writer name, for help texts and errors.
+FORMATS = {".parquet": "Parquet", ".arrow": "Arrow IPC file", ".feather": "Arrow IPC file", ".csv": "CSV"}
+
+
+def _writer(suffix: str) -> Callable[[pa.Table, str], None]:
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return lambda table, path: pq.write_table(table, path)
+    if suffix in (".arrow", ".feather"):
+        import pyarrow.feather as feather
+
+        return lambda table, path: feather.write_feather(table, path, compression="uncompressed")
+    if suffix == ".csv":
+        import pyarrow.csv as csv
+
+        def write_csv(table: pa.Table, path: str) -> None:
+            # CSV has no lists: shapes become their JSON text, e.g. [4096, 1024].
+            for i, field in enumerate(table.schema):
+                if pa.types.is_list(field.type):
+                    text = ["[" + ", ".join(map(str, v)) + "]" if v is not None else None for v in table.column(i).to_pylist()]
+                    table = table.set_column(i, field.name, pa.array(text, pa.string()))
+            csv.write_csv(table, path)
+
+        return write_csv
+    raise ValueError(f"unknown output format {suffix!r}; use one of {', '.join(FORMATS)}")
+
+
+def write_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
+    """Writes `table` to `path` in the format its suffix names. Raises ValueError for an
+    unknown suffix and OSError (naming the path) when the directory is not writable or full."""
+    target = Path(path)
+    write = _writer(target.suffix.lower())
+    directory = target.parent if str(target.parent) else Path(".")
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        os.close(fd)
+        write(table, temp)
+        with open(temp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
