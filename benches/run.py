@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import mmap
 import os
@@ -54,7 +55,8 @@ class Run:
     maxrss_kib: int
     returncode: int
     stderr_tail: str
-    resident_before: int = 0  # pages of the inputs still cached when a cold run started
+    cached_pages: int = 0  # pages of the inputs in the page cache when the run started
+    total_pages: int = 0
 
 
 def run_timed(argv: list[str], spawner: Path) -> Run:
@@ -64,15 +66,27 @@ def run_timed(argv: list[str], spawner: Path) -> Run:
     inherit our (torch-sized) high-water mark into its ru_maxrss.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report"
-        with open(Path(tmp) / "stderr", "w+b") as err:
+        report, out_path, err_path = (Path(tmp) / n for n in ("report", "stdout", "stderr"))
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
             subprocess.run([str(spawner), str(report), *argv], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=err, check=True)
-            err.seek(0)
-            lines = err.read().decode(errors="replace").strip().splitlines()
+                           stdout=out, stderr=err, check=True)
         fields = dict(kv.split("=", 1) for kv in report.read_text().split())
-    return Run(float(fields["seconds"]), int(fields["maxrss_kib"]), int(fields["status"]),
-               lines[-1] if lines else "")
+        # Some tools report a failure on stdout (`name: FAILED ...` first, then a count), so
+        # fall back to stdout's first line.
+        tail = _last_line(err_path) or _first_line(out_path)
+    return Run(float(fields["seconds"]), int(fields["maxrss_kib"]), int(fields["status"]), tail)
+
+
+def _first_line(path: Path) -> str:
+    with open(path, "rb") as f:
+        return f.readline(4096).decode(errors="replace").strip()
+
+
+def _last_line(path: Path) -> str:
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 4096))
+        lines = f.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,6 +146,12 @@ def evict(paths: list[Path]) -> int:
     return left
 
 
+def residency(paths: list[Path]) -> tuple[int, int]:
+    """(pages cached, pages in total) over the files."""
+    return (sum(resident_pages(p) for p in paths),
+            sum((p.stat().st_size + _PAGE - 1) // _PAGE for p in paths))
+
+
 def warm_up(paths: list[Path], reader: Path) -> None:
     """Read every file once, untimed, so warm runs start from a full page cache."""
     subprocess.run([str(reader), "pread", "2", *map(str, paths)], check=True, stdout=subprocess.DEVNULL)
@@ -177,18 +197,23 @@ def probe(argv: list[str]) -> str:
 
 
 def build_tool(workdir: Path, name: str) -> Path:
-    """Compile benches/NAME.c into the workdir (again whenever the source is newer).
+    """Compile benches/NAME.c into the workdir (once per version of the source and flags).
 
     -march=native matters for readlimit: without it GCC lowers the 64-byte vector add to SSE2
     code that tops out near 6 GB/s per core here, below memory bandwidth, so the "limit" would
     measure the reader instead of the machine.
     """
-    exe = workdir / name
     src = HERE / f"{name}.c"
-    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
-        cmd = ["gcc", "-O2", "-march=native", "-Wall", "-Wextra", "-pthread", "-o", str(exe), str(src)]
-        if subprocess.run(cmd).returncode != 0:
-            subprocess.run([*cmd[:2], *cmd[3:]], check=True)  # a compiler without -march=native
+    cmd = ["gcc", "-O2", "-march=native", "-Wall", "-Wextra", "-pthread"]
+    # The binary's name carries a hash of source and flags, so a stale build is never reused.
+    tag = hashlib.sha1(src.read_bytes() + " ".join(cmd).encode()).hexdigest()[:10]
+    exe = workdir / f"{name}-{tag}"
+    if not exe.exists():
+        tmp = exe.with_name(exe.name + ".tmp")
+        if subprocess.run([*cmd, "-o", str(tmp), str(src)]).returncode != 0:
+            # A compiler that does not know -march=native: portable code, slower limit.
+            subprocess.run([c for c in cmd if c != "-march=native"] + ["-o", str(tmp), str(src)], check=True)
+        os.replace(tmp, exe)
     return exe
 
 
@@ -263,24 +288,33 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
     ]
 
 
-def measure(benches: list[Bench], mode: str, reps: int, warm_inputs: list[Path], tools: "Tools",
-            log) -> None:
-    """Round-robin over the benches, `reps` times; a bench that fails once is not repeated."""
+def measure(benches: list[Bench], mode: str, reps: int, warm_inputs: list[Path], tools: Tools, log,
+            budget_s: float = 30.0) -> None:
+    """Round-robin over the benches, `reps` times.
+
+    A bench that fails is not repeated. A slow one (sha256sum runs at ~0.2 GB/s here) stops
+    repeating once it has 2 runs (1 cold) and `budget_s` seconds, so one peer cannot eat the
+    run's time; the table shows n when a row has fewer runs than asked.
+    """
     todo = [b for b in benches if b.argv and mode in b.modes]
-    if mode == "warm" and todo:
+    if mode == "warm" and todo and warm_inputs:
         warm_up(warm_inputs, tools.reader)
     for rep in range(reps):
         for b in todo:
-            if mode in b.failure:
+            done = b.runs.get(mode, [])
+            if mode in b.failure or (len(done) >= (2 if mode == "warm" else 1)
+                                     and sum(r.seconds for r in done) > budget_s):
                 continue
-            left = evict(b.inputs) if mode == "cold" else 0
+            if mode == "cold":
+                evict(b.inputs)
+            cached, total = residency(b.inputs)
             r = run_timed(b.argv, tools.spawner)
-            r.resident_before = left
+            r.cached_pages, r.total_pages = cached, total
             b.runs.setdefault(mode, []).append(r)
             if r.returncode != 0:
                 b.failure[mode] = f"failed (exit {r.returncode}: {r.stderr_tail[:100]})"
-            log(f"  {mode} {rep + 1}/{reps} {b.label}: {r.seconds:.3f} s, {r.maxrss_kib // 1024} MiB"
-                + (f", rc={r.returncode}" if r.returncode else ""))
+            log(f"  {mode} {rep + 1}/{reps} {b.label}: {r.seconds:.3f} s, {r.maxrss_kib // 1024} MiB, "
+                f"{cached}/{total} pages cached" + (f", rc={r.returncode}" if r.returncode else ""))
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,9 +338,18 @@ def fmt_rate(b: Bench, mode: str) -> str:
     return f"{gbps(b.nbytes, med(runs)):.2f} ({rates[0]:.2f}-{rates[-1]:.2f})"
 
 
-def fmt_time(runs: list[Run]) -> str:
+def fmt_time(runs: list[Run], planned: int | None = None) -> str:
     ts = sorted(r.seconds for r in runs)
-    return f"{statistics.median(ts):.3f} ({ts[0]:.3f}-{ts[-1]:.3f})"
+    n = f", n={len(ts)}" if planned and len(ts) < planned else ""
+    return f"{statistics.median(ts):.3f} ({ts[0]:.3f}-{ts[-1]:.3f}{n})"
+
+
+def fmt_cached(runs: list[Run], mode: str) -> str:
+    """Cold: the most pages any run found still cached (0 = eviction verified). Warm: the lowest
+    cached fraction any run started with (100% = really warm)."""
+    if mode == "cold":
+        return f"{max(r.cached_pages for r in runs)} pages"
+    return f"{min(r.cached_pages / r.total_pages if r.total_pages else 1.0 for r in runs) * 100:.1f}%"
 
 
 def peak_rss(runs: list[Run]) -> str:
@@ -326,7 +369,7 @@ def status(b: Bench, mode: str) -> str | None:
     return None
 
 
-def main_table(benches: list[Bench], mode: str) -> list[str]:
+def main_table(benches: list[Bench], mode: str, planned: int) -> list[str]:
     by = {b.label: b for b in benches}
     limit = by["limit: dd iflag=direct bs=16M"] if mode == "cold" else next(
         b for b in benches if b.label.startswith("limit: mmap"))
@@ -336,14 +379,14 @@ def main_table(benches: list[Bench], mode: str) -> list[str]:
         by["shardscan scan --no-hash"]
     lim_name = "x dd O_DIRECT" if mode == "cold" else "x mmap limit"
     rows = [f"| {mode} | time s, median (min-max) | GB/s, median (min-max) | {lim_name} | "
-            "shardscan faster by | peak RSS |" + (" resident at start |" if mode == "cold" else ""),
-            "|---|---:|---:|---:|---:|---:|" + ("---:|" if mode == "cold" else "")]
+            "shardscan faster by | peak RSS | inputs cached at start |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     for b in benches:
         if mode not in b.modes:
             continue
         st = status(b, mode)
         if st:
-            rows.append(f"| {b.label} | {st} | | | | |" + (" |" if mode == "cold" else ""))
+            rows.append(f"| {b.label} | {st} | | | | | |")
             continue
         runs = b.ok(mode)
         t = med(runs)
@@ -356,10 +399,8 @@ def main_table(benches: list[Bench], mode: str) -> list[str]:
             faster = f"{t / med(ref.ok(mode)):.2f}x"
             if b.header_only:
                 faster += f" (vs {ref.label.removeprefix('shardscan ')})"
-        line = f"| {b.label} | {fmt_time(runs)} | {rate} | {x_lim} | {faster} | {peak_rss(runs)} |"
-        if mode == "cold":
-            line += f" {max(r.resident_before for r in runs)} pages |"
-        rows.append(line)
+        rows.append(f"| {b.label} | {fmt_time(runs, planned)} | {rate} | {x_lim} | {faster} | {peak_rss(runs)} | "
+                    f"{fmt_cached(runs, mode)} |")
     return rows
 
 
@@ -437,6 +478,7 @@ def tool_versions() -> str:
 
 def run(cfg: Config) -> Path:
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     tools = Tools(build_tool(cfg.workdir, "readlimit"), build_tool(cfg.workdir, "spawn"))
@@ -519,13 +561,61 @@ def run(cfg: Config) -> Path:
     log("header-only scaling ...")
     measure([b for _, row in many_rows for b in row], "warm", cfg.reps_warm, list(many.values()), tools, log)
 
+    log("verifying digests ...")
+    checks = verify_digests(ss, have_scan, main_dir, man, cfg.workdir)
     elapsed = time.perf_counter() - t_start
-    text = report(cfg, man, benches, help_b, thread_rows, size_rows, many_rows, many_man, ss, elapsed)
+    load = (load_start, os.getloadavg())
+    text = report(cfg, man, benches, help_b, thread_rows, size_rows, many_rows, many_man, ss, elapsed, checks,
+                  load)
     write_atomic(cfg.out, text)
     write_atomic(cfg.out.with_suffix(".json"), json.dumps(raw(benches, help_b, thread_rows, size_rows, many_rows),
                                                           indent=1) + "\n")
     log(f"wrote {cfg.out} ({elapsed:.0f} s)")
     return cfg.out
+
+
+def verify_digests(ss: list[str], have_scan: str, ckpt: Path, man: dict, workdir: Path) -> list[str]:
+    """Check that everyone hashed the same bytes: shardscan's checksums against the Python xxhash
+    peers' (per key), safetensors against .bin. A benchmark of wrong answers is worthless."""
+    import csv
+
+    def peer(cmd: str, files: list[str]) -> dict[str, str] | None:
+        r = subprocess.run([PY, str(HERE / "peers.py"), cmd, *files], capture_output=True, text=True)
+        if r.returncode != 0:
+            return None
+        return {key: digest for _, key, digest in (l.split("\t") for l in r.stdout.splitlines())}
+
+    def scan(files: list[str]) -> dict[str, str] | str:
+        if have_scan:
+            return have_scan
+        out = workdir / "verify.csv"
+        r = subprocess.run([*ss, "scan", "-o", str(out), *files], capture_output=True, text=True)
+        if r.returncode != 0:
+            return f"failed (exit {r.returncode}: {(r.stdout + r.stderr).strip().splitlines()[0][:100]})"
+        with open(out, newline="") as f:
+            table = {row["key"]: row["checksum"] for row in csv.DictReader(f)}
+        out.unlink()
+        return table
+
+    st = [str(ckpt / n) for n in man["safetensors"]]
+    bins = [str(ckpt / n) for n in man["bin"]]
+    ref = peer("st-xxh", st)
+    lines = []
+
+    def compare(what: str, got, want) -> None:
+        if isinstance(got, str) or got is None:
+            lines.append(f"- {what}: not compared ({got or 'peer failed'})")
+        elif want is None:
+            lines.append(f"- {what}: not compared (reference peer failed)")
+        else:
+            same = sum(1 for k, v in want.items() if got.get(k) == v)
+            verdict = "all equal" if same == len(want) == len(got) else "MISMATCH"
+            lines.append(f"- {what}: {same}/{len(want)} tensors equal ({verdict})")
+
+    compare("shardscan scan (safetensors) vs python safe_open + xxhash", scan(st), ref)
+    compare("shardscan scan (.bin) vs python safe_open + xxhash", scan(bins), ref)
+    compare("python torch.load + xxhash (.bin) vs python safe_open + xxhash", peer("torch-xxh", bins), ref)
+    return lines
 
 
 def raw(benches, help_b, thread_rows, size_rows, many_rows) -> dict:
@@ -549,12 +639,16 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows, many_man, ss, elapsed) -> str:
+def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows, many_man, ss, elapsed,
+           checks: list[str], load) -> str:
     by = {b.label: b for b in benches}
     scan = by["shardscan scan (XXH3-128)"]
     L: list[str] = []
     L.append(f"# shardscan benchmarks ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     L.append(f"- Machine: {machine()}")
+    L.append(f"- Load average (1/5/15 min) at start {'/'.join(f'{x:.1f}' for x in load[0])}, at end "
+             f"{'/'.join(f'{x:.1f}' for x in load[1])} on {os.cpu_count()} CPUs (above the CPU count, other "
+             "work shared the machine: absolute figures drop, ratios of alternated runs hold better)")
     L.append(f"- Tools: {tool_versions()}")
     L.append(f"- shardscan: `{' '.join(ss)}`")
     L.append(f"- Command: `{' '.join(shlex.quote(a) for a in [Path(PY).name, 'benches/run.py', *sys.argv[1:]])}`"
@@ -576,12 +670,16 @@ def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows,
         L.append(t.row())
     L.append("")
 
+    L.append("## Same answers (checked once, untimed, on the main checkpoint)\n")
+    L += checks
+    L.append("")
+
     L.append("## Warm (page cache)\n")
-    L += main_table(benches, "warm")
+    L += main_table(benches, "warm", cfg.reps_warm)
     L.append("")
     if cfg.cold:
         L.append("## Cold (evicted with posix_fadvise(DONTNEED) before each run, checked with mincore)\n")
-        L += main_table(benches, "cold")
+        L += main_table(benches, "cold", cfg.reps_cold)
         L.append("")
 
     L.append("## Start-up\n")
@@ -608,12 +706,12 @@ def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows,
     for s, m, b, lim in size_rows:
         st = status(b, "warm")
         if st:
-            L.append(f"| {m['safetensors_bytes'] / GB:.2f} GB | {m['tensors']} | {st} | | | | |")
+            L.append(f"| {size_label(s)} ({m['safetensors_bytes'] / GB:.2f} GB) | {m['tensors']} | {st} | | | | |")
             continue
         r = ratio(b, lim, "warm")
         spg = med(b.ok("warm")) / (b.nbytes / GB)
         rss = b.ok("warm") + b.ok("cold")
-        L.append(f"| {m['safetensors_bytes'] / GB:.2f} GB | {m['tensors']} | {fmt_rate(b, 'warm')} | "
+        L.append(f"| {size_label(s)} ({m['safetensors_bytes'] / GB:.2f} GB) | {m['tensors']} | {fmt_rate(b, 'warm')} | "
                  f"{'' if r is None else f'{r:.2f}'} | {fmt_rate(b, 'cold') or status(b, 'cold') or ''} | "
                  f"{spg:.3f} | {peak_rss(rss)} |")
     L.append("")

@@ -245,8 +245,13 @@ static int parse_uint(parser *ps, uint64_t *out, ss_status *status) {
         digits++;
     }
     int leading_zero = digits > 1 && *start == '0';
+    if (leading_zero) { /* "02" is not JSON at all: say so, not "shape is not a list of integers" */
+        ps->p = start;
+        *status = json_error(ps, "number with a leading zero");
+        return -1;
+    }
     int more = ps->p < ps->end && (*ps->p == '.' || *ps->p == 'e' || *ps->p == 'E');
-    if (digits && !overflow && !leading_zero && !more) {
+    if (digits && !overflow && !more) {
         *out = v;
         return 1;
     }
@@ -618,7 +623,7 @@ ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err) {
     ps.text.item = 1;
     ps.entries.item = sizeof(entry);
     ps.dims.item = sizeof(int64_t);
-    ps.meta.item = sizeof(uint32_t);
+    ps.meta.item = 2 * sizeof(uint32_t); /* one (start, len) pair per metadata string */
     uint64_t data_len = 0, data_end = 0;
     if (!utf8_valid((const unsigned char *)header, n)) s = ss_fail(err, SS_E_ST_UTF8, path, "header is not valid UTF-8");
     else s = parse_header(&ps);

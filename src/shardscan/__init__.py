@@ -22,6 +22,9 @@ __all__ = [
     "ScanResult",
     "scan",
     "scan_paths",
+    "check",
+    "diff",
+    "Report",
 ]
 
 _LAZY = {
@@ -29,6 +32,9 @@ _LAZY = {
     "scan_paths": "scanner",
     "ScanResult": "scanner",
     "SCHEMA": "schema",
+    "check": "check",
+    "diff": "check",
+    "Report": "report",
 }
 
 

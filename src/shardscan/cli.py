@@ -87,7 +87,7 @@ def _summary(result: ScanResult) -> str:
     nbytes = result.nbytes
     rate = f", {nbytes / result.elapsed / 1e9:.2f} GB/s" if result.elapsed > 0 and nbytes else ""
     return (
-        f"{len(result.files)} files, {result.table.num_rows} tensors, {_human_bytes(nbytes)} "
+        f"{len(result.files)} files, {len(result.columns)} tensors, {_human_bytes(nbytes)} "
         f"in {result.elapsed:.2f} s{rate}"
     )
 
@@ -105,18 +105,19 @@ def scan(
     json_output: Json = False,
 ) -> None:
     """List every tensor (key, dtype, shape, offset, size, XXH3-128 checksum) of the given files."""
-    from .output import write_atomic
     from .scanner import scan_paths
 
     result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
     if output is not None:
+        from .output import write_atomic
+
         write_atomic(result.table, output)
-    rows = result.table.to_pylist() if list_tensors else []
+    rows = result.table.to_pylist() if list_tensors else []  # table only when rows are shown
     if json_output:
         payload = {
             "ok": result.ok,
             "files": len(result.files),
-            "tensors": result.table.num_rows,
+            "tensors": len(result.columns),
             "bytes": result.nbytes,
             "elapsed": round(result.elapsed, 6),
             "errors": [{"file": p.file, "error": p.error} for p in result.problems],
@@ -131,6 +132,77 @@ def scan(
         for problem in result.problems:
             typer.echo(f"{problem.file}: FAILED {problem.error}")
         typer.echo(_summary(result) + ("" if result.ok else f"; {len(result.problems)} files with problems"))
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
+
+
+StripPrefix = Annotated[
+    Optional[list[str]],
+    typer.Option("--strip-prefix", metavar="P", help="Remove prefix P (module., _orig_mod., ...) from every key on both sides; repeatable."),
+]
+
+
+def _colour() -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+@app.command()
+def check(
+    path: Annotated[Path, typer.Argument(help="A checkpoint directory or tensor file.", show_default=False)],
+    against: Annotated[
+        Optional[Path],
+        typer.Option("--against", "-a", metavar="SOURCE",
+                     help="Expected layout: a shard index, a manifest from `scan -o`, a reference checkpoint, "
+                          "or a config.json (default: what the checkpoint declares: its index, "
+                          "shardscan.manifest.parquet, config.json)."),
+    ] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", metavar="MODULE:FACTORY", help="Expect the state_dict of this torch.nn.Module factory, built on the meta device.")
+    ] = None,
+    strip_prefix: StripPrefix = None,
+    checksums: Annotated[bool, typer.Option("--checksums", help="Also compare checksums with a reference checkpoint.")] = False,
+    hf: Annotated[
+        Optional[bool],
+        typer.Option("--hf/--no-hf", help="Build the full layout from config.json with transformers on the meta device "
+                                          "(default: only for a config named by --against)."),
+    ] = None,
+    no_hash: NoHash = False,
+    threads: Threads = None,
+    json_output: Json = False,
+) -> None:
+    """Find what is missing, unexpected, changed or unreadable against the expected layout."""
+    from .check import check as run_check
+    from .report import render_report
+
+    report = run_check(
+        path, against, hash=not no_hash, threads=threads, strip_prefix=strip_prefix, checksums=checksums,
+        model=model, hf=hf, progress=None if json_output else _progress_reporter(),
+    )
+    if json_output:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        typer.echo(render_report(report, colour=_colour()))
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_PROBLEMS)
+
+
+@app.command()
+def diff(
+    a: Annotated[Path, typer.Argument(help="The first checkpoint (directory or file).", show_default=False)],
+    b: Annotated[Path, typer.Argument(help="The second checkpoint (directory or file).", show_default=False)],
+    strip_prefix: StripPrefix = None,
+    no_hash: NoHash = False,
+    threads: Threads = None,
+    json_output: Json = False,
+) -> None:
+    """Keys only in A, only in B, and tensors whose shape, dtype or checksum changed."""
+    from .check import diff as run_diff
+    from .report import render_diff
+
+    result = run_diff(a, b, hash=not no_hash, threads=threads, strip_prefix=strip_prefix)
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        typer.echo(render_diff(result, colour=_colour()))
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
 
 

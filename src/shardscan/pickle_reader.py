@@ -331,10 +331,9 @@ def _set(args: tuple[Any, ...]) -> frozenset[Any]:
     if not args:
         return frozenset()
     _expect(type(args[0]) in (list, tuple, frozenset), "set argument is not a sequence")
-    try:
-        return frozenset(args[0])
-    except TypeError:
-        raise _fail("set member is not hashable") from None
+    for member in args[0]:
+        _check_key(member)
+    return frozenset(args[0])
 
 
 def _bytearray(args: tuple[Any, ...]) -> bytes:
@@ -351,11 +350,12 @@ def _complex(args: tuple[Any, ...]) -> complex:
 
 def _torch_persistent_id(pid: Any) -> StorageRef:
     # torch.save writes ('storage', storage_type, key, location, numel) for every storage.
-    _expect(type(pid) is tuple and len(pid) == 5, "persistent id is not a 5-tuple")
-    kind, stype, key, location, numel = pid
-    if isinstance(kind, bytes):
-        kind = kind.decode("ascii", "replace")
-    _expect(kind == "storage", f"persistent id {kind!r} is not a storage")
+    _expect(type(pid) is tuple and len(pid) >= 1, f"persistent id of type {type(pid).__name__} is not a storage")
+    kind = pid[0].decode("ascii", "replace") if type(pid[0]) is bytes else pid[0]
+    _expect(kind == "storage", f"persistent id of kind {kind!r:.40} is not a storage" if type(kind) is str
+            else f"persistent id of type {type(kind).__name__} is not a storage")
+    _expect(len(pid) == 5, "storage persistent id is not a 5-tuple")
+    _, stype, key, location, numel = pid
     _expect(isinstance(stype, StorageClass), "persistent id storage type is not a storage class")
     _expect(type(key) is str and 0 < len(key) <= 256, "persistent id storage key is not a short string")
     _expect(type(location) is str and len(location) <= 256, "persistent id location is not a string")
@@ -466,11 +466,27 @@ _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg", "_abcoll": "co
 # The virtual machine
 
 
+_SCALAR_KEYS = (str, int, float, bool, bytes, type(None), complex)
+_OBJECT_KEYS = (Global, DType, StorageClass, StorageRef, TensorRef, Instance)
+
+
+def _check_key(key: Any, depth: int = 0) -> None:
+    # Hashing a tuple recurses in C without a depth guard, and TUPLE1 builds a level per byte:
+    # only scalars, our own descriptions and shallow tuples of those may be hashed.
+    if type(key) in _SCALAR_KEYS or isinstance(key, _OBJECT_KEYS):
+        return
+    if type(key) is tuple and depth < 8:
+        for k in key:
+            _check_key(k, depth + 1)
+        return
+    if type(key) is frozenset:
+        return  # its hash was computed (and bounded) when it was built
+    raise _fail(f"dict key or set member of type {type(key).__name__} is not allowed")
+
+
 def _setitem(target: dict[Any, Any], key: Any, value: Any) -> None:
-    try:
-        target[key] = value
-    except TypeError:
-        raise _fail(f"dict key of type {type(key).__name__} is not hashable") from None
+    _check_key(key)
+    target[key] = value
 
 
 class _Machine:
@@ -581,15 +597,19 @@ class _Machine:
 
     def build(self, obj: Any, state: Any) -> None:
         if isinstance(obj, Instance):
-            # Dataclass-style state, or (dict state, slot state) as pickle's default BUILD takes it.
-            if type(state) is tuple and len(state) == 2:
-                state, slots = state
-                if slots is not None:
-                    _expect(type(slots) is dict, "BUILD slot state is not a dict")
-                    obj.state.update(slots)
-            if state is not None:
-                _expect(type(state) is dict, "BUILD state is not a dict")
-                obj.state.update(state)
+            # Dataclass-style dict state, (dict state, slot state) as pickle's default BUILD
+            # takes it, or anything else a class's own __setstate__ would take (TensorProperties
+            # pickles a 5-tuple): kept under "__setstate__" for the reader to interpret.
+            if (type(state) is tuple and len(state) == 2 and all(x is None or type(x) is dict for x in state)):
+                for part in state:
+                    if part:
+                        for k, v in part.items():
+                            _setitem(obj.state, k, v)
+            elif type(state) is dict:
+                for k, v in state.items():
+                    _setitem(obj.state, k, v)
+            elif state is not None:
+                obj.state["__setstate__"] = state
             return
         if type(obj) is dict:
             # An OrderedDict's attributes (state_dict()'s `_metadata`): not part of the mapping.
@@ -718,12 +738,12 @@ class _Machine:
                 _expect(type(target) is dict, "SETITEMS on a non-dict")
                 for i in range(0, len(items), 2):
                     _setitem(target, items[i], items[i + 1])
-            elif op == 0x8F:  # EMPTY_SET: sets are described as lists of members
-                push(_SetBuilder())
+            elif op == 0x8F:  # EMPTY_SET: described as a leaf holding its members
+                push(SetValue())
             elif op == 0x90:  # ADDITEMS
                 items = self.checked_items(self.pop_mark())
                 target = self.top()
-                _expect(isinstance(target, _SetBuilder), "ADDITEMS on a non-set")
+                _expect(isinstance(target, SetValue), "ADDITEMS on a non-set")
                 target.items.extend(items)
             elif op == 0x91:  # FROZENSET
                 push(_set((self.checked_items(self.pop_mark()),)))
@@ -781,29 +801,21 @@ class _Machine:
     def checked_items(self, items: list[Any]) -> list[Any]:
         if any(x is _MARK for x in items):
             raise _fail("unexpected MARK")
-        # A set under construction is frozen as soon as something else takes it.
-        return [x.freeze() if isinstance(x, _SetBuilder) else x for x in items]
+        return items
 
 
-class _SetBuilder:
-    """An EMPTY_SET being filled by ADDITEMS; becomes a frozenset when used."""
+class SetValue:
+    """A set built by EMPTY_SET + ADDITEMS: a leaf; its members are kept, never hashed."""
 
     def __init__(self) -> None:
         self.items: list[Any] = []
-
-    def freeze(self) -> frozenset[Any]:
-        return _set((self.items,))
-
-
-def _freeze_sets(value: Any) -> Any:
-    return value.freeze() if isinstance(value, _SetBuilder) else value
 
 
 def load(data: bytes, policy: Policy = TORCH_POLICY, limits: Limits = Limits()) -> Any:
     """Describes the object `data` pickles. Raises UnsafePickleError for a global outside the
     policy and FormatError for anything malformed or over a limit; never imports or calls."""
     try:
-        return _freeze_sets(_Machine(data, policy, limits).run())
+        return _Machine(data, policy, limits).run()
     except RecursionError:
         raise _fail("nesting too deep") from None
     except (struct.error, IndexError, ValueError, TypeError, OverflowError, MemoryError) as e:

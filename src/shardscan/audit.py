@@ -1,0 +1,456 @@
+"""Auditing a whole tree of checkpoints, and naming the newest one that is safe to resume.
+
+    >>> result = shardscan.audit("out/")           # every checkpoint under out/, one shared pool
+    >>> result.latest_ok                            # "out/checkpoint-1000" or None
+    >>> shardscan.latest("out/")                    # Path of the newest clean checkpoint, or None
+
+`audit` finds the checkpoints (shardscan.discover), reads every tensor file of every checkpoint
+in ONE scan (one parallel hashing batch: a tree of many small checkpoints keeps every core busy
+instead of running one small pool per checkpoint), then judges each checkpoint with `check`
+on its share of that scan. The same per-checkpoint step (`audit_group`) is what a Ray task runs
+in shardscan.ray_audit, so the two produce the same rows.
+
+`latest` does not audit the tree: it checks from the newest checkpoint backwards and stops at the
+first clean one, since older checkpoints do not change the answer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from .discover import Checkpoint, Discovery, find_checkpoints
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .report import FileError, Mismatch, Report
+    from .scanner import ScanResult
+
+PathLike = str | os.PathLike[str]
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """The verdict on one checkpoint. Counts come from its check report; `errors` also counts
+    the completeness-marker problems discovery found (`markers`). `problem` is the first
+    problem in words (None when ok); `problems` all of them, one line each."""
+
+    path: str
+    step: int | None
+    format: str
+    files: int
+    tensors: int
+    bytes: int
+    ok: bool
+    missing: int
+    unexpected: int
+    mismatched: int
+    errors: int
+    problem: str | None
+    problems: tuple[str, ...] = ()
+    markers: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as it appears in `audit --json` under "checkpoints"."""
+        return {
+            "path": self.path,
+            "step": self.step,
+            "format": self.format,
+            "ok": self.ok,
+            "files": self.files,
+            "tensors": self.tensors,
+            "bytes": self.bytes,
+            "missing": self.missing,
+            "unexpected": self.unexpected,
+            "mismatched": self.mismatched,
+            "errors": self.errors,
+            "problem": self.problem,
+            "problems": list(self.problems),
+        }
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """Every checkpoint under `root`, oldest first (step, then mtime).
+
+    `tables[i]` is the per-tensor table of `rows[i]` (schema shardscan.schema.SCHEMA; None
+    for a checkpoint that could not be read at all). `frozen` are the tensor keys whose
+    checksum is the same in every checkpoint holding them (at least two, all hashed);
+    `identical` pairs (later, earlier) checkpoints holding the same tensors bit for bit;
+    `skipped` the entries discovery left alone on purpose, as (path, reason)."""
+
+    root: str
+    rows: tuple[AuditRow, ...]
+    tables: tuple["pa.Table | None", ...] = field(repr=False)
+    frozen: tuple[str, ...] = ()
+    frozen_across: int = 0
+    identical: tuple[tuple[str, str], ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()
+    hashed: bool = True
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every checkpoint checks clean (and there is at least one)."""
+        return bool(self.rows) and all(row.ok for row in self.rows)
+
+    @property
+    def latest_ok(self) -> str | None:
+        """The path of the newest checkpoint that checks clean, or None."""
+        return next((row.path for row in reversed(self.rows) if row.ok), None)
+
+    @property
+    def table(self) -> "pa.Table":
+        """Every checkpoint's per-tensor table, stacked, with a leading `checkpoint` column
+        (the row's path): the table `audit -o` writes."""
+        import pyarrow as pa
+
+        from .schema import SCHEMA
+
+        schema = pa.schema([pa.field("checkpoint", pa.string(), nullable=False), *SCHEMA])
+        parts = [
+            table.add_column(0, schema.field("checkpoint"), pa.array([row.path] * table.num_rows, pa.string()))
+            for row, table in zip(self.rows, self.tables)
+            if table is not None
+        ]
+        return pa.concat_tables(parts) if parts else schema.empty_table()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `audit --json` object: {"checkpoints": [...], "latest_ok": path|null, ...}."""
+        return {
+            "root": self.root,
+            "ok": self.ok,
+            "checkpoints": [row.to_dict() for row in self.rows],
+            "latest_ok": self.latest_ok,
+            "frozen": list(self.frozen),
+            "frozen_across": self.frozen_across,
+            "identical": [{"path": a, "same_as": b} for a, b in self.identical],
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "elapsed": round(self.elapsed, 6),
+        }
+
+
+def audit(
+    root: PathLike,
+    against: PathLike | None = None,
+    *,
+    hash: bool = True,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> AuditResult:
+    """Checks every checkpoint under `root` (each against what it declares itself, plus
+    `against` for all when given). Problems are collected into the rows, never raised.
+    `progress(done, total)` receives bytes hashed over the whole tree. Raises
+    FileNotFoundError when `root` does not exist, and what `check` raises for an unusable
+    `against`."""
+    started = time.perf_counter()
+    found = find_checkpoints(root)
+    verdicts = audit_group(found.checkpoints, against, hash=hash, threads=threads, progress=progress)
+    return assemble(found, verdicts, hashed=hash, elapsed=time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------------------
+# The per-checkpoint step, shared by the local audit and the Ray tasks.
+
+
+def audit_group(
+    checkpoints: Sequence[Checkpoint],
+    against: PathLike | None = None,
+    *,
+    hash: bool = True,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> list[tuple[AuditRow, "pa.Table | None"]]:
+    """(row, per-tensor table) for each checkpoint, in order. Every tensor file of every
+    readable checkpoint is read (and hashed) in ONE scan; each checkpoint's layout findings
+    then come from a header-only `check`, which re-reads headers, not tensor bytes.
+
+    Until `check` can take a ready scan (see _judge), two findings that need the hashes are
+    taken from the shared scan here: unreadable bytes (and torch CRC failures), and checksum
+    mismatches against the manifest inside the checkpoint directory."""
+    from .scanner import scan_paths
+
+    files: dict[int, list[Path]] = {}
+    listed: dict[int, str] = {}  # checkpoint index -> why its files could not be listed
+    for i, checkpoint in enumerate(checkpoints):
+        if not checkpoint.readable:
+            continue
+        try:
+            files[i] = files_checked(checkpoint.path)
+        except OSError as exc:
+            listed[i] = f"cannot list {checkpoint.path}: {exc.strerror or exc}"
+    # Each file is scanned under its full path: names stay unique across checkpoints (every
+    # HF checkpoint has a model.safetensors) and map back to their checkpoint by prefix.
+    paths = [os.fspath(p) for group in files.values() for p in group]
+    shared = scan_paths(paths, hash=hash, threads=threads, progress=progress) if paths else None
+    out: list[tuple[AuditRow, "pa.Table | None"]] = []
+    for i, checkpoint in enumerate(checkpoints):
+        if i not in files:
+            problems = checkpoint.problems + ((listed[i],) if i in listed else ())
+            out.append((_unreadable_row(checkpoint, problems), None))
+            continue
+        part = _share(shared, checkpoint) if shared is not None else None
+        out.append(_judge(checkpoint, part, against, hash=hash, threads=threads))
+    return out
+
+
+def files_checked(path: Path) -> list[Path]:
+    """The files `check` reads for a checkpoint: the path itself for a file or a DCP
+    directory; for any other directory its tensor files, and of a directory holding several
+    families (model.safetensors beside optimizer.pt, training_args.bin) only the family its
+    index names, else the first of .safetensors, .bin, .pt, .pth, .ckpt. This mirrors check's
+    own choice; see _judge for the API that would make the mirror unnecessary."""
+    from .layout import find_indexes, index_layout
+    from .scanner import tensor_files
+
+    if not path.is_dir() or (path / ".metadata").is_file():
+        return [path]
+    order = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+    by_family: dict[str, list[Path]] = {}
+    for file in tensor_files(path):
+        by_family.setdefault(os.path.splitext(file.name)[1].lower(), []).append(file)
+    if len(by_family) <= 1:
+        return [f for group in by_family.values() for f in group]
+    named: set[str] = set()
+    for index in find_indexes(path):
+        try:
+            named |= {os.path.splitext(n)[1].lower() for n in index_layout(index).files}
+        except ValueError:
+            pass
+    wanted = (named & set(by_family)) or set(by_family)
+    return by_family[min(wanted, key=lambda f: order.index(f) if f in order else len(order))]
+
+
+def _share(shared: "ScanResult", checkpoint: Checkpoint) -> "ScanResult":
+    """The rows and problems of `shared` that belong to `checkpoint`, with file names as a
+    scan of the checkpoint alone names them (relative to a directory, as given for a file)."""
+    from .listing import FileProblem
+    from .scanner import Columns, ScanResult
+
+    base = os.fspath(checkpoint.path)
+    is_directory = checkpoint.path.is_dir()
+
+    def local(name: str) -> str | None:
+        if name == base:
+            return name
+        if is_directory and name.startswith(base + os.sep):
+            return name[len(base) + 1 :]
+        return None
+
+    cols = shared.columns
+    picked = [(i, local(name)) for i, name in enumerate(cols.file)]
+    rows = [(i, name) for i, name in picked if name is not None]
+    pick = [i for i, _ in rows]
+
+    def take(values: list) -> list:
+        return [values[i] for i in pick]
+
+    columns = Columns(
+        file=[name for _, name in rows if name is not None],
+        key=take(cols.key), dtype=take(cols.dtype), shape=take(cols.shape), offset=take(cols.offset),
+        nbytes=take(cols.nbytes), checksum=take(cols.checksum), storage=take(cols.storage), format=take(cols.format),
+    )
+    problems = []
+    for problem in shared.problems:
+        name = local(problem.file)
+        if name is not None:
+            problems.append(FileProblem(name, problem.error, problem.lost, problem.cut, problem.intact))
+    files = tuple(name for name in (local(f) for f in shared.files) if name is not None)
+    return ScanResult(columns=columns, problems=tuple(problems), files=files, non_tensor_leaves=0, elapsed=0.0)
+
+
+def _judge(
+    checkpoint: Checkpoint, part: "ScanResult | None", against: PathLike | None, *, hash: bool, threads: int | None
+) -> tuple[AuditRow, "pa.Table | None"]:
+    """One checkpoint's verdict from its share of the shared scan.
+
+    The layout findings come from `check(..., hash=False)`: it re-reads headers only (the
+    cheap part), so no tensor byte is read twice. What needs the hashes is added from the
+    share. The API that would remove both this merge and files_checked's mirror is one
+    keyword: `check(path, ..., scan=ScanResult)`, "use this scan of the files check would
+    read instead of reading them", plus `check_files(path) -> list[Path]`."""
+    from .check import check
+    from .report import FileError, Mismatch
+
+    report = check(checkpoint.path, against, hash=False, threads=threads)
+    extra_errors: list[FileError] = []
+    extra_mismatches: list[Mismatch] = []
+    if part is not None and hash:
+        known = {(e.file, e.error) for e in report.errors}
+        for problem in part.problems:
+            if (problem.file, problem.error) not in known:
+                extra_errors.append(FileError(problem.file, problem.error, problem.intact, problem.cut, problem.lost))
+        if against is None:
+            extra_mismatches = _manifest_checksums(checkpoint.path, part)
+    table = part.table if part is not None else None
+    return _row(checkpoint, report, extra_errors, extra_mismatches), table
+
+
+def _manifest_checksums(path: Path, part: "ScanResult") -> list["Mismatch"]:
+    """Checksum mismatches between the scan and the manifest inside the checkpoint directory
+    (shape and dtype mismatches the header-only check has already found)."""
+    from .layout import find_manifest, read_manifest, table_specs
+    from .report import Mismatch
+
+    manifest = find_manifest(path) if path.is_dir() else None
+    if manifest is None:
+        return []
+    expected = table_specs(read_manifest(manifest), checksums=True)
+    cols = part.columns
+    out = []
+    for key, dtype, shape, checksum in zip(cols.key, cols.dtype, cols.shape, cols.checksum):
+        want = expected.get(key)
+        if (want is not None and want.checksum and checksum and want.checksum != checksum
+                and want.dtype == dtype and want.shape == tuple(shape)):
+            out.append(Mismatch(key, "checksum", want.checksum, checksum))
+    return out
+
+
+def _row(checkpoint: Checkpoint, report: "Report", extra_errors: Sequence["FileError"] = (),
+         extra_mismatches: Sequence["Mismatch"] = ()) -> AuditRow:
+    from dataclasses import replace
+
+    from .report import families
+
+    if extra_errors or extra_mismatches:
+        report = replace(report, errors=report.errors + tuple(extra_errors),
+                         mismatched=report.mismatched + tuple(extra_mismatches))
+    words: list[str] = list(checkpoint.problems)
+    for error in sorted(report.errors, key=lambda e: e.file):
+        words.append(f"{error.file}: {error.error}")
+    for label, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
+        if keys:
+            noun = "tensor" if len(keys) == 1 else "tensors"
+            words.append(f"{label} {len(keys)} {noun}: {', '.join(families(keys))}")
+    if report.mismatched:
+        fields = sorted({m.field for m in report.mismatched})
+        words.append(f"{len(report.mismatched)} mismatched ({', '.join(fields)}): "
+                     f"{', '.join(families(m.key for m in report.mismatched))}")
+    ok = report.ok and not checkpoint.problems
+    return AuditRow(
+        path=os.fspath(checkpoint.path), step=checkpoint.step, format=checkpoint.kind,
+        files=report.files, tensors=report.tensors, bytes=report.bytes, ok=ok,
+        missing=len(report.missing), unexpected=len(report.unexpected), mismatched=len(report.mismatched),
+        errors=len(report.errors) + len(checkpoint.problems),
+        problem=words[0] if words and not ok else None, problems=tuple(words), markers=checkpoint.problems,
+    )
+
+
+def _unreadable_row(checkpoint: Checkpoint, problems: tuple[str, ...]) -> AuditRow:
+    return AuditRow(
+        path=os.fspath(checkpoint.path), step=checkpoint.step, format=checkpoint.kind,
+        files=0, tensors=0, bytes=0, ok=False, missing=0, unexpected=0, mismatched=0,
+        errors=len(problems), problem=problems[0] if problems else "unreadable", problems=problems,
+        markers=checkpoint.problems,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Across checkpoints
+
+
+def assemble(
+    found: Discovery, verdicts: Sequence[tuple[AuditRow, "pa.Table | None"]], *, hashed: bool, elapsed: float
+) -> AuditResult:
+    """The AuditResult from per-checkpoint verdicts (in discovery order), with the
+    across-checkpoint summaries. Used unchanged by the Ray audit."""
+    rows = tuple(row for row, _ in verdicts)
+    tables = tuple(table for _, table in verdicts)
+    frozen, across, identical = ((), 0, ()) if not hashed else _compare(rows, tables)
+    return AuditResult(
+        root=os.fspath(found.root), rows=rows, tables=tables, frozen=frozen, frozen_across=across,
+        identical=identical, skipped=found.skipped, hashed=hashed, elapsed=elapsed,
+    )
+
+
+def _compare(
+    rows: Sequence[AuditRow], tables: Sequence["pa.Table | None"]
+) -> tuple[tuple[str, ...], int, tuple[tuple[str, str], ...]]:
+    """Frozen keys and identical checkpoints. A key counts as frozen only when at least two
+    checkpoints hold it with a checksum and every one of those checksums is equal; a
+    checkpoint is identical to an earlier one when both hold the same (key, dtype, shape,
+    checksum) rows, all hashed."""
+    from .report import natural_sorted
+
+    seen: dict[str, set[tuple[str, ...]]] = {}
+    holders: dict[str, int] = {}
+    fingerprints: dict[tuple, str] = {}
+    identical: list[tuple[str, str]] = []
+    compared = 0
+    for row, table in zip(rows, tables):
+        if table is None or table.num_rows == 0:
+            continue
+        keys = table.column("key").to_pylist()
+        sums = table.column("checksum").to_pylist()
+        dtypes = table.column("dtype").to_pylist()
+        shapes = [tuple(s) for s in table.column("shape").to_pylist()]
+        compared += 1
+        per_key: dict[str, list[str]] = {}
+        for key, checksum in zip(keys, sums):
+            if checksum is not None:
+                per_key.setdefault(key, []).append(checksum)
+        for key, values in per_key.items():
+            # A key stored twice in one checkpoint (a model and its EMA copy in one file) is
+            # compared as the sorted set of its checksums.
+            seen.setdefault(key, set()).add(tuple(sorted(values)))
+            holders[key] = holders.get(key, 0) + 1
+        if None not in sums:
+            fingerprint = tuple(sorted(zip(keys, dtypes, shapes, sums)))
+            earlier = fingerprints.setdefault(fingerprint, row.path)
+            if earlier != row.path:
+                identical.append((row.path, earlier))
+    frozen = tuple(natural_sorted(k for k, values in seen.items() if holders[k] >= 2 and len(values) == 1))
+    return frozen, (compared if frozen else 0), tuple(identical)
+
+
+# ----------------------------------------------------------------------------------------
+# latest
+
+
+@dataclass(frozen=True)
+class LatestPick:
+    """The outcome of `pick_latest`: `path` is the newest clean checkpoint (None when there is
+    none), `reason` one line saying why there is none, `rejected` the newer checkpoints
+    passed over, each as (path, first problem)."""
+
+    path: Path | None
+    reason: str | None
+    rejected: tuple[tuple[str, str], ...] = ()
+
+
+def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None) -> LatestPick:
+    """Checks checkpoints from the newest back and returns the first clean one, with the
+    ones passed over. Raises FileNotFoundError when `root` does not exist."""
+    found = find_checkpoints(root)
+    if not found.checkpoints:
+        return LatestPick(None, f"{root}: no checkpoints found")
+    rejected: list[tuple[str, str]] = []
+    for checkpoint in reversed(found.checkpoints):
+        if checkpoint.problems:
+            # A missing completeness marker is decisive; no need to read the tensors.
+            rejected.append((os.fspath(checkpoint.path), checkpoint.problems[0]))
+            continue
+        ((row, _),) = audit_group([checkpoint], hash=hash, threads=threads)
+        if row.ok:
+            return LatestPick(checkpoint.path, None, tuple(rejected))
+        rejected.append((row.path, row.problem or "not ok"))
+    count = len(found.checkpoints)
+    newest_path, newest_problem = rejected[0]
+    noun = "checkpoint" if count == 1 else "checkpoints"
+    return LatestPick(
+        None,
+        f"{root}: none of {count} {noun} checks clean; newest {newest_path}: {newest_problem}",
+        tuple(rejected),
+    )
+
+
+def latest(root: PathLike, *, hash: bool = True, threads: int | None = None) -> Path | None:
+    """The newest checkpoint under `root` (by step, then mtime) that checks clean, or None.
+    Use it before resuming: `trainer.train(resume_from_checkpoint=str(latest("out")))`.
+    Raises FileNotFoundError when `root` does not exist."""
+    return pick_latest(root, hash=hash, threads=threads).path

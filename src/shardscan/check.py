@@ -1,0 +1,448 @@
+"""`check`: compare a checkpoint with every layout it should satisfy; `diff`: compare two.
+
+A check scans the checkpoint once (headers, plus hashes unless `hash=False`), then measures the
+scan against each expected layout independently (shardscan.layout) and unions the findings:
+every declaration must hold. What always counts, layout or not:
+
+* a file that cannot be read completely is an error; a truncated safetensors shard names its
+  intact, cut and lost tensors, and the cut and lost ones are missing;
+* a key held by two tensor files of the checkpoint is an error.
+
+Without `against`, a checkpoint directory is checked against what it declares itself: its shard
+index(es), the manifest MANIFEST_NAME and the structural check of its config.json. With
+`against`, that source replaces the manifest and config (the directory's own index is still
+checked: it says which files must exist).
+
+The header-only path (`hash=False`, no reference) touches neither pyarrow nor torch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from . import layout as layouts
+from .layout import Layout, Spec
+from .report import Diff, FileError, Mismatch, Report, families, natural_sorted
+
+PathLike = str | os.PathLike[str]
+
+#: Extensions of one checkpoint "family": a directory holding both is checked one family at a time.
+_FAMILY_ORDER = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass
+class _Actual:
+    """The checkpoint as scanned: key -> Spec of each intact tensor, keys whose bytes are gone
+    (cut or lost by a truncation), and everything reported per file."""
+
+    specs: dict[str, Spec]
+    damaged: set[str]
+    errors: list[FileError]
+    files: int
+    tensors: int
+    nbytes: int
+    bytes_by_file: dict[str, int]
+    duplicates: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _normalize_prefixes(strip_prefix: str | Sequence[str] | None) -> tuple[str, ...]:
+    if strip_prefix is None:
+        return ()
+    if isinstance(strip_prefix, str):
+        return (strip_prefix,) if strip_prefix else ()
+    return tuple(p for p in strip_prefix if p)
+
+
+def _scan(path: Path, *, hash: bool, threads: int | None, progress: Callable[[int, int], None] | None,
+          index_shards: Iterable[str] = (), label: str | None = None) -> _Actual:
+    """Scans a file or checkpoint directory into an _Actual. In a directory holding more
+    than one family of tensor files (model.safetensors beside pytorch_model.bin, as many hub
+    repositories do), only the family the index names (else the first of _FAMILY_ORDER) is
+    read, with a note, since a loader reads only one of them. `label` prefixes file names in
+    errors (diff names both sides)."""
+    from .scanner import scan_paths, tensor_files
+
+    notes: list[str] = []
+    targets: list[PathLike] = [path]
+    relabel = ""
+    if path.is_dir() and not (path / ".metadata").is_file():
+        files = tensor_files(path)
+        by_family: dict[str, list[Path]] = {}
+        for file in files:
+            by_family.setdefault(_family(file.name), []).append(file)
+        if len(by_family) > 1:
+            wanted = {_family(name) for name in index_shards} & set(by_family)
+            chosen = min(wanted or by_family, key=lambda f: _FAMILY_ORDER.index(f) if f in _FAMILY_ORDER else 99)
+            skipped = sorted(f.name for fam, group in by_family.items() if fam != chosen for f in group)
+            notes.append(f"{path} also holds {', '.join(skipped)}: checked the {chosen} files only")
+            targets = list(by_family[chosen])
+            relabel = os.fspath(path) + os.sep
+    result = scan_paths(targets, hash=hash, threads=threads, progress=progress)
+    columns = result.columns
+    names = columns.file
+    if relabel:  # files given one by one are named by their path; show them relative, as a directory scan does
+        names = [n[len(relabel):] if n.startswith(relabel) else n for n in names]
+    prefix = f"{label}/" if label and path.is_dir() else ""
+    specs: dict[str, Spec] = {}
+    duplicates: dict[str, list[str]] = {}
+    bytes_by_file: dict[str, int] = {}
+    for key, dtype, shape, checksum, name, nbytes in zip(
+        columns.key, columns.dtype, columns.shape, columns.checksum, names, columns.nbytes
+    ):
+        bytes_by_file[name] = bytes_by_file.get(name, 0) + nbytes
+        if key in specs:
+            duplicates.setdefault(key, [specs[key].file or ""]).append(name)
+            continue
+        specs[key] = Spec(dtype=dtype, shape=tuple(shape), checksum=checksum, file=name)
+    damaged: set[str] = set()
+    errors = []
+    for problem in result.problems:
+        damaged.update(problem.cut)
+        damaged.update(problem.lost)
+        file = problem.file[len(relabel):] if relabel and problem.file.startswith(relabel) else problem.file
+        errors.append(FileError(prefix + file, problem.error, tuple(problem.intact), tuple(problem.cut), tuple(problem.lost)))
+    return _Actual(
+        specs=specs, damaged=damaged - set(specs), errors=errors, files=len(result.files), tensors=len(columns),
+        nbytes=sum(columns.nbytes), bytes_by_file=bytes_by_file, duplicates=duplicates, notes=notes,
+    )
+
+
+def _family(name: str) -> str:
+    return os.path.splitext(name)[1].lower()
+
+
+def _strip_specs(specs: dict[str, Spec], prefixes: Sequence[str]) -> dict[str, Spec]:
+    if not prefixes:
+        return specs
+    out: dict[str, Spec] = {}
+    for key, spec in specs.items():
+        out.setdefault(layouts.strip_prefixes(key, prefixes), spec)
+    return out
+
+
+def _strip_layout(layout: Layout, prefixes: Sequence[str]) -> Layout:
+    if not prefixes:
+        return layout
+    strip = lambda key: layouts.strip_prefixes(key, prefixes)  # noqa: E731 - local shorthand
+    return Layout(
+        kind=layout.kind, source=layout.source, specs=_strip_specs(layout.specs, prefixes),
+        ties={strip(k): strip(v) for k, v in layout.ties.items()}, ignore_missing=layout.ignore_missing,
+        ignore_unexpected=layout.ignore_unexpected, complete=layout.complete, files=layout.files,
+        extra={strip(k) for k in layout.extra}, errors=layout.errors, warnings=layout.warnings,
+        total_size=layout.total_size,
+    )
+
+
+def _keys_against(layout: Layout, present: set[str] | dict[str, Spec]) -> tuple[set[str], set[str]]:
+    """(missing, unexpected) keys of `present` measured against `layout`: tied keys need only
+    one of their pair, and the layout's ignore patterns are honoured."""
+    missing = set()
+    for key in layout.specs.keys() - present.keys() if isinstance(present, dict) else layout.specs.keys() - present:
+        tied = layout.ties.get(key)
+        if tied is not None and tied in present:
+            continue  # a tied target is rebuilt from its source
+        if layout.ignore_missing is not None and layout.ignore_missing.search(key):
+            continue
+        missing.add(key)
+    if layout.ties:
+        # tying is symmetric on load: a present target stands in for an absent source
+        for target, source in layout.ties.items():
+            if source in missing and target in present:
+                missing.discard(source)
+    unexpected = {k for k in layout.extra if k in present}
+    if layout.complete:
+        for key in present if isinstance(present, set) else present.keys():
+            if key not in layout.specs and not (
+                layout.ignore_unexpected is not None and layout.ignore_unexpected.search(key)
+            ):
+                unexpected.add(key)
+    return missing, unexpected
+
+
+def _mismatches(layout: Layout, actual: dict[str, Spec], out: dict[tuple[str, str], Mismatch]) -> None:
+    """Adds shape, dtype and checksum differences. A checksum is compared only when both sides
+    have one and shape and dtype agree (a changed dtype changes every byte: one finding is enough)."""
+    for key, want in layout.specs.items():
+        have = actual.get(key)
+        if have is None:
+            continue
+        changed = False
+        if want.shape is not None and have.shape is not None and want.shape != have.shape:
+            out.setdefault((key, "shape"), Mismatch(key, "shape", want.shape, have.shape))
+            changed = True
+        if want.dtype is not None and have.dtype is not None and want.dtype != have.dtype:
+            out.setdefault((key, "dtype"), Mismatch(key, "dtype", want.dtype, have.dtype))
+            changed = True
+        if not changed and want.checksum and have.checksum and want.checksum != have.checksum:
+            out.setdefault((key, "checksum"), Mismatch(key, "checksum", want.checksum, have.checksum))
+
+
+def _index_findings(layout: Layout, actual: _Actual, directory: Path | None, index_name: str) -> tuple[list[FileError], list[str]]:
+    """What only an index can be wrong about: shards it names that are absent, gaps in a
+    `-0000i-of-0000N` series, keys found in a shard other than the one it names, and a
+    `metadata.total_size` that disagrees with the tensors' bytes (a warning)."""
+    errors: list[FileError] = []
+    warnings: list[str] = []
+    on_disk = {p.name for p in directory.iterdir()} if directory is not None else set()
+    absent = [name for name in layout.files if name not in on_disk]
+    for name in absent:
+        count = sum(1 for spec in layout.specs.values() if spec.file == name)
+        errors.append(FileError(name, f"absent: {index_name} maps {count} tensors to it"))
+    named_or_present = set(layout.files) | {n for n in on_disk if _family(n) in _FAMILY_ORDER}
+    for name, series in layouts.series_gaps(named_or_present):
+        if name not in absent:
+            errors.append(FileError(name, f"absent: the series {series} has a gap here"))
+    moved: dict[tuple[str, str], list[str]] = {}
+    for key, spec in layout.specs.items():
+        have = actual.specs.get(key)
+        if have is not None and spec.file is not None and have.file != spec.file:
+            moved.setdefault((spec.file, have.file or "?"), []).append(key)
+    for (named, found), keys in sorted(moved.items()):
+        errors.append(FileError(
+            index_name, f"maps {len(keys)} tensors to {named} but they are in {found}: {', '.join(families(keys))}"
+        ))
+    if layout.total_size is not None and not absent and not actual.damaged:
+        held = sum(actual.bytes_by_file.get(name, 0) for name in layout.files)
+        if held != layout.total_size:
+            warnings.append(f"{index_name}: metadata.total_size is {layout.total_size} but its shards hold {held} tensor bytes")
+    return errors, warnings
+
+
+def _prefix_note(layout: Layout, present: dict[str, Spec], base: tuple[set[str], set[str]], path: str,
+                 user: tuple[str, ...]) -> str | None:
+    """One line when stripping a known prefix (or pair) from both sides makes the keys match
+    `layout` markedly better than they do now: at most a quarter of the findings remain."""
+    before = len(base[0]) + len(base[1])
+    if not base[0] or not base[1]:
+        return None
+    best: tuple[int, tuple[str, ...]] | None = None
+    for candidate in layouts.prefix_candidates():
+        prefixes = user + candidate
+        stripped = _strip_layout(layout, candidate)
+        missing, unexpected = _keys_against(stripped, _strip_specs(present, candidate))
+        after = len(missing) + len(unexpected)
+        if after * 4 <= before and (best is None or after < best[0]):
+            best = (after, prefixes)
+    if best is None:
+        return None
+    flags = " ".join(f"--strip-prefix {p}" for p in best[1])
+    outcome = "the keys match" if best[0] == 0 else f"{best[0]} differences remain (of {before})"
+    return f"keys of {path} and {layout.source} differ by the prefix {''.join(best[1][len(user):])!r}: with {flags} {outcome}"
+
+
+def _collect_layouts(root: Path, against: Path | None, *, hash: bool, threads: int | None, checksums: bool,
+                     model: str | None, hf: bool | None, actual_shapes: Callable[[], dict[str, tuple[int, ...] | None]]
+                     ) -> tuple[list[Layout], list[str]]:
+    """The layouts to check against and notes on how they were chosen (see the module doc)."""
+    found: list[Layout] = []
+    notes: list[str] = []
+    directory = root if root.is_dir() else None
+    if directory is not None:
+        for index in layouts.find_indexes(directory):
+            found.append(layouts.index_layout(index))
+    config_path: Path | None = None
+    explicit_config = False
+    if against is None and directory is not None:
+        manifest = layouts.find_manifest(directory)
+        if manifest is not None:
+            found.append(layouts.manifest_layout(manifest))
+        if (directory / "config.json").is_file():
+            config_path = directory / "config.json"
+    elif against is not None:
+        kind = layouts.classify(against)
+        if kind == "index":
+            found.append(layouts.index_layout(against))
+        elif kind == "manifest":
+            found.append(layouts.manifest_layout(layouts.find_manifest(against) if against.is_dir() else against))  # type: ignore[arg-type]
+        elif kind == "config":
+            config_path = against / "config.json" if against.is_dir() else against
+            explicit_config = True
+        else:
+            found.append(_reference_layout(against, hash=hash and checksums, threads=threads))
+    if config_path is not None:
+        config = layouts.read_config(config_path)
+        use_hf = hf if hf is not None else explicit_config
+        if use_hf and layouts.transformers_available():
+            found.append(layouts.transformers_layout(config_path))
+        else:
+            if use_hf and hf:
+                raise ImportError("transformers is not installed: pip install 'shardscan[hf]' (or drop --hf)")
+            if use_hf:
+                notes.append("transformers is not installed: structural check of config.json only")
+            found.append(layouts.structural_layout(config, actual_shapes(), config_path.name))
+    if model is not None:
+        found.append(layouts.model_layout(model))
+    return found, notes
+
+
+def _reference_layout(path: Path, *, hash: bool, threads: int | None) -> Layout:
+    """A reference checkpoint: its keys, dtypes, shapes (and checksums when hashed); its own
+    unreadable files become errors of this layout, named under the reference's path."""
+    ref = _scan(path, hash=hash, threads=threads, progress=None, label=os.fspath(path))
+    layout = Layout(kind="reference", source=f"reference {path}", specs=ref.specs)
+    layout.errors = [(e.file, e.error) for e in ref.errors]
+    return layout
+
+
+def check(
+    path: PathLike,
+    against: PathLike | None = None,
+    *,
+    hash: bool = True,
+    threads: int | None = None,
+    strip_prefix: str | Sequence[str] | None = None,
+    checksums: bool = False,
+    model: str | None = None,
+    hf: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Checks the checkpoint at `path` (a tensor file or directory) against its expected
+    layouts and returns a Report; problems in the checkpoint are findings, never raised.
+
+    `against`: an index, manifest, reference checkpoint or config.json (see the module doc).
+    `hash`: hash tensor bytes (needed to compare manifest checksums and verify torch CRCs).
+    `strip_prefix`: prefix(es) removed, in order, from every key on both sides.
+    `checksums`: also compare checksums with a reference checkpoint.
+    `model`: "module:factory" of a torch.nn.Module to build on the meta device.
+    `hf`: build config layouts with transformers (None: only for a config named by `against`).
+
+    Raises FileNotFoundError when `path` or `against` does not exist, ValueError for an
+    `against` that is no known layout source, ImportError when `hf=True` or `model` needs a
+    package that is not installed."""
+    started = time.perf_counter()
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    against_path = Path(against) if against is not None else None
+    if against_path is not None and not against_path.exists():
+        raise FileNotFoundError(f"{against}: no such file or directory")
+    prefixes = _normalize_prefixes(strip_prefix)
+
+    index_shards = []
+    if root.is_dir():
+        for index in layouts.find_indexes(root):
+            try:
+                index_shards += list(layouts.index_layout(index).files)
+            except ValueError:
+                pass
+    actual = _scan(root, hash=hash, threads=threads, progress=progress, index_shards=index_shards)
+    present = _strip_specs(actual.specs, prefixes)
+    found, notes = _collect_layouts(
+        root, against_path, hash=hash, threads=threads, checksums=checksums, model=model, hf=hf,
+        actual_shapes=lambda: {k: s.shape for k, s in present.items()},
+    )
+    notes += actual.notes
+
+    missing: set[str] = {layouts.strip_prefixes(k, prefixes) for k in actual.damaged}
+    unexpected: set[str] = set()
+    mismatched: dict[tuple[str, str], Mismatch] = {}
+    errors = list(actual.errors)
+    warnings: list[str] = []
+    compared_checksums = False
+    for raw in found:
+        layout = _strip_layout(raw, prefixes)
+        lost, extra = _keys_against(layout, present)
+        missing |= lost
+        unexpected |= extra
+        _mismatches(layout, present, mismatched)
+        compared_checksums |= any(spec.checksum for spec in layout.specs.values())
+        errors += [FileError(file, error) for file, error in layout.errors]
+        warnings += layout.warnings
+        if layout.kind == "index":
+            index_errors, index_warnings = _index_findings(raw, actual, root if root.is_dir() else None,
+                                                           raw.source.removeprefix("index "))
+            errors += index_errors
+            warnings += index_warnings
+        if layout.complete:
+            note = _prefix_note(layout, present, (lost, extra), os.fspath(path), prefixes)
+            if note:
+                notes.append(note)
+    if compared_checksums and not hash:
+        warnings.append("checksums not compared (--no-hash)")
+    for key, files in sorted(actual.duplicates.items()):
+        errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
+    # every layout named in the report, by how the user would recognise it
+    return Report(
+        path=os.fspath(path),
+        against=os.fspath(against) if against is not None else None,
+        files=actual.files,
+        tensors=actual.tensors,
+        bytes=actual.nbytes,
+        missing=tuple(natural_sorted(missing)),
+        unexpected=tuple(natural_sorted(unexpected - missing)),
+        mismatched=tuple(mismatched.values()),
+        errors=tuple(_merge_errors(errors)),
+        warnings=tuple(dict.fromkeys(warnings)),
+        notes=tuple(dict.fromkeys(notes)),
+        layouts=tuple(layout.source for layout in found),
+        strip_prefix=prefixes,
+        elapsed=time.perf_counter() - started,
+    )
+
+
+def _merge_errors(errors: list[FileError]) -> list[FileError]:
+    """One entry per (file, error): a shard both absent from disk and in a series gap, or
+    named by two layouts, is reported once."""
+    seen: dict[tuple[str, str], FileError] = {}
+    for error in errors:
+        seen.setdefault((error.file, error.error), error)
+    return list(seen.values())
+
+
+def diff(
+    a: PathLike,
+    b: PathLike,
+    *,
+    hash: bool = True,
+    threads: int | None = None,
+    strip_prefix: str | Sequence[str] | None = None,
+) -> Diff:
+    """Compares two checkpoints (files or directories, any formats): keys only in A, only in
+    B, and tensors whose shape, dtype or checksum changed. Checksums are format-independent,
+    so a .bin and its safetensors conversion compare equal when no tensor changed.
+    `hash=False` compares keys, shapes and dtypes only. Raises FileNotFoundError when either
+    path does not exist."""
+    started = time.perf_counter()
+    for given in (a, b):
+        if not Path(given).exists():
+            raise FileNotFoundError(f"{given}: no such file or directory")
+    prefixes = _normalize_prefixes(strip_prefix)
+    left = _scan(Path(a), hash=hash, threads=threads, progress=None, label=os.fspath(a))
+    right = _scan(Path(b), hash=hash, threads=threads, progress=None, label=os.fspath(b))
+    a_specs, b_specs = _strip_specs(left.specs, prefixes), _strip_specs(right.specs, prefixes)
+    as_layout = Layout(kind="reference", source=os.fspath(a), specs=a_specs)
+    changed: dict[tuple[str, str], Mismatch] = {}
+    _mismatches(as_layout, b_specs, changed)
+    only_a = (a_specs.keys() - b_specs.keys()) | {layouts.strip_prefixes(k, prefixes) for k in left.damaged}
+    only_b = (b_specs.keys() - a_specs.keys()) | {layouts.strip_prefixes(k, prefixes) for k in right.damaged}
+    notes = left.notes + right.notes
+    note = _prefix_note(as_layout, b_specs, (set(a_specs.keys() - b_specs.keys()), set(b_specs.keys() - a_specs.keys())),
+                        os.fspath(b), prefixes)
+    if note:
+        notes.append(note)
+    errors = left.errors + right.errors
+    for side, actual in ((a, left), (b, right)):
+        for key, files in sorted(actual.duplicates.items()):
+            errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
+    common = a_specs.keys() & b_specs.keys()
+    changed_keys = {key for key, _ in changed}
+    return Diff(
+        a=os.fspath(a),
+        b=os.fspath(b),
+        files=(left.files, right.files),
+        tensors=(left.tensors, right.tensors),
+        only_a=tuple(natural_sorted(only_a - only_b)),
+        only_b=tuple(natural_sorted(only_b - only_a)),
+        changed=tuple(changed.values()),
+        unchanged=len(common - changed_keys),
+        errors=tuple(_merge_errors(errors)),
+        notes=tuple(dict.fromkeys(notes)),
+        checksums=hash,
+        strip_prefix=prefixes,
+        elapsed=time.perf_counter() - started,
+    )

@@ -1,0 +1,304 @@
+"""Finding the checkpoints in a training run's output tree, and ordering them by step.
+
+What counts as one checkpoint (checked in this order for every directory):
+
+==============  ===========================================  ==============================
+kind            recognised by                                completeness marker
+==============  ===========================================  ==============================
+dcp             a ``.metadata`` file or ``*.distcp`` files   ``.metadata`` (written last by
+                                                             the coordinator)
+deepspeed       a directory named ``global_stepN``           the parent's ``latest`` tag:
+                                                             a step newer than the one it
+                                                             names was never finished
+hf-trainer      a directory named ``checkpoint-N``           ``trainer_state.json`` (the
+                                                             Trainer writes it last)
+hf-model        a directory with a shard index, a            the index's shard list
+                ``config.json`` or Hugging Face weight        (checked by ``check``)
+                names (``model.safetensors``,
+                ``pytorch_model-00001-of-00002.bin``, ...)
+lightning       a ``.ckpt`` file                             --
+safetensors     any other ``.safetensors`` file              --
+torch           any other ``.pt``/``.pth``/``.bin`` file     --
+==============  ===========================================  ==============================
+
+A checkpoint directory is a leaf: nothing below it is searched for further checkpoints (the
+``global_stepN`` inside an HF Trainer checkpoint is part of that checkpoint).
+
+The walk never follows a symlink whose target is inside the tree (it is visited anyway, and
+that is what makes ``sub/up -> ..`` loops harmless), remembers every directory it entered by
+device and inode so links from outside cannot loop either, and never opens anything but
+regular files (a FIFO opened for reading waits forever for a writer). Entries it cannot use
+are reported, never raised: a checkpoint-like name that cannot be read becomes a Checkpoint
+with a problem (so ``audit`` shows it and ``latest`` skips it), a symlink loop becomes a note.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Loose files that may be checkpoints on their own.
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+# Hugging Face weight file names: their presence makes a directory one model checkpoint
+# rather than a folder of unrelated loose files.
+_HF_WEIGHTS = re.compile(
+    r"^(?:model|pytorch_model|adapter_model|tf_model|diffusion_pytorch_model)"
+    r"(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin)$"
+)
+_INDEX = re.compile(r"\.(?:safetensors|bin)\.index\.json$")
+_TRAINER = re.compile(r"^checkpoint-(\d+)$")
+_DEEPSPEED = re.compile(r"^global_step(\d+)$")
+# Step numbers in names, most specific first: "epoch=3-step=1200", "global_step800",
+# "checkpoint-500", "iter_0001000", then a number closing the name ("model_00010").
+_STEP_PATTERNS = (
+    re.compile(r"(?:^|[^a-z])(?:global_)?step[=_-]?(\d+)", re.IGNORECASE),
+    re.compile(r"^checkpoint-(\d+)$"),
+    re.compile(r"(?:^|[^a-z])(?:ckpt|iter|iteration)[=_-]?(\d+)", re.IGNORECASE),
+    re.compile(r"[=_-](\d+)$"),
+)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint found under the root.
+
+    `path` is the directory or file; `kind` one of the kinds in the module docstring;
+    `step` the step number its name carries (None when it carries none); `mtime` its
+    modification time (for a directory, the newest of its direct entries, since a save
+    writes files into an existing directory); `problems` what discovery already knows is
+    wrong, in words (a missing completeness marker, an unreadable entry); `readable` is False
+    when there is nothing that may be opened (a FIFO, a broken link, a directory that
+    cannot be listed or that `latest` names but does not exist)."""
+
+    path: Path
+    kind: str
+    step: int | None
+    mtime: float
+    problems: tuple[str, ...] = ()
+    readable: bool = True  # False: nothing to open (missing, FIFO, unlistable); never scanned
+
+    @property
+    def sort_key(self) -> tuple[bool, int, float, str]:
+        # Checkpoints without a step number sort before those with one: a name like
+        # "final.pt" says nothing about where it falls, and guessing "newest" would make
+        # `latest` prefer it over a numbered save.
+        return (self.step is not None, self.step or 0, self.mtime, os.fspath(self.path))
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Every checkpoint in step order (oldest first), and the entries the walk left alone
+    on purpose (symlink loops, links back into the tree), each as (path, reason)."""
+
+    root: Path
+    checkpoints: tuple[Checkpoint, ...]
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+def step_of(name: str) -> int | None:
+    """The step number a checkpoint's name carries, or None."""
+    stem = name
+    for suffix in CHECKPOINT_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    for pattern in _STEP_PATTERNS:
+        match = pattern.search(stem)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def find_checkpoints(root: str | os.PathLike[str]) -> Discovery:
+    """Walks `root` (a directory, or a single checkpoint file) and returns its checkpoints.
+    Raises FileNotFoundError when `root` does not exist and NotADirectoryError when it is
+    neither a directory nor a regular file (a FIFO, a device)."""
+    root = Path(root)
+    try:
+        st = root.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "no such file or directory", os.fspath(root)) from None
+    if stat.S_ISREG(st.st_mode):
+        return Discovery(root, (Checkpoint(root, _file_kind(root.name), step_of(root.name), st.st_mtime),))
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory or regular file", os.fspath(root))
+    walk = _Walk(root.resolve())
+    walk.directory(root, st)
+    found = sorted(walk.found, key=lambda c: c.sort_key)
+    return Discovery(root, tuple(found), tuple(walk.skipped))
+
+
+@dataclass
+class _Walk:
+    resolved_root: Path
+    found: list[Checkpoint] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    visited: set[tuple[int, int]] = field(default_factory=set)
+    seen_files: set[tuple[int, int]] = field(default_factory=set)
+
+    def directory(self, path: Path, st: os.stat_result) -> None:
+        identity = (st.st_dev, st.st_ino)
+        if identity in self.visited:
+            self.skipped.append((os.fspath(path), "already visited (symlink loop)"))
+            return
+        self.visited.add(identity)
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self.found.append(Checkpoint(path, "unreadable", step_of(path.name), st.st_mtime,
+                                         (f"cannot list directory: {exc.strerror or exc}",), readable=False))
+            return
+        names = {e.name: e for e in entries}
+        kind, problems = _classify(path, names)
+        if kind is not None:
+            self.found.append(Checkpoint(path, kind, step_of(path.name), _newest(entries, st), tuple(problems)))
+            return
+        self._deepspeed_tag(path, names)
+        for entry in entries:
+            self.entry(path, entry)
+
+    def entry(self, parent: Path, entry: os.DirEntry[str]) -> None:
+        path = parent / entry.name
+        looks_like_checkpoint = entry.name.endswith(CHECKPOINT_SUFFIXES)
+        is_link = False
+        try:
+            is_link = entry.is_symlink()
+            st = entry.stat(follow_symlinks=True)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self.skipped.append((os.fspath(path), "symlink loop"))
+            elif is_link and exc.errno == errno.ENOENT:
+                if looks_like_checkpoint:
+                    self.found.append(Checkpoint(path, _file_kind(entry.name), step_of(entry.name), 0.0,
+                                                 ("broken symlink: its target does not exist",), readable=False))
+            elif looks_like_checkpoint:
+                self.found.append(Checkpoint(path, _file_kind(entry.name), step_of(entry.name), 0.0,
+                                             (f"cannot stat: {exc.strerror or exc}",), readable=False))
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if is_link and self._inside(path):
+                # The target is walked under its own name; following the link as well
+                # would list the same checkpoint twice, or loop (sub/up -> ..).
+                self.skipped.append((os.fspath(path), "symlink into the tree (walked under its own name)"))
+                return
+            self.directory(path, st)
+        elif stat.S_ISREG(st.st_mode):
+            if not looks_like_checkpoint:
+                return
+            identity = (st.st_dev, st.st_ino)
+            if is_link and self._inside(path):
+                # "last.ckpt -> epoch=3-step=1200.ckpt": the target is a checkpoint already.
+                self.skipped.append((os.fspath(path), "symlink into the tree (walked under its own name)"))
+                return
+            if identity in self.seen_files:
+                return
+            self.seen_files.add(identity)
+            self.found.append(Checkpoint(path, _file_kind(entry.name), step_of(entry.name), st.st_mtime))
+        elif looks_like_checkpoint:
+            # Never opened: reading a FIFO blocks until a writer appears, a device never ends.
+            self.found.append(Checkpoint(path, _file_kind(entry.name), step_of(entry.name), st.st_mtime,
+                                         (f"not a regular file ({_file_type(st.st_mode)})",), readable=False))
+
+    def _inside(self, link: Path) -> bool:
+        try:
+            target = link.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return False
+        return target == self.resolved_root or self.resolved_root in target.parents
+
+    def _deepspeed_tag(self, path: Path, names: dict[str, os.DirEntry[str]]) -> None:
+        """DeepSpeed writes `latest` (the tag of the last complete save) after the save; a
+        tag naming a directory that is not there is a broken tree. Reported as a row for the
+        missing directory, since that is the checkpoint DeepSpeed would try to resume."""
+        tag = _read_tag(path, names)
+        if tag is None or tag in names:
+            return
+        self.found.append(Checkpoint(path / tag, "deepspeed", step_of(tag), 0.0,
+                                     (f"'latest' names {tag}, which does not exist",), readable=False))
+
+
+def _classify(path: Path, names: dict[str, os.DirEntry[str]]) -> tuple[str | None, list[str]]:
+    """The kind of checkpoint directory `path` is (None for a plain folder) and the problems
+    its completeness markers show."""
+    problems: list[str] = []
+    if ".metadata" in names or any(n.endswith(".distcp") for n in names):
+        if ".metadata" not in names:
+            problems.append("no .metadata: torch.distributed.checkpoint writes it last, so the save did not finish")
+        return "dcp", problems
+    match = _DEEPSPEED.match(path.name)
+    if match:
+        tag = _read_tag(path.parent, _scan_names(path.parent))
+        tagged = step_of(tag) if tag else None
+        if tag is not None and tagged is not None and int(match.group(1)) > tagged:
+            problems.append(f"newer than {tag}, the step 'latest' names: DeepSpeed updates 'latest' "
+                            "after a save completes, so this one did not")
+        return "deepspeed", problems
+    if _TRAINER.match(path.name):
+        if "trainer_state.json" not in names:
+            problems.append("no trainer_state.json: the Trainer writes it last, so the save was interrupted")
+        tag = _read_tag(path, names)
+        if tag is not None and tag not in names:
+            problems.append(f"'latest' names {tag}, which does not exist")
+        return "hf-trainer", problems
+    has_weights = any(_HF_WEIGHTS.match(n) or _INDEX.search(n) for n in names)
+    has_loose = any(n.endswith(CHECKPOINT_SUFFIXES) for n in names)
+    if has_weights or ("config.json" in names and has_loose):
+        return "hf-model", problems
+    return None, problems
+
+
+def _scan_names(path: Path) -> dict[str, os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return {e.name: e for e in it}
+    except OSError:
+        return {}
+
+
+def _read_tag(path: Path, names: dict[str, os.DirEntry[str]]) -> str | None:
+    """The tag in DeepSpeed's `latest` file, or None when there is none (or it is not a
+    small regular file: never read a FIFO)."""
+    entry = names.get("latest")
+    if entry is None:
+        return None
+    try:
+        st = entry.stat(follow_symlinks=True)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
+            return None
+        tag = (path / "latest").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    # A tag is a directory name; anything with a separator is not one we can check.
+    return tag if tag and "/" not in tag and tag not in (".", "..") else None
+
+
+def _newest(entries: list[os.DirEntry[str]], st: os.stat_result) -> float:
+    newest = st.st_mtime
+    for entry in entries:
+        try:
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+        except OSError:
+            pass
+    return newest
+
+
+def _file_kind(name: str) -> str:
+    if name.endswith(".ckpt"):
+        return "lightning"
+    return "safetensors" if name.endswith(".safetensors") else "torch"
+
+
+def _file_type(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"

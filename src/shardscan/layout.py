@@ -1,0 +1,456 @@
+"""Expected layouts: what a checkpoint should hold, from whichever source declares it.
+
+Every source becomes a `Layout`: expected keys with whatever is known about each (dtype,
+shape, checksum, shard file), which absent keys are acceptable (tied weights, the model's own
+ignore lists) and whether keys outside it are unexpected. `check` compares the checkpoint's
+scan with each layout in the same way, so a new source only has to build a Layout.
+
+Sources (docs/report-json.md):
+* a shard index (`*.safetensors.index.json`, `*.bin.index.json`): keys and the shard of each;
+* a manifest written by `shardscan scan -o` (Parquet, Arrow IPC or CSV): keys, dtypes, shapes,
+  checksums; inside a checkpoint directory it is picked up as MANIFEST_NAME;
+* a reference checkpoint (file or directory, any format the scanner reads);
+* a Hugging Face config.json: (a) the structural check, standard library only; (b) the full
+  layout of the model built on the meta device by transformers;
+* `module:factory`: any torch.nn.Module factory, built on the meta device.
+
+torch and transformers are imported only by the last two, inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+#: The manifest `check` uses automatically when it lies inside the checkpoint directory.
+MANIFEST_NAME = "shardscan.manifest.parquet"
+#: Also accepted inside a directory, in this order after MANIFEST_NAME.
+MANIFEST_NAMES = (MANIFEST_NAME, "shardscan.manifest.arrow", "shardscan.manifest.feather")
+
+#: Prefixes wrappers add to every key: DDP, torch.compile, PEFT, a nested "state_dict".
+KNOWN_PREFIXES = ("module.", "_orig_mod.", "base_model.model.", "state_dict.")
+
+#: config.json fields that give the number of repeated blocks, in the order tried.
+LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+#: Container names whose numbered children are the config's repeated blocks.
+_BLOCK_CONTAINERS = ("layers", "h", "layer", "blocks", "block", "decoder_layers")
+
+_SERIES = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})(?P<ext>\.[^.]+)$")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a layout knows about one expected tensor; None = not known, not compared."""
+
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
+    checksum: str | None = None
+    file: str | None = None
+
+
+@dataclass
+class Layout:
+    """An expected layout.
+
+    `kind`: "index", "manifest", "reference", "config", "transformers" or "model".
+    `source`: how the report names it ("index model.safetensors.index.json").
+    `ties`: target -> source; either may be absent when the other is present (tied weights).
+    `ignore_missing` / `ignore_unexpected`: regexes (searched) the model itself tolerates.
+    `complete`: keys the checkpoint holds outside `specs` are unexpected (the structural
+    check constrains only the numbered blocks, so it is not complete).
+    `files`: for an index, every shard it names; `extra`: keys the checkpoint holds that this
+    layout rules out even when it is not complete; `errors` / `warnings`: found while building.
+    """
+
+    kind: str
+    source: str
+    specs: dict[str, Spec]
+    ties: dict[str, str] = field(default_factory=dict)
+    ignore_missing: re.Pattern[str] | None = None
+    ignore_unexpected: re.Pattern[str] | None = None
+    complete: bool = True
+    files: tuple[str, ...] = ()
+    extra: set[str] = field(default_factory=set)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    total_size: int | None = None
+
+
+# ----------------------------------------------------------------------------------------
+# Shard index
+
+
+def find_indexes(directory: Path) -> list[Path]:
+    """The shard index files of a checkpoint directory (`*.index.json`), sorted by name."""
+    return sorted(p for p in directory.iterdir() if p.name.endswith(".index.json") and p.is_file())
+
+
+def index_layout(path: Path) -> Layout:
+    """The layout an index declares: every key of its `weight_map`, each in its shard.
+    `metadata.total_size` is kept for the advisory comparison. Raises ValueError when the
+    file is not a shard index (no `weight_map` object of key -> file name)."""
+    data = _read_json(path)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{path}: not a shard index (no weight_map of key -> shard file)")
+    metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    total = metadata.get("total_size")
+    return Layout(
+        kind="index",
+        source=f"index {path.name}",
+        specs={key: Spec(file=shard) for key, shard in weight_map.items()},
+        files=tuple(sorted(set(weight_map.values()))),
+        total_size=int(total) if isinstance(total, (int, float)) and not isinstance(total, bool) else None,
+    )
+
+
+def series_gaps(names: Iterable[str]) -> list[tuple[str, str]]:
+    """(absent shard name, series) for every gap in `-0000i-of-0000N` series among `names`,
+    e.g. model-00002-of-00004.safetensors when 1, 3 and 4 are present."""
+    series: dict[tuple[str, str, str], set[int]] = {}
+    for name in names:
+        match = _SERIES.match(name)
+        if match:
+            series.setdefault((match["stem"], match["total"], match["ext"]), set()).add(int(match["index"]))
+    gaps = []
+    for (stem, total, ext), present in series.items():
+        for i in range(1, int(total) + 1):
+            if i not in present:
+                gaps.append((f"{stem}-{i:05d}-of-{total}{ext}", f"{stem}-*-of-{total}{ext}"))
+    return gaps
+
+
+# ----------------------------------------------------------------------------------------
+# Manifest and reference checkpoint
+
+
+def find_manifest(directory: Path) -> Path | None:
+    """The manifest inside a checkpoint directory (MANIFEST_NAMES), or None."""
+    for name in MANIFEST_NAMES:
+        candidate = directory / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_manifest(path: Path) -> Any:
+    """A table written by `scan -o`, as a pyarrow.Table. Raises ValueError for an unknown
+    suffix or a table without the key/dtype/shape columns."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+    elif suffix in (".arrow", ".feather"):
+        import pyarrow.feather as feather
+
+        table = feather.read_table(path)
+    elif suffix == ".csv":
+        import pyarrow.csv as csv
+
+        table = csv.read_csv(path)
+    else:
+        raise ValueError(f"{path}: unknown manifest format {suffix!r} (use .parquet, .arrow, .feather or .csv)")
+    for column in ("key", "dtype", "shape"):
+        if column not in table.column_names:
+            raise ValueError(f"{path}: not a shardscan manifest (no {column!r} column)")
+    return table
+
+
+def table_specs(table: Any, *, checksums: bool) -> dict[str, Spec]:
+    """key -> Spec from a manifest table (pyarrow.Table with the scan schema's columns)."""
+    names = table.column_names
+
+    def column(name: str) -> list[Any]:
+        return table.column(name).to_pylist() if name in names else [None] * table.num_rows
+
+    return rows_specs(column("key"), column("dtype"), column("shape"),
+                      column("checksum") if checksums else [None] * table.num_rows, column("file"))
+
+
+def rows_specs(keys: Sequence[str], dtypes: Sequence[str | None], shapes: Sequence[Any],
+               checksums: Sequence[str | None], files: Sequence[str | None]) -> dict[str, Spec]:
+    """key -> Spec from parallel columns. A key listed twice keeps its first row (the
+    duplicate itself is reported by the check of that checkpoint)."""
+    specs: dict[str, Spec] = {}
+    for key, dtype, shape, checksum, file in zip(keys, dtypes, shapes, checksums, files):
+        if key not in specs:
+            specs[key] = Spec(dtype=dtype, shape=None if shape is None else _shape(shape), checksum=checksum, file=file)
+    return specs
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    # CSV manifests carry shapes as their JSON text, "[4096, 1024]".
+    if isinstance(value, str):
+        value = json.loads(value)
+    return tuple(int(v) for v in value)
+
+
+def manifest_layout(path: Path) -> Layout:
+    """Keys, dtypes, shapes and checksums from a manifest (checksums compared when present)."""
+    return Layout(kind="manifest", source=f"manifest {path.name}", specs=table_specs(read_manifest(path), checksums=True))
+
+
+# ----------------------------------------------------------------------------------------
+# Hugging Face config.json
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """config.json as a dict (a directory means its config.json). Raises ValueError when it
+    is not a JSON object, FileNotFoundError when absent."""
+    if path.is_dir():
+        path = path / "config.json"
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a model config (expected a JSON object)")
+    return data
+
+
+def layer_count(config: Mapping[str, Any]) -> int | None:
+    """The number of repeated blocks a config declares (num_hidden_layers, n_layer, ...),
+    looking into `text_config` for multimodal configs; None when it declares none."""
+    for scope in (config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}):
+        for name in LAYER_COUNT_FIELDS:
+            value = scope.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+    return None
+
+
+_NUMBERED = re.compile(r"^(?P<container>(?:.*\.)?(?P<name>[^.]+))\.(?P<index>\d+)\.(?P<suffix>.+)$")
+
+
+def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int, ...] | None], source: str) -> Layout:
+    """Level (a), standard library only: with `num_hidden_layers` = N, every block 0..N-1 of
+    the model's block container must carry the same tensor suffixes, with the same shapes,
+    as the blocks present. `actual` maps the checkpoint's keys to their shapes.
+
+    The block container is the one named like a block list (layers, h, blocks, ...) that
+    holds the most keys; its expected keys are every present suffix at every index, each
+    with the shape most blocks agree on. Keys of blocks numbered N or beyond are `extra`
+    (unexpected); keys outside the container are not judged (the layout is not complete)."""
+    count = layer_count(config)
+    layout = Layout(kind="config", source=f"{source} (structural)", specs={}, complete=False)
+    if count is None:
+        layout.warnings.append(f"{source}: no num_hidden_layers (or n_layer, num_layers): no structural check")
+        return layout
+    by_container: dict[str, dict[int, dict[str, tuple[int, ...] | None]]] = {}
+    for key, shape in actual.items():
+        match = _NUMBERED.match(key)
+        # the first numbered component decides the container: model.layers.3.mlp.experts.7.w
+        # belongs to block 3 of model.layers with the suffix mlp.experts.7.w
+        if match and match["name"] in _BLOCK_CONTAINERS:
+            blocks = by_container.setdefault(match["container"], {})
+            blocks.setdefault(int(match["index"]), {})[match["suffix"]] = shape
+    if not by_container:
+        if count:
+            layout.warnings.append(f"{source}: num_hidden_layers = {count} but no numbered blocks (layers.N, h.N) found")
+        return layout
+    container = max(by_container, key=lambda c: (sum(len(b) for b in by_container[c].values()), c))
+    blocks = by_container[container]
+    shapes: dict[str, Counter] = {}
+    for block in blocks.values():
+        for suffix, shape in block.items():
+            shapes.setdefault(suffix, Counter())[shape] += 1
+    for suffix, counter in shapes.items():
+        # most common shape; ties broken by the shape's text so the result is deterministic
+        shape = max(counter.items(), key=lambda item: (item[1], str(item[0])))[0]
+        for i in range(count):
+            layout.specs[f"{container}.{i}.{suffix}"] = Spec(shape=shape)
+    # blocks the config does not have: a checkpoint of a deeper model, or a wrong config
+    layout.extra = {f"{container}.{i}.{suffix}" for i, block in blocks.items() if i >= count for suffix in block}
+    return layout
+
+
+def transformers_layout(config_path: Path) -> Layout:
+    """Level (b): the model transformers builds from config.json on the meta device (no
+    weights, no download): every state_dict key with its shape, tied weights from
+    `all_tied_weights_keys` (or `_tied_weights_keys`), and the model's own
+    `_keys_to_ignore_on_load_missing` / `_unexpected` patterns, plus the buffers transformers
+    itself tolerates (rotary inv_freq, position_ids). dtypes are not compared: transformers
+    casts on load. Raises ImportError without transformers/torch, ValueError for a config
+    transformers cannot build."""
+    import torch
+    import transformers
+
+    path = config_path / "config.json" if config_path.is_dir() else config_path
+    raw = read_config(path)
+    model_type = raw.get("model_type")
+    if not isinstance(model_type, str):
+        raise ValueError(f"{path}: no model_type, transformers cannot build the model")
+    fields = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
+    config = transformers.AutoConfig.for_model(model_type, **fields)
+    model_class = None
+    for name in raw.get("architectures") or ():
+        model_class = getattr(transformers, name, None)
+        if model_class is not None:
+            break
+    with torch.device("meta"):
+        if model_class is not None:
+            model = model_class._from_config(config)
+        else:
+            model = transformers.AutoModel.from_config(config)
+    layout = Layout(kind="transformers", source=f"{path.name} (transformers {type(model).__name__})", specs={})
+    for key, tensor in model.state_dict().items():
+        layout.specs[key] = Spec(shape=tuple(tensor.shape))
+    tied = getattr(model, "all_tied_weights_keys", None)
+    if tied is None:  # transformers < 5 names only the tied target patterns
+        tied = {}
+        for pattern in getattr(model, "_tied_weights_keys", None) or ():
+            for key in layout.specs:
+                if re.search(pattern, key) and "embed" not in key:
+                    tied[key] = _input_embedding_key(model) or key
+    layout.ties = {str(k): str(v) for k, v in dict(tied).items() if k != v}
+    ignore_missing = set(getattr(model, "_keys_to_ignore_on_load_missing", None) or ())
+    ignore_unexpected = set(getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ())
+    buffers = [name for name, _ in model.named_buffers()]
+    if any(name.endswith("rotary_emb.inv_freq") for name in buffers):
+        ignore_unexpected.add(r"rotary_emb\.inv_freq")
+    if any(name.endswith("position_ids") for name in buffers):
+        ignore_unexpected.add(r"(^|\.)position_ids$")
+    layout.ignore_missing = _any_of(ignore_missing)
+    layout.ignore_unexpected = _any_of(ignore_unexpected)
+    if _has_conversion_mapping(model_type):
+        layout.warnings.append(
+            f"{model_type}: transformers renames some on-disk keys on load; the meta layout uses its in-memory names"
+        )
+    return layout
+
+
+def _input_embedding_key(model: Any) -> str | None:
+    try:
+        embedding = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    for name, module in model.named_modules():
+        if module is embedding:
+            return f"{name}.weight"
+    return None
+
+
+def _has_conversion_mapping(model_type: str) -> bool:
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    except ImportError:
+        return False
+    try:
+        return bool(get_checkpoint_conversion_mapping(model_type))
+    except Exception:  # an internal helper: its absence or failure must not stop the check
+        return False
+
+
+def _any_of(patterns: set[str]) -> re.Pattern[str] | None:
+    return re.compile("|".join(f"(?:{p})" for p in sorted(patterns))) if patterns else None
+
+
+def transformers_available() -> bool:
+    """Whether transformers can be imported, without importing it (a module hidden by
+    `sys.modules[name] = None` or a meta-path blocker counts as absent)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("transformers") is not None and importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------------------
+# --model module:factory
+
+
+def model_layout(spec: str) -> Layout:
+    """The state_dict of `module:factory()` built on the meta device: keys and shapes (dtypes
+    are not compared: a model casts on load). Keys sharing one parameter are tied: any one of
+    them present is enough. Raises ValueError for a malformed spec, ImportError /
+    AttributeError when the module or factory does not exist, TypeError when the factory
+    does not return a torch.nn.Module."""
+    import importlib
+    import sys
+
+    import torch
+
+    module_name, sep, factory_name = spec.partition(":")
+    if not sep or not module_name or not factory_name:
+        raise ValueError(f"--model {spec!r}: expected module:factory, e.g. mypkg.models:build")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: modules in the working directory are found
+    factory: Any = importlib.import_module(module_name)
+    for part in factory_name.split("."):
+        factory = getattr(factory, part)
+    with torch.device("meta"):
+        model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    state = model.state_dict(keep_vars=True)
+    layout = Layout(kind="model", source=f"model {spec}", specs={k: Spec(shape=tuple(t.shape)) for k, t in state.items()})
+    first_name: dict[int, str] = {}
+    for key, tensor in state.items():
+        owner = first_name.setdefault(id(tensor), key)
+        if owner != key:
+            layout.ties[key] = owner
+    return layout
+
+
+# ----------------------------------------------------------------------------------------
+# Prefixes
+
+
+def strip_prefixes(key: str, prefixes: Sequence[str]) -> str:
+    """`key` without each of `prefixes` it starts with, applied in order
+    (module._orig_mod.x with ("module.", "_orig_mod.") -> x)."""
+    for prefix in prefixes:
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key
+
+
+def prefix_candidates() -> list[tuple[str, ...]]:
+    """Every known prefix alone, then every ordered pair (DDP around torch.compile gives
+    module._orig_mod.)."""
+    singles = [(p,) for p in KNOWN_PREFIXES]
+    pairs = [(a, b) for a in KNOWN_PREFIXES for b in KNOWN_PREFIXES if a != b]
+    return singles + pairs
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, "rb") as handle:
+        try:
+            return json.load(handle)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def classify(path: Path) -> str:
+    """What an `--against` SOURCE is: "index", "manifest", "config" or "reference".
+    A directory with tensor files is a reference checkpoint; one with only config.json a
+    config. Raises FileNotFoundError when it does not exist, ValueError when it is a JSON
+    file that is neither an index nor a config."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir():
+        from .scanner import tensor_files
+
+        if tensor_files(path) or (path / ".metadata").is_file():
+            return "reference"
+        if (path / "config.json").is_file():
+            return "config"
+        if find_manifest(path):
+            return "manifest"
+        raise ValueError(f"{path}: a directory with no tensor files, config.json or manifest")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".arrow", ".feather", ".csv"):
+        return "manifest"
+    if suffix == ".json":
+        data = _read_json(path)
+        if isinstance(data, dict) and isinstance(data.get("weight_map"), dict):
+            return "index"
+        if isinstance(data, dict) and ("model_type" in data or "architectures" in data or layer_count(data) is not None):
+            return "config"
+        raise ValueError(f"{path}: a JSON file that is neither a shard index (weight_map) nor a model config")
+    return "reference"

@@ -1,0 +1,108 @@
+"""The CLI: exit codes, output dialects, the error funnel, start-up cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from shardscan.cli import app
+
+from oracle import tensor_checksum
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def checkpoint(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    tensors = {"a.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b.bias": torch.ones(5, dtype=torch.bfloat16)}
+    save_file(tensors, tmp_path / "model.safetensors")
+    return tmp_path, tensors
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """The installed entry point, in a real process, as users run it."""
+    return subprocess.run([sys.executable, "-m", "shardscan", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_every_command_has_help():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    commands = {c.name or c.callback.__name__.replace("_", "-"): c.callback for c in app.registered_commands}
+    assert {"scan"} <= set(commands)
+    for name, callback in commands.items():
+        assert callback.__doc__, f"{name} has no help text"
+        assert name in result.output
+        sub = runner.invoke(app, [name, "--help"])
+        assert sub.exit_code == 0, sub.output
+        assert " ".join(callback.__doc__.split())[:40] in " ".join(sub.output.split())
+
+
+def test_scan_json_is_one_object_with_oracle_checksums(checkpoint):
+    directory, tensors = checkpoint
+    result = runner.invoke(app, ["scan", str(directory), "--json", "--list"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is True and payload["files"] == 1 and payload["tensors"] == 2
+    assert payload["bytes"] == sum(t.numel() * t.element_size() for t in tensors.values())
+    assert {r["key"]: r["checksum"] for r in payload["rows"]} == {k: tensor_checksum(t) for k, t in tensors.items()}
+
+
+def test_scan_writes_parquet_manifest(checkpoint, tmp_path):
+    directory, tensors = checkpoint
+    out = tmp_path / "out" / "manifest.parquet"
+    out.parent.mkdir()
+    result = runner.invoke(app, ["scan", str(directory), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert sorted(table.column("key").to_pylist()) == sorted(tensors)
+    assert "2 tensors" in result.stdout
+
+
+def test_scan_reports_a_cut_shard_with_exit_1(checkpoint):
+    directory, _ = checkpoint
+    shard = directory / "model.safetensors"
+    os.truncate(shard, shard.stat().st_size - 3)
+    proc = run_cli("scan", str(directory))
+    assert proc.returncode == 1
+    assert "model.safetensors: FAILED truncated" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_path_is_exit_2_one_line(tmp_path):
+    proc = run_cli("scan", str(tmp_path / "nope"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_usage_error_is_exit_2():
+    proc = run_cli("scan", "--threads", "0", ".")
+    assert proc.returncode == 2
+
+
+def test_unwritable_output_is_a_one_line_error(checkpoint, tmp_path):
+    directory, _ = checkpoint
+    proc = run_cli("scan", str(directory), "-o", str(tmp_path / "no-such-dir" / "m.parquet"))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("shardscan: ")
+
+
+def test_debug_env_shows_the_traceback(tmp_path):
+    env = dict(os.environ, SHARDSCAN_DEBUG="1")
+    proc = subprocess.run([sys.executable, "-m", "shardscan", "scan", str(tmp_path / "x"), "-o", str(tmp_path / "a" / "b.parquet")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_cli_start_up_imports_no_heavy_modules():
+    code = "import sys, shardscan.cli; print(sorted(m for m in ('torch', 'transformers', 'numpy', 'pyarrow') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

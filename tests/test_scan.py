@@ -1,0 +1,143 @@
+"""scan() on real safetensors checkpoints, checked against torch/safetensors and xxhash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import shardscan
+from shardscan.errors import FormatError
+from shardscan.scanner import scan_paths
+
+from oracle import checksum, tensor_checksum
+
+
+@pytest.fixture()
+def sharded(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Two shards plus an index, written by the real safetensors library."""
+    torch.manual_seed(0)
+    tensors = {
+        "model.embed_tokens.weight": torch.randn(64, 16, dtype=torch.bfloat16),
+        "model.layers.0.self_attn.q_proj.weight": torch.randn(16, 16),
+        "model.layers.0.self_attn.q_proj.bias": torch.randn(16, dtype=torch.float16),
+        "model.layers.1.mlp.up_proj.weight": torch.randn(32, 16),
+        "model.norm.weight": torch.ones(16),
+        "step": torch.tensor(7, dtype=torch.int64),
+    }
+    names = list(tensors)
+    save_file({k: tensors[k] for k in names[:3]}, tmp_path / "model-00001-of-00002.safetensors", metadata={"format": "pt"})
+    save_file({k: tensors[k] for k in names[3:]}, tmp_path / "model-00002-of-00002.safetensors")
+    (tmp_path / "config.json").write_text("{}")
+    return tmp_path, tensors
+
+
+def test_directory_scan_matches_safetensors_and_xxhash(sharded):
+    directory, tensors = sharded
+    table = shardscan.scan(directory)
+    assert table.schema == shardscan.SCHEMA
+    rows = {row["key"]: row for row in table.to_pylist()}
+    assert set(rows) == set(tensors)
+    for shard in sorted(directory.glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                row = rows[key]
+                assert row["file"] == shard.name
+                assert row["shape"] == list(tensor.shape)
+                assert row["dtype"] == str(tensor.dtype).removeprefix("torch.")
+                assert row["nbytes"] == tensor.numel() * tensor.element_size()
+                assert row["checksum"] == tensor_checksum(tensor)
+                assert row["format"] == "safetensors"
+                # offset is the absolute position of the bytes in the file
+                with open(shard, "rb") as raw:
+                    raw.seek(row["offset"])
+                    assert checksum(raw.read(row["nbytes"])) == row["checksum"]
+
+
+def test_single_file_keeps_the_given_name(sharded):
+    directory, _ = sharded
+    given = directory / "model-00002-of-00002.safetensors"
+    table = shardscan.scan(given)
+    assert set(table.column("file").to_pylist()) == {str(given)}
+
+
+def test_no_hash_leaves_checksums_null(sharded):
+    directory, tensors = sharded
+    table = shardscan.scan(directory, hash=False)
+    assert table.num_rows == len(tensors)
+    assert table.column("checksum").null_count == table.num_rows
+
+
+def test_thread_count_does_not_change_the_table(sharded):
+    directory, _ = sharded
+    tables = [shardscan.scan(directory, threads=n) for n in (1, 2, 8)]
+    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+
+
+def test_truncated_shard_keeps_intact_rows_and_names_the_rest(sharded):
+    directory, tensors = sharded
+    shard = directory / "model-00001-of-00002.safetensors"
+    with safe_open(shard, framework="pt") as f:
+        keys = list(f.keys())
+    header_len = int.from_bytes(shard.read_bytes()[:8], "little")
+    header = json.loads(shard.read_bytes()[8 : 8 + header_len])
+    spans = sorted((v["data_offsets"], k) for k, v in header.items() if k != "__metadata__")
+    # Cut in the middle of the second tensor: the first survives, the second is cut, the rest lost.
+    (begin, end), cut_key = spans[1]
+    with open(shard, "r+b") as f:
+        f.truncate(8 + header_len + (begin + end) // 2)
+    result = scan_paths(directory)
+    assert not result.ok
+    (problem,) = result.problems
+    assert problem.file == shard.name
+    assert "truncated" in problem.error
+    assert problem.intact == (spans[0][1],)
+    assert problem.cut == (cut_key,)
+    assert set(problem.lost) == set(keys) - {spans[0][1], cut_key}
+    present = set(result.columns.key)
+    assert spans[0][1] in present and cut_key not in present
+    with pytest.raises(FormatError) as raised:
+        shardscan.scan(directory)
+    assert raised.value.path == shard.name
+
+
+def test_table_writers_round_trip(sharded, tmp_path):
+    import pyarrow.csv
+    import pyarrow.feather
+    import pyarrow.parquet
+
+    from shardscan.output import write_atomic
+
+    directory, _ = sharded
+    table = shardscan.scan(directory)
+    write_atomic(table, tmp_path / "m.parquet")
+    assert pyarrow.parquet.read_table(tmp_path / "m.parquet").equals(table)
+    write_atomic(table, tmp_path / "m.arrow")
+    assert pyarrow.feather.read_table(tmp_path / "m.arrow").equals(table)
+    write_atomic(table, tmp_path / "m.csv")
+    csv = pyarrow.csv.read_csv(tmp_path / "m.csv")
+    assert csv.column("checksum").to_pylist() == table.column("checksum").to_pylist()
+    assert [json.loads(s) for s in csv.column("shape").to_pylist()] == table.column("shape").to_pylist()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(ValueError):
+        write_atomic(table, tmp_path / "m.xlsx")
+
+
+def test_missing_path_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        scan_paths(tmp_path / "nope")
+
+
+def test_unknown_file_is_a_problem_not_a_crash(tmp_path):
+    (tmp_path / "notes.safetensors").write_bytes(b"hello, this is not a checkpoint")
+    result = scan_paths(tmp_path)
+    (problem,) = result.problems
+    assert problem.file == "notes.safetensors"
+    assert len(result.columns) == 0
+    assert isinstance(result.table, pa.Table)
