@@ -6,6 +6,7 @@
  *   with no gap or overlap; numel overflow-checked; numel * bits a whole number of bytes equal
  *   to end - begin; the last end covers the file exactly.
  * Beyond the reference: duplicate names are rejected (serde would silently keep one). */
+#define _GNU_SOURCE /* internal.h needs POSIX's sigjmp_buf, which strict -std=c11 hides */
 #include <stdlib.h>
 #include <string.h>
 
@@ -624,6 +625,13 @@ ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err) {
     ps.entries.item = sizeof(entry);
     ps.dims.item = sizeof(int64_t);
     ps.meta.item = 2 * sizeof(uint32_t); /* one (start, len) pair per metadata string */
+    /* Empty names and 0-dim shapes add nothing to text/dims: allocate them up front so that
+     * "data + offset" and memcpy never see a NULL base (undefined even for a zero length). */
+    if (!vec_reserve(&ps.text, 1) || !vec_reserve(&ps.dims, 1)) {
+        free(ps.text.data);
+        free(header);
+        return ss_fail(err, SS_E_NOMEM, path, "out of memory");
+    }
     uint64_t data_len = 0, data_end = 0;
     if (!utf8_valid((const unsigned char *)header, n)) s = ss_fail(err, SS_E_ST_UTF8, path, "header is not valid UTF-8");
     else s = parse_header(&ps);

@@ -5,7 +5,7 @@
  * buffer once (so parsing never touches the mapping and cannot fault); the few local headers are
  * read through ss_file_read, which is SIGBUS-safe. Every length and offset is bounds-checked
  * against the size measured at open time with overflow-checked arithmetic. */
-#include <pthread.h>
+#define _GNU_SOURCE /* internal.h needs sigjmp_buf, which strict C11 hides */
 #include <stdlib.h>
 #include <string.h>
 
@@ -212,58 +212,64 @@ static int read_zip64_extra(const uint8_t *extra, uint32_t extra_len, uint64_t *
     return *usize != 0xFFFFFFFFu && *csize != 0xFFFFFFFFu && *lho != 0xFFFFFFFFu;
 }
 
-/* qsort has no context argument in C11; entries are sorted through an index array instead. */
-static const uint64_t *sort_keys;
-static int cmp_index(const void *a, const void *b) {
-    uint64_t x = sort_keys[*(const uint32_t *)a], y = sort_keys[*(const uint32_t *)b];
-    return x < y ? -1 : x > y;
+/* qsort has no context argument in C11, so each sort key travels with its index. */
+typedef struct {
+    const char *name;
+    uint32_t len, index;
+} named;
+
+static int by_name(const void *a, const void *b) {
+    const named *x = a, *y = b;
+    int c = memcmp(x->name, y->name, x->len < y->len ? x->len : y->len);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
 }
 
-static const ss_zip_listing *name_sort_listing;
-static int cmp_name(const void *a, const void *b) {
-    const ss_zip_listing *l = name_sort_listing;
-    uint32_t i = *(const uint32_t *)a, j = *(const uint32_t *)b;
-    uint32_t li = l->name_offsets[i + 1] - l->name_offsets[i], lj = l->name_offsets[j + 1] - l->name_offsets[j];
-    int c = memcmp(l->names + l->name_offsets[i], l->names + l->name_offsets[j], li < lj ? li : lj);
-    return c ? c : (li > lj) - (li < lj);
+typedef struct {
+    uint64_t offset;
+    uint32_t index;
+} placed;
+
+static int by_offset(const void *a, const void *b) {
+    const placed *x = a, *y = b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
-/* The two static sort keys above make sorting non-reentrant; serialise it. */
-static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static ss_status check_layout(const ss_file *file, ss_zip_listing *o, uint64_t cd_offset, ss_error *err) {
     const char *path = file->path;
     if (o->count == 0) return SS_OK;
-    uint32_t *order = malloc((size_t)o->count * sizeof *order);
-    if (!order) return ss_fail(err, SS_E_NOMEM, path, "out of memory");
-    for (uint32_t i = 0; i < o->count; i++) order[i] = i;
+    named *names = malloc((size_t)o->count * sizeof *names);
+    placed *order = malloc((size_t)o->count * sizeof *order);
+    if (!names || !order) {
+        free(names);
+        free(order);
+        return ss_fail(err, SS_E_NOMEM, path, "out of memory");
+    }
     char a[96], b[96];
     ss_status st = SS_OK;
-
-    pthread_mutex_lock(&sort_lock);
-    name_sort_listing = o;
-    qsort(order, o->count, sizeof *order, cmp_name);
+    for (uint32_t i = 0; i < o->count; i++) {
+        names[i] = (named){o->names + o->name_offsets[i], o->name_offsets[i + 1] - o->name_offsets[i], i};
+        order[i] = (placed){o->header_offsets[i], i};
+    }
+    qsort(names, o->count, sizeof *names, by_name);
     for (uint32_t k = 1; k < o->count && st == SS_OK; k++) {
-        if (cmp_name(&order[k - 1], &order[k]) == 0) {
-            uint32_t i = order[k];
-            ss_quote_name(a, sizeof a, o->names + o->name_offsets[i], o->name_offsets[i + 1] - o->name_offsets[i]);
+        if (by_name(&names[k - 1], &names[k]) == 0) {
+            ss_quote_name(a, sizeof a, names[k].name, names[k].len);
             st = ss_fail(err, SS_E_ZIP_DUPLICATE, path, "zip entry '%s' appears twice", a);
         }
     }
-    for (uint32_t i = 0; i < o->count; i++) order[i] = i;
-    sort_keys = o->header_offsets;
-    qsort(order, o->count, sizeof *order, cmp_index);
-    pthread_mutex_unlock(&sort_lock);
+    free(names);
+    qsort(order, o->count, sizeof *order, by_offset);
 
     /* Sorted by local header: each record [header, data end) must end before the next begins,
      * and the last before the central directory. */
     for (uint32_t k = 0; k < o->count && st == SS_OK; k++) {
-        uint32_t i = order[k];
+        uint32_t i = order[k].index;
         uint64_t end = o->data_offsets[i] + o->sizes[i]; /* checked when the entry was added */
-        uint64_t next = k + 1 < o->count ? o->header_offsets[order[k + 1]] : cd_offset;
+        uint64_t next = k + 1 < o->count ? order[k + 1].offset : cd_offset;
         if (end > next) {
             ss_quote_name(a, sizeof a, o->names + o->name_offsets[i], o->name_offsets[i + 1] - o->name_offsets[i]);
             if (k + 1 < o->count) {
-                uint32_t j = order[k + 1];
+                uint32_t j = order[k + 1].index;
                 ss_quote_name(b, sizeof b, o->names + o->name_offsets[j], o->name_offsets[j + 1] - o->name_offsets[j]);
                 st = ss_fail(err, SS_E_ZIP_OVERLAP, path, "record '%s' (ends at %llu) overlaps record '%s' (starts at %llu)",
                              a, (unsigned long long)end, b, (unsigned long long)next);
@@ -291,7 +297,7 @@ ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length
                        (unsigned long long)base, (unsigned long long)length, (unsigned long long)file->size);
     /* From here on every position is relative to base and bounded by `size`. */
     const uint64_t size = length;
-    eocd_info info;
+    eocd_info info = {0, 0, 0, 0};
     ss_status st = find_eocd(file, base, size, &info, err);
     if (st != SS_OK) return st;
 
@@ -540,7 +546,7 @@ ss_status ss_zip_walk_local(const ss_file *file, ss_zip_listing *out, ss_error *
         if (!intact) break;
         at = next;
     }
-    if (out->count > 0) {
+    if (out->count > 0 && out->name_offsets[1] > 0) { /* names is NULL when the first name is empty */
         const char *slash = memchr(out->names, '/', out->name_offsets[1]);
         out->prefix_len = slash ? (uint32_t)(slash - out->names) + 1 : 0;
     }

@@ -16,6 +16,7 @@ safetensors and torch.distributed.checkpoint, with the breakages an interrupted 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -129,3 +130,41 @@ def _age(directory: Path) -> None:
     for i, child in enumerate(sorted(directory.iterdir())):
         for path in [child, *child.rglob("*")]:
             os.utime(path, (1_700_000_000 + i * 60, 1_700_000_000 + i * 60), follow_symlinks=False)
+
+
+@dataclasses.dataclass
+class FakeTrainingArguments:
+    """Stands in for TrainingArguments in training_args.bin: an arbitrary pickled object, as
+    the Trainer writes (building the real one needs accelerate)."""
+
+    output_dir: str
+    learning_rate: float = 5e-5
+
+
+def real_trainer_checkpoint(output_dir: Path, step: int, seed: int) -> Path:
+    """Every file a Trainer save leaves, made by the libraries that make them: the model by
+    transformers' save_pretrained (sharded), optimizer.pt / scheduler.pt by torch.save of the
+    real state_dicts, rng_state.pth with the python/numpy/torch states, training_args.bin as
+    a pickled object, trainer_state.json last."""
+    import random
+
+    import numpy as np
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory = output_dir / f"checkpoint-{step}"
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(directory, max_shard_size="20KB")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 64, (1, 8)), labels=torch.randint(0, 64, (1, 8))).loss.backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    torch.save(scheduler.state_dict(), directory / "scheduler.pt")
+    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()},
+               directory / "rng_state.pth")
+    torch.save(FakeTrainingArguments(os.fspath(output_dir)), directory / "training_args.bin")
+    (directory / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return directory

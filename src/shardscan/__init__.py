@@ -19,6 +19,8 @@ __all__ = [
     "ShardscanError",
     "UnsafePickleError",
     "SCHEMA",
+    "audit",
+    "latest",
     "ScanResult",
     "scan",
     "scan_paths",
@@ -28,12 +30,14 @@ __all__ = [
 ]
 
 _LAZY = {
+    "audit": "auditing",
+    "latest": "auditing",
     "scan": "scanner",
     "scan_paths": "scanner",
     "ScanResult": "scanner",
     "SCHEMA": "schema",
-    "check": "check",
-    "diff": "check",
+    "check": "checker",
+    "diff": "checker",
     "Report": "report",
 }
 

@@ -171,7 +171,7 @@ def check(
     json_output: Json = False,
 ) -> None:
     """Find what is missing, unexpected, changed or unreadable against the expected layout."""
-    from .check import check as run_check
+    from .checker import check as run_check
     from .report import render_report
 
     report = run_check(
@@ -195,7 +195,7 @@ def diff(
     json_output: Json = False,
 ) -> None:
     """Keys only in A, only in B, and tensors whose shape, dtype or checksum changed."""
-    from .check import diff as run_diff
+    from .checker import diff as run_diff
     from .report import render_diff
 
     result = run_diff(a, b, hash=not no_hash, threads=threads, strip_prefix=strip_prefix)
@@ -204,6 +204,74 @@ def diff(
     else:
         typer.echo(render_diff(result, colour=_colour()))
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
+
+
+@app.command()
+def audit(
+    root: Annotated[Path, typer.Argument(help="A training run's output directory (or one checkpoint).", show_default=False)],
+    against: Annotated[
+        Optional[Path],
+        typer.Option("--against", "-a", metavar="SOURCE",
+                     help="Also check every checkpoint against this layout (index, manifest, reference checkpoint, config.json)."),
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Write every checkpoint's per-tensor table with a `checkpoint` column: "
+                                            ".parquet, .arrow/.feather or .csv (atomically)."),
+    ] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run one Ray task per checkpoint (pip install 'shardscan[ray]').")
+    ] = False,
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option("--ray-address", metavar="ADDRESS",
+                     help="The Ray cluster for --ray (default: RAY_ADDRESS, else a local cluster)."),
+    ] = None,
+    no_hash: NoHash = False,
+    threads: Threads = None,
+    json_output: Json = False,
+) -> None:
+    """Check every checkpoint under ROOT: one row each, frozen tensors, identical checkpoints,
+    and the newest clean one."""
+    progress = None if json_output else _progress_reporter()
+    if ray or ray_address is not None:
+        from .ray_audit import AUTO, audit_ray
+
+        result = audit_ray(root, against, address=ray_address or AUTO, hash=not no_hash, threads=threads, progress=progress)
+    else:
+        from .auditing import audit as run_audit
+
+        result = run_audit(root, against, hash=not no_hash, threads=threads, progress=progress)
+    if output is not None:
+        from .output import write_atomic
+
+        write_atomic(result.table, output)
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        from .auditing import render_audit
+
+        typer.echo(render_audit(result, colour=_colour()))
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
+
+
+@app.command()
+def latest(
+    root: Annotated[Path, typer.Argument(help="A training run's output directory.", show_default=False)],
+    no_hash: NoHash = False,
+    threads: Threads = None,
+) -> None:
+    """Print the path of the newest checkpoint under ROOT that checks clean (for
+    --resume_from_checkpoint "$(shardscan latest out/)"); exit 1 with the reason on stderr
+    when there is none."""
+    from .auditing import pick_latest
+
+    pick = pick_latest(root, hash=not no_hash, threads=threads)
+    if pick.path is None:
+        typer.echo(f"shardscan: {pick.reason}", err=True)
+        raise typer.Exit(EXIT_PROBLEMS)
+    typer.echo(os.fspath(pick.path))
+    raise typer.Exit(EXIT_OK)
 
 
 def main() -> None:

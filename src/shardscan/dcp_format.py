@@ -24,7 +24,7 @@ from typing import Any
 
 from . import pickle_reader
 from ._core import HashJob, NativeFile, Segment
-from ._zip import parse_zip
+from ._core import parse_zip
 from .errors import FormatError
 from .listing import FileProblem
 from .pickle_reader import DType, Instance, TensorRef
@@ -36,14 +36,6 @@ _MAX_METADATA = 1 << 30
 #: Bound on the segments one tensor may need (a column split of a tall matrix needs one per row
 #: and chunk); beyond it the layout is refused rather than streamed slowly.
 MAX_SEGMENTS = 1 << 20
-
-
-def is_dcp_dir(path: Path) -> bool:
-    """A directory with a .metadata file or any *.distcp file."""
-    try:
-        return (path / METADATA).is_file() or any(p.name.endswith(".distcp") for p in path.iterdir())
-    except OSError:
-        return False
 
 
 def _fail(name: str, msg: str, key: str | None = None) -> FormatError:
@@ -241,8 +233,6 @@ def _read_tensor(listing: TorchListing, key: str, entry: Instance, index: dict, 
             v *= s
         volume += v
         chunks.append(_Chunk(offsets, sizes))
-    if volume != numel:
-        raise _fail(name, f"{key}: chunks hold {volume} elements, the tensor {numel}", key)
     if len(chunks) <= 4096:
         boxes = [(c.offsets, c.sizes) for c in chunks]
         for i in range(len(boxes)):
@@ -251,6 +241,9 @@ def _read_tensor(listing: TorchListing, key: str, entry: Instance, index: dict, 
                     raise _fail(name, f"{key}: chunks at {boxes[i][0]} and {boxes[j][0]} overlap", key)
     else:
         raise _fail(name, f"{key}: {len(chunks)} chunks (limit 4096)", key)
+    # Inside the bounds and disjoint, the volumes add up exactly when the chunks tile the tensor.
+    if volume != numel:
+        raise _fail(name, f"{key}: chunks hold {volume} elements, the tensor {numel}", key)
 
     for c in chunks:
         info = index.get((key, c.offsets))
@@ -321,4 +314,4 @@ def _split_complex(seg: Segment, unit: int) -> Segment:
     return Segment(file=seg.file, offset=seg.offset, shape=seg.shape + (2,), strides=seg.strides + (unit,))
 
 
-__all__ = ["FORMAT", "is_dcp_dir", "read_dir"]
+__all__ = ["FORMAT", "read_dir"]

@@ -24,8 +24,8 @@ torch           any other ``.pt``/``.pth``/``.bin`` file     --
 A checkpoint directory is a leaf: nothing below it is searched for further checkpoints (the
 ``global_stepN`` inside an HF Trainer checkpoint is part of that checkpoint).
 
-The walk never follows a symlink whose target is inside the tree (it is visited anyway, and
-that is what makes ``sub/up -> ..`` loops harmless), remembers every directory it entered by
+The walk never follows a symlink whose target is inside the tree or is the root or one of its
+ancestors (the tree is walked anyway, and that is what makes ``sub/up -> ..`` loops harmless), remembers every directory it entered by
 device and inode so links from outside cannot loop either, and never opens anything but
 regular files (a FIFO opened for reading waits forever for a writer). Entries it cannot use
 are reported, never raised: a checkpoint-like name that cannot be read becomes a Checkpoint
@@ -185,7 +185,7 @@ class _Walk:
             if is_link and self._inside(path):
                 # The target is walked under its own name; following the link as well
                 # would list the same checkpoint twice, or loop (sub/up -> ..).
-                self.skipped.append((os.fspath(path), "symlink into the tree (walked under its own name)"))
+                self.skipped.append((os.fspath(path), "symlink into the tree or above it (not followed)"))
                 return
             self.directory(path, st)
         elif stat.S_ISREG(st.st_mode):
@@ -210,7 +210,10 @@ class _Walk:
             target = link.resolve(strict=True)
         except (OSError, RuntimeError):
             return False
-        return target == self.resolved_root or self.resolved_root in target.parents
+        # Inside the tree, or the tree's own root or one of its ancestors (`up -> ..` from
+        # the root): following either would walk the tree again.
+        root = self.resolved_root
+        return target == root or root in target.parents or target in root.parents
 
     def _deepspeed_tag(self, path: Path, names: dict[str, os.DirEntry[str]]) -> None:
         """DeepSpeed writes `latest` (the tag of the last complete save) after the save; a

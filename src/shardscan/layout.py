@@ -258,14 +258,36 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int,
     for block in blocks.values():
         for suffix, shape in block.items():
             shapes.setdefault(suffix, Counter())[shape] += 1
-    for suffix, counter in shapes.items():
-        # most common shape; ties broken by the shape's text so the result is deterministic
-        shape = max(counter.items(), key=lambda item: (item[1], str(item[0])))[0]
-        for i in range(count):
-            layout.specs[f"{container}.{i}.{suffix}"] = Spec(shape=shape)
+    # most common shape per suffix; ties broken by the shape's text so the result is deterministic
+    shape_of = {suffix: max(c.items(), key=lambda item: (item[1], str(item[0])))[0] for suffix, c in shapes.items()}
+    for i, suffixes in block_suffixes(blocks, count).items():
+        for suffix in suffixes:
+            layout.specs[f"{container}.{i}.{suffix}"] = Spec(shape=shape_of[suffix])
     # blocks the config does not have: a checkpoint of a deeper model, or a wrong config
     layout.extra = {f"{container}.{i}.{suffix}" for i, block in blocks.items() if i >= count for suffix in block}
     return layout
+
+
+def block_suffixes(blocks: Mapping[int, Mapping[str, Any]], count: int) -> dict[int, frozenset[str]]:
+    """The suffixes each block 0..count-1 must hold.
+
+    A block's set of suffixes is its signature. A partly written block's signature is a strict
+    subset of a complete one; hybrid models (attention and Mamba blocks, dense and MoE blocks)
+    have several signatures none of which contains another: the maximal ones. A present block
+    must hold the smallest maximal signature containing its own; an absent block, whose kind
+    cannot be known, the suffixes common to every maximal signature."""
+    signatures = {frozenset(block) for block in blocks.values()}
+    maximal = [s for s in signatures if not any(s < other for other in signatures)]
+    common = frozenset.intersection(*maximal) if maximal else frozenset()
+    out = {}
+    for i in range(count):
+        own = frozenset(blocks.get(i, ()))
+        if not own:
+            out[i] = common
+            continue
+        containing = [s for s in maximal if own <= s]
+        out[i] = min(containing, key=lambda s: (len(s), sorted(s))) if containing else own
+    return out
 
 
 def transformers_layout(config_path: Path) -> Layout:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._core import HashJob, NativeFile
+from ._core import HashJob, HashResult, NativeFile
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,15 @@ class Listing:
     storages: list[str | None] = field(default_factory=list)
     row_files: list[int] = field(default_factory=list)  # index into files/names per row
     jobs: list[HashJob] = field(default_factory=list)
+    #: Jobs that produce no row but verify bytes (torch: the CRC32 of records no row covers whole).
+    check_jobs: list[HashJob] = field(default_factory=list)
     problems: list[FileProblem] = field(default_factory=list)
     non_tensor_leaves: int = 0
+
+    def verify(self, row_results: list[HashResult], check_results: list[HashResult]) -> list[FileProblem]:
+        """Problems the hashing pass revealed beyond unreadable bytes (e.g. CRC mismatches),
+        given the results of `jobs` and of `check_jobs`, in order. None by default."""
+        return []
 
     def add(self, key: str, dtype: str, shape: list[int], offset: int, nbytes: int, job: HashJob,
             storage: str | None = None, file: int = 0) -> None:

@@ -45,7 +45,10 @@ def write_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
     target = Path(path)
     write = _writer(target.suffix.lower())
     directory = target.parent if str(target.parent) else Path(".")
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:  # name the output the user asked for, not our temporary name
+        raise OSError(exc.errno, exc.strerror, os.fspath(target)) from exc
     try:
         os.close(fd)
         write(table, temp)

@@ -13,16 +13,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
-from . import dcp_format, safetensors_format, torch_format
+from . import safetensors_format
 from ._core import HashJob, NativeFile, hash_jobs
 from .errors import FormatError, ShardscanError
 from .listing import FileProblem, Listing
 
-#: Readers tried in order on a file's first bytes: module with sniff(head) and read(file, name).
-READERS = (safetensors_format, torch_format)
-
 #: Names that mark tensor files inside a checkpoint directory (content decides the format).
 TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+#: Files in a checkpoint directory that carry those suffixes but no tensors: the HF Trainer's
+#: pickled TrainingArguments and RNG states (numpy objects), which any weights-only reader
+#: refuses. Given by name on the command line, they are still read (and refused).
+NOT_TENSOR_FILES = ("training_args.bin", "rng_state")
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -86,7 +88,18 @@ class Target:
 
 def tensor_files(directory: Path) -> list[Path]:
     """The tensor files of a checkpoint directory, sorted by name (not recursive)."""
-    return sorted(p for p in directory.iterdir() if p.name.endswith(TENSOR_SUFFIXES) and not p.is_dir())
+    return sorted(
+        p for p in directory.iterdir()
+        if p.name.endswith(TENSOR_SUFFIXES) and not p.name.startswith(NOT_TENSOR_FILES) and not p.is_dir()
+    )
+
+
+def is_dcp_dir(path: Path) -> bool:
+    """A torch.distributed.checkpoint directory: a .metadata file or any *.distcp file."""
+    try:
+        return (path / ".metadata").is_file() or any(p.name.endswith(".distcp") for p in path.iterdir())
+    except OSError:
+        return False
 
 
 def discover(paths: Iterable[PathLike]) -> list[Target]:
@@ -97,7 +110,7 @@ def discover(paths: Iterable[PathLike]) -> list[Target]:
         path = Path(given)
         if not path.exists() and not path.is_symlink():
             raise FileNotFoundError(f"{given}: no such file or directory")
-        if path.is_dir() and dcp_format.is_dcp_dir(path):  # [issue 3] a DCP checkpoint is read as a whole
+        if path.is_dir() and is_dcp_dir(path):  # a DCP checkpoint is read as a whole
             targets.append(Target(path, os.fspath(given)))
         elif path.is_dir():
             targets += [Target(p, p.name) for p in tensor_files(path)]
@@ -108,13 +121,19 @@ def discover(paths: Iterable[PathLike]) -> list[Target]:
 
 def read_listing(target: Target) -> Listing:
     """Opens one file and hands it to the reader its first bytes call for."""
-    if target.path.is_dir():  # [issue 3] only DCP directories become targets
+    if target.path.is_dir():  # only DCP directories become targets
+        from . import dcp_format
+
         return dcp_format.read_dir(target.path, target.name)
     file = NativeFile(target.path)
     head = file.read(0, min(file.size, 64))
-    for reader in READERS:
-        if reader.sniff(head):
-            return reader.read(file, target.name)
+    if safetensors_format.sniff(head):
+        return safetensors_format.read(file, target.name)
+    # Imported only when a torch file shows up: they bring the pickle machinery.
+    from . import torch_format
+
+    if torch_format.sniff(head):
+        return torch_format.read(file, target.name)
     if target.path.name.endswith(".safetensors"):
         # Named safetensors but its first bytes do not say so: the validator names the
         # actual violation (too small, header too large, not starting with '{').
@@ -170,30 +189,28 @@ def _hash_all(
         for job in listing.jobs:
             jobs.append(_rebase(job, base))
             owners.append(listing)
-    # [issue 3] CRC-only jobs (torch zip records no row covers whole) ride in the same batch,
-    # after the row jobs; each listing with a check() then judges its CRCs.
+    # Jobs that only verify (CRCs of records no row covers whole) ride in the same batch,
+    # after the row jobs; each listing then judges its own results.
     nrows, base = len(jobs), 0
     for listing in listings:
-        jobs += [_rebase(job, base) for job in getattr(listing, "check_jobs", ())]
+        jobs += [_rebase(job, base) for job in listing.check_jobs]
         base += len(listing.files)
     total = sum(sum(listing.nbytes) for listing in listings)
     report = (lambda done: progress(done, total)) if progress else None
     results = hash_jobs(files, jobs, threads, report)
     results, check_results = results[:nrows], results[nrows:]
-    crc_problems: list[FileProblem] = []
+    verified: list[FileProblem] = []
     row_at = check_at = 0
     for listing in listings:
-        nchecks = len(getattr(listing, "check_jobs", ()))
-        if hasattr(listing, "check"):
-            crc_problems += listing.check(results[row_at : row_at + len(listing.jobs)],
-                                          check_results[check_at : check_at + nchecks])
+        nchecks = len(listing.check_jobs)
+        verified += listing.verify(results[row_at : row_at + len(listing.jobs)], check_results[check_at : check_at + nchecks])
         row_at += len(listing.jobs)
         check_at += nchecks
     problems: dict[str, FileProblem] = {}
     for result, listing in zip(results, owners):
         if result.checksum is None and listing.names[0] not in problems:
             problems[listing.names[0]] = FileProblem.of(listing.names[0], result.message, listing.files[0].path)
-    return [r.checksum for r in results], list(problems.values()) + crc_problems
+    return [r.checksum for r in results], list(problems.values()) + verified
 
 
 def _rebase(job: HashJob, base: int) -> HashJob:

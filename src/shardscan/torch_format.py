@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from . import pickle_reader
 from ._core import MAX_DIMS, HashJob, HashResult, NativeFile, Segment
-from ._zip import ZipListing, ZipRecord, ZipTruncated, parse_zip, walk_zip
+from ._core import ZipListing, ZipRecord, ZipTruncated, parse_zip, walk_zip
 from .errors import FormatError
 from .listing import FileProblem, Listing
 
@@ -64,12 +64,11 @@ class TorchListing(Listing):
 
     crc_expected: list[int | None] = field(default_factory=list)
     crc_records: list[str | None] = field(default_factory=list)
-    check_jobs: list[HashJob] = field(default_factory=list)
     check_expected: list[int] = field(default_factory=list)
     check_names: list[str] = field(default_factory=list)
     records_without_crc: int = 0
 
-    def check(self, row_results: list[HashResult], check_results: list[HashResult]) -> list[FileProblem]:
+    def verify(self, row_results: list[HashResult], check_results: list[HashResult]) -> list[FileProblem]:
         """Problems found by the CRCs computed during hashing (one per corrupt record)."""
         bad: dict[str, list[str]] = {}
         for key, expected, record, result in zip(self.keys, self.crc_expected, self.crc_records, row_results):

@@ -10,6 +10,12 @@ instead of running one small pool per checkpoint), then judges each checkpoint w
 on its share of that scan. The same per-checkpoint step (`audit_group`) is what a Ray task runs
 in shardscan.ray_audit, so the two produce the same rows.
 
+Until `check` can take a ready scan, the audit asks it for a header-only verdict per
+checkpoint and deals the rows of the one shared, hashed scan back by count (audit_group).
+
+The module is not named `audit`: a submodule shadows the package attribute of the same name
+once imported, and `shardscan.audit` must stay the function.
+
 `latest` does not audit the tree: it checks from the newest checkpoint backwards and stops at the
 first clean one, since older checkpoints do not change the answer.
 """
@@ -166,36 +172,53 @@ def audit_group(
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> list[tuple[AuditRow, "pa.Table | None"]]:
-    """(row, per-tensor table) for each checkpoint, in order. Every tensor file of every
-    readable checkpoint is read (and hashed) in ONE scan; each checkpoint's layout findings
-    then come from a header-only `check`, which re-reads headers, not tensor bytes.
+    """(row, per-tensor table) for each checkpoint, in order.
 
-    Until `check` can take a ready scan (see _judge), two findings that need the hashes are
-    taken from the shared scan here: unreadable bytes (and torch CRC failures), and checksum
-    mismatches against the manifest inside the checkpoint directory."""
+    First each checkpoint's layout is judged by a header-only `check` (headers are the
+    cheap part: no tensor byte is read). Then every tensor file of every checkpoint that
+    could be judged is read and hashed in ONE scan, and its rows are dealt back to the
+    checkpoints in order: rows come out of the scan file by file, in the order the files
+    were given, and each report says how many rows its checkpoint's files hold. What
+    needs the hashes (unreadable bytes, torch CRC failures, checksum mismatches against
+    the manifest inside the checkpoint) is added from each checkpoint's share.
+
+    `check` taking a ready scan (`check(path, ..., scan=ScanResult)`) would replace both
+    the counting and the merge; see the module doc."""
+    from .checker import check
+    from .errors import IntegrityError, ShardscanError
     from .scanner import scan_paths
 
+    reports: dict[int, "Report"] = {}
     files: dict[int, list[Path]] = {}
-    listed: dict[int, str] = {}  # checkpoint index -> why its files could not be listed
+    failed: dict[int, str] = {}  # checkpoint index -> why it could not be judged at all
     for i, checkpoint in enumerate(checkpoints):
         if not checkpoint.readable:
             continue
         try:
+            reports[i] = check(checkpoint.path, against, hash=False, threads=threads)
             files[i] = files_checked(checkpoint.path)
-        except OSError as exc:
-            listed[i] = f"cannot list {checkpoint.path}: {exc.strerror or exc}"
-    # Each file is scanned under its full path: names stay unique across checkpoints (every
-    # HF checkpoint has a model.safetensors) and map back to their checkpoint by prefix.
-    paths = [os.fspath(p) for group in files.values() for p in group]
+        except (ShardscanError, OSError, ValueError) as exc:
+            # e.g. an index that is not JSON: this checkpoint fails, the audit goes on
+            failed[i] = f"cannot check: {exc}"
+    paths = [os.fspath(p) for i in sorted(files) for p in files[i]]
     shared = scan_paths(paths, hash=hash, threads=threads, progress=progress) if paths else None
+    if shared is not None and len(shared.columns) != sum(reports[i].tensors for i in files):
+        raise IntegrityError(
+            "checkpoint files changed while being audited (a save in progress?); run the audit again",
+            path=os.fspath(checkpoints[0].path.parent) if checkpoints else None,
+        )
     out: list[tuple[AuditRow, "pa.Table | None"]] = []
+    start = 0
     for i, checkpoint in enumerate(checkpoints):
-        if i not in files:
-            problems = checkpoint.problems + ((listed[i],) if i in listed else ())
+        if i not in reports or i not in files:
+            problems = checkpoint.problems + ((failed[i],) if i in failed else ())
             out.append((_unreadable_row(checkpoint, problems), None))
             continue
-        part = _share(shared, checkpoint) if shared is not None else None
-        out.append(_judge(checkpoint, part, against, hash=hash, threads=threads))
+        part = None
+        if shared is not None:
+            part = _share(shared, checkpoint, start, start + reports[i].tensors)
+            start += reports[i].tensors
+        out.append(_judge(checkpoint, reports[i], part, against, hash=hash))
     return out
 
 
@@ -204,7 +227,7 @@ def files_checked(path: Path) -> list[Path]:
     directory; for any other directory its tensor files, and of a directory holding several
     families (model.safetensors beside optimizer.pt, training_args.bin) only the family its
     index names, else the first of .safetensors, .bin, .pt, .pth, .ckpt. This mirrors check's
-    own choice; see _judge for the API that would make the mirror unnecessary."""
+    own choice (tests/test_audit.py::test_files_checked_mirrors_check guards it)."""
     from .layout import find_indexes, index_layout
     from .scanner import tensor_files
 
@@ -226,58 +249,44 @@ def files_checked(path: Path) -> list[Path]:
     return by_family[min(wanted, key=lambda f: order.index(f) if f in order else len(order))]
 
 
-def _share(shared: "ScanResult", checkpoint: Checkpoint) -> "ScanResult":
-    """The rows and problems of `shared` that belong to `checkpoint`, with file names as a
-    scan of the checkpoint alone names them (relative to a directory, as given for a file)."""
+def _share(shared: "ScanResult", checkpoint: Checkpoint, start: int, stop: int) -> "ScanResult":
+    """Rows [start, stop) of `shared` and the problems of `checkpoint`'s files, with file
+    names as a scan of the checkpoint alone gives them: relative to a directory (files were
+    scanned under their full paths so that names stay unique across checkpoints)."""
     from .listing import FileProblem
     from .scanner import Columns, ScanResult
 
     base = os.fspath(checkpoint.path)
-    is_directory = checkpoint.path.is_dir()
+    prefix = base + os.sep if checkpoint.path.is_dir() else None
 
-    def local(name: str) -> str | None:
-        if name == base:
-            return name
-        if is_directory and name.startswith(base + os.sep):
-            return name[len(base) + 1 :]
-        return None
+    def local(name: str) -> str:
+        return name[len(prefix):] if prefix and name.startswith(prefix) else name
+
+    def mine(name: str) -> bool:
+        return name == base or bool(prefix and name.startswith(prefix))
 
     cols = shared.columns
-    picked = [(i, local(name)) for i, name in enumerate(cols.file)]
-    rows = [(i, name) for i, name in picked if name is not None]
-    pick = [i for i, _ in rows]
-
-    def take(values: list) -> list:
-        return [values[i] for i in pick]
-
     columns = Columns(
-        file=[name for _, name in rows if name is not None],
-        key=take(cols.key), dtype=take(cols.dtype), shape=take(cols.shape), offset=take(cols.offset),
-        nbytes=take(cols.nbytes), checksum=take(cols.checksum), storage=take(cols.storage), format=take(cols.format),
+        file=[local(name) for name in cols.file[start:stop]],
+        key=cols.key[start:stop], dtype=cols.dtype[start:stop], shape=cols.shape[start:stop],
+        offset=cols.offset[start:stop], nbytes=cols.nbytes[start:stop], checksum=cols.checksum[start:stop],
+        storage=cols.storage[start:stop], format=cols.format[start:stop],
     )
-    problems = []
-    for problem in shared.problems:
-        name = local(problem.file)
-        if name is not None:
-            problems.append(FileProblem(name, problem.error, problem.lost, problem.cut, problem.intact))
-    files = tuple(name for name in (local(f) for f in shared.files) if name is not None)
-    return ScanResult(columns=columns, problems=tuple(problems), files=files, non_tensor_leaves=0, elapsed=0.0)
+    # Problems are named by the path a file (or DCP directory) was given as: its own prefix.
+    problems = tuple(
+        FileProblem(local(p.file), p.error, p.lost, p.cut, p.intact) for p in shared.problems if mine(p.file)
+    )
+    files = tuple(local(f) for f in shared.files if mine(f))
+    return ScanResult(columns=columns, problems=problems, files=files, non_tensor_leaves=0, elapsed=0.0)
 
 
 def _judge(
-    checkpoint: Checkpoint, part: "ScanResult | None", against: PathLike | None, *, hash: bool, threads: int | None
+    checkpoint: Checkpoint, report: "Report", part: "ScanResult | None", against: PathLike | None, *, hash: bool
 ) -> tuple[AuditRow, "pa.Table | None"]:
-    """One checkpoint's verdict from its share of the shared scan.
-
-    The layout findings come from `check(..., hash=False)`: it re-reads headers only (the
-    cheap part), so no tensor byte is read twice. What needs the hashes is added from the
-    share. The API that would remove both this merge and files_checked's mirror is one
-    keyword: `check(path, ..., scan=ScanResult)`, "use this scan of the files check would
-    read instead of reading them", plus `check_files(path) -> list[Path]`."""
-    from .check import check
+    """One checkpoint's row: its header-only report plus what its share of the hashed scan
+    adds (errors found while reading the bytes, checksum mismatches against its manifest)."""
     from .report import FileError, Mismatch
 
-    report = check(checkpoint.path, against, hash=False, threads=threads)
     extra_errors: list[FileError] = []
     extra_mismatches: list[Mismatch] = []
     if part is not None and hash:
@@ -321,6 +330,10 @@ def _row(checkpoint: Checkpoint, report: "Report", extra_errors: Sequence["FileE
         report = replace(report, errors=report.errors + tuple(extra_errors),
                          mismatched=report.mismatched + tuple(extra_mismatches))
     words: list[str] = list(checkpoint.problems)
+    if report.files == 0 and not report.errors:
+        # `check` finds nothing wrong with an empty directory; as a save to resume from it
+        # is useless (the weights went elsewhere or were never written).
+        words.append("no tensor files")
     for error in sorted(report.errors, key=lambda e: e.file):
         words.append(f"{error.file}: {error.error}")
     for label, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
@@ -331,12 +344,12 @@ def _row(checkpoint: Checkpoint, report: "Report", extra_errors: Sequence["FileE
         fields = sorted({m.field for m in report.mismatched})
         words.append(f"{len(report.mismatched)} mismatched ({', '.join(fields)}): "
                      f"{', '.join(families(m.key for m in report.mismatched))}")
-    ok = report.ok and not checkpoint.problems
+    ok = report.ok and not words
     return AuditRow(
         path=os.fspath(checkpoint.path), step=checkpoint.step, format=checkpoint.kind,
         files=report.files, tensors=report.tensors, bytes=report.bytes, ok=ok,
         missing=len(report.missing), unexpected=len(report.unexpected), mismatched=len(report.mismatched),
-        errors=len(report.errors) + len(checkpoint.problems),
+        errors=len(report.errors) + len(checkpoint.problems) + (report.files == 0 and not report.errors),
         problem=words[0] if words and not ok else None, problems=tuple(words), markers=checkpoint.problems,
     )
 
@@ -409,6 +422,61 @@ def _compare(
 
 
 # ----------------------------------------------------------------------------------------
+# Human output
+
+
+def render_audit(result: AuditResult, *, colour: bool = False) -> str:
+    """One aligned row per checkpoint (paths relative to the root) with its first problem
+    indented below a failed one, then one line per summary (frozen, identical, skipped) and
+    a closing count naming the newest clean checkpoint."""
+    from .report import families
+
+    root = result.root.rstrip(os.sep) + os.sep
+
+    def shown(path: str) -> str:
+        return path[len(root):] if path.startswith(root) else path
+
+    def size(n: float) -> str:
+        for unit in ("B", "KB", "MB", "GB", "TB"):
+            if n < 1000 or unit == "TB":
+                return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+            n /= 1000
+        return ""
+
+    header = ("STEP", "FORMAT", "FILES", "TENSORS", "SIZE", "STATUS", "MISS", "UNEXP", "MISM", "ERR", "PATH")
+    table = [header] + [
+        ("-" if r.step is None else str(r.step), r.format, str(r.files), str(r.tensors), size(r.bytes),
+         "OK" if r.ok else "FAILED", str(r.missing), str(r.unexpected), str(r.mismatched), str(r.errors), shown(r.path))
+        for r in result.rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
+    paint = {"OK": "\x1b[32m", "FAILED": "\x1b[31m"}
+    lines = []
+    for n, line in enumerate(table):
+        cells = [cell.ljust(width) for cell, width in zip(line, widths)]
+        if colour and n and line[5] in paint:
+            cells[5] = f"{paint[line[5]]}{cells[5]}\x1b[0m"
+        lines.append("  ".join(cells + [line[-1]]).rstrip())
+        row = result.rows[n - 1] if n else None
+        if row is not None and not row.ok and row.problem:
+            lines.append(f"    {row.problem}")
+    if result.frozen:
+        lines.append(f"frozen across {result.frozen_across} checkpoints: {len(result.frozen)} tensors: "
+                     + ", ".join(families(result.frozen)))
+    if result.identical:
+        lines.append("identical: " + "; ".join(f"{shown(a)} = {shown(b)}" for a, b in result.identical))
+    for path, reason in result.skipped:
+        lines.append(f"skipped {shown(path)}: {reason}")
+    if not result.rows:
+        lines.append(f"{result.root}: no checkpoints found")
+    good = sum(r.ok for r in result.rows)
+    newest = shown(result.latest_ok) if result.latest_ok else "none"
+    lines.append(f"{len(result.rows)} checkpoints, {good} OK, {len(result.rows) - good} FAILED; "
+                 f"latest OK: {newest} ({result.elapsed:.2f} s)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------
 # latest
 
 
@@ -435,7 +503,16 @@ def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None
             # A missing completeness marker is decisive; no need to read the tensors.
             rejected.append((os.fspath(checkpoint.path), checkpoint.problems[0]))
             continue
-        ((row, _),) = audit_group([checkpoint], hash=hash, threads=threads)
+        # One checkpoint at a time, newest first, so a plain full check is the right tool:
+        # it stops reading as soon as a clean one is found.
+        from .checker import check
+        from .errors import ShardscanError
+
+        try:
+            row = _row(checkpoint, check(checkpoint.path, hash=hash, threads=threads))
+        except (ShardscanError, OSError, ValueError) as exc:
+            rejected.append((os.fspath(checkpoint.path), f"cannot check: {exc}"))
+            continue
         if row.ok:
             return LatestPick(checkpoint.path, None, tuple(rejected))
         rejected.append((row.path, row.problem or "not ok"))

@@ -1,5 +1,8 @@
 """`check`: compare a checkpoint with every layout it should satisfy; `diff`: compare two.
 
+(The module is `checker`, not `check`: importing a submodule named `check` would replace the
+`shardscan.check` function with the module.)
+
 A check scans the checkpoint once (headers, plus hashes unless `hash=False`), then measures the
 scan against each expected layout independently (shardscan.layout) and unions the findings:
 every declaration must hold. What always counts, layout or not:
@@ -182,31 +185,37 @@ def _mismatches(layout: Layout, actual: dict[str, Spec], out: dict[tuple[str, st
             out.setdefault((key, "checksum"), Mismatch(key, "checksum", want.checksum, have.checksum))
 
 
-def _index_findings(layout: Layout, actual: _Actual, directory: Path | None, index_name: str) -> tuple[list[FileError], list[str]]:
+def _index_findings(layout: Layout, actual: _Actual, directory: Path, index_name: str,
+                    whole_directory: bool) -> tuple[list[FileError], list[str]]:
     """What only an index can be wrong about: shards it names that are absent, gaps in a
     `-0000i-of-0000N` series, keys found in a shard other than the one it names, and a
     `metadata.total_size` that disagrees with the tensors' bytes (a warning)."""
     errors: list[FileError] = []
     warnings: list[str] = []
-    on_disk = {p.name for p in directory.iterdir()} if directory is not None else set()
+    on_disk = {p.name for p in directory.iterdir()}
     absent = [name for name in layout.files if name not in on_disk]
     for name in absent:
         count = sum(1 for spec in layout.specs.values() if spec.file == name)
         errors.append(FileError(name, f"absent: {index_name} maps {count} tensors to it"))
+    # a single file checked alone says nothing about its neighbours' series
     named_or_present = set(layout.files) | {n for n in on_disk if _family(n) in _FAMILY_ORDER}
-    for name, series in layouts.series_gaps(named_or_present):
+    for name, series in layouts.series_gaps(named_or_present) if whole_directory else ():
         if name not in absent:
             errors.append(FileError(name, f"absent: the series {series} has a gap here"))
     moved: dict[tuple[str, str], list[str]] = {}
     for key, spec in layout.specs.items():
         have = actual.specs.get(key)
-        if have is not None and spec.file is not None and have.file != spec.file:
-            moved.setdefault((spec.file, have.file or "?"), []).append(key)
+        if have is None or spec.file is None:
+            continue
+        # a file checked alone is named as given; the index names it relative to its directory
+        found = (have.file if whole_directory else os.path.basename(have.file or "")) or "?"
+        if found != spec.file:
+            moved.setdefault((spec.file, found), []).append(key)
     for (named, found), keys in sorted(moved.items()):
         errors.append(FileError(
             index_name, f"maps {len(keys)} tensors to {named} but they are in {found}: {', '.join(families(keys))}"
         ))
-    if layout.total_size is not None and not absent and not actual.damaged:
+    if layout.total_size is not None and whole_directory and not absent and not actual.damaged:
         held = sum(actual.bytes_by_file.get(name, 0) for name in layout.files)
         if held != layout.total_size:
             warnings.append(f"{index_name}: metadata.total_size is {layout.total_size} but its shards hold {held} tensor bytes")
@@ -256,7 +265,12 @@ def _collect_layouts(root: Path, against: Path | None, *, hash: bool, threads: i
     elif against is not None:
         kind = layouts.classify(against)
         if kind == "index":
-            found.append(layouts.index_layout(against))
+            index = layouts.index_layout(against)
+            if directory is None:
+                # one shard checked against a whole index: only what the index puts in it
+                index.specs = {k: spec for k, spec in index.specs.items() if spec.file == root.name}
+                index.files = (root.name,)
+            found.append(index)
         elif kind == "manifest":
             found.append(layouts.manifest_layout(layouts.find_manifest(against) if against.is_dir() else against))  # type: ignore[arg-type]
         elif kind == "config":
@@ -354,8 +368,8 @@ def check(
         errors += [FileError(file, error) for file, error in layout.errors]
         warnings += layout.warnings
         if layout.kind == "index":
-            index_errors, index_warnings = _index_findings(raw, actual, root if root.is_dir() else None,
-                                                           raw.source.removeprefix("index "))
+            index_errors, index_warnings = _index_findings(raw, actual, root if root.is_dir() else root.parent,
+                                                           raw.source.removeprefix("index "), root.is_dir())
             errors += index_errors
             warnings += index_warnings
         if layout.complete:
@@ -418,11 +432,12 @@ def diff(
     as_layout = Layout(kind="reference", source=os.fspath(a), specs=a_specs)
     changed: dict[tuple[str, str], Mismatch] = {}
     _mismatches(as_layout, b_specs, changed)
-    only_a = (a_specs.keys() - b_specs.keys()) | {layouts.strip_prefixes(k, prefixes) for k in left.damaged}
-    only_b = (b_specs.keys() - a_specs.keys()) | {layouts.strip_prefixes(k, prefixes) for k in right.damaged}
+    # A tensor a truncation destroyed in B is simply not in B: it lands in only_a when A holds
+    # it, and the file error says why.
+    only_a = a_specs.keys() - b_specs.keys()
+    only_b = b_specs.keys() - a_specs.keys()
     notes = left.notes + right.notes
-    note = _prefix_note(as_layout, b_specs, (set(a_specs.keys() - b_specs.keys()), set(b_specs.keys() - a_specs.keys())),
-                        os.fspath(b), prefixes)
+    note = _prefix_note(as_layout, b_specs, (set(only_a), set(only_b)), os.fspath(b), prefixes)
     if note:
         notes.append(note)
     errors = left.errors + right.errors
@@ -436,8 +451,8 @@ def diff(
         b=os.fspath(b),
         files=(left.files, right.files),
         tensors=(left.tensors, right.tensors),
-        only_a=tuple(natural_sorted(only_a - only_b)),
-        only_b=tuple(natural_sorted(only_b - only_a)),
+        only_a=tuple(natural_sorted(only_a)),
+        only_b=tuple(natural_sorted(only_b)),
         changed=tuple(changed.values()),
         unchanged=len(common - changed_keys),
         errors=tuple(_merge_errors(errors)),

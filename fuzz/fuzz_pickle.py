@@ -1,0 +1,24 @@
+"""atheris target: the restricted unpickler (torch's data.pkl) on arbitrary bytes.
+Allowed outcome: a value or FormatError (UnsafePickleError included). Anything else is a bug."""
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from shardscan import pickle_reader
+    from shardscan.errors import FormatError
+
+
+def one(data: bytes) -> None:
+    try:
+        obj = pickle_reader.load(data)
+        for _ in pickle_reader.iter_leaves(obj):
+            pass
+    except FormatError:
+        pass
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, one)
+    atheris.Fuzz()

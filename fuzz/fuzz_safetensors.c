@@ -1,0 +1,18 @@
+/* libFuzzer target: the safetensors header parser on arbitrary bytes held as a mapped file. */
+#include <stdlib.h>
+
+#include "internal.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    char path[] = "fuzz-input";
+    ss_file file = {.data = size ? data : NULL, .size = size, .path = path};
+    ss_st_listing listing;
+    ss_error err;
+    ss_status s = ss_st_parse(&file, &listing, &err);
+    /* A listing the parser accepts must only point inside the file it claims to cover. */
+    if (s == SS_OK)
+        for (uint32_t i = 0; i < listing.count; i++)
+            if (listing.offsets[i] + listing.nbytes[i] > size) abort();
+    ss_st_listing_free(&listing);
+    return 0;
+}

@@ -1,0 +1,75 @@
+"""Writes the fuzzers' seed corpus: small real files made by safetensors and torch.
+
+    python fuzz/make_corpus.py [OUT_DIR]      (default: fuzz/corpus)
+
+One folder per target: safetensors/, zip/ (torch.save archives), pickle/ (their data.pkl),
+dcp/ (a torch.distributed.checkpoint .metadata). Deterministic, a few KiB in all, so it can
+be regenerated and kept in the repository.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+import warnings
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as st_save
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from hostile.make_safetensors import CASES, VALID  # noqa: E402
+
+
+def state_dicts() -> dict[str, dict]:
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "mixed": {"w": torch.randn(3, 4, generator=gen), "b": torch.zeros(4, dtype=torch.bfloat16),
+                  "i": torch.arange(5), "flag": torch.tensor(True), "empty": torch.empty(0, 3)},
+        "one": {"x": torch.ones(2, dtype=torch.float16)},
+        "views": {"t": torch.arange(12.0).reshape(3, 4).t(), "row": torch.arange(6.0)[2:5]},
+    }
+
+
+def main(out: Path) -> None:
+    dirs = {name: out / name for name in ("safetensors", "zip", "pickle", "dcp")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    (dirs["safetensors"] / "valid").write_bytes(VALID)
+    for case in CASES[::6]:  # a spread of hostile ones: the fuzzer mutates from near each rule
+        (dirs["safetensors"] / f"hostile-{case.name}").write_bytes(case.data[:4096])
+    for name, sd in state_dicts().items():
+        # safetensors refuses shared / non-contiguous tensors: save contiguous copies.
+        (dirs["safetensors"] / name).write_bytes(st_save({k: v.contiguous().clone() for k, v in sd.items()}))
+        buf = io.BytesIO()
+        torch.save(sd, buf)
+        blob = buf.getvalue()
+        (dirs["zip"] / name).write_bytes(blob)
+        (dirs["zip"] / f"{name}-cut").write_bytes(blob[: len(blob) * 2 // 3])
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+            pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+            (dirs["pickle"] / name).write_bytes(z.read(pkl))
+    (dirs["pickle"] / "ordered").write_bytes(_plain_pickle())
+    _dcp_metadata(dirs["dcp"])
+
+
+def _plain_pickle() -> bytes:
+    import pickle
+
+    return pickle.dumps(OrderedDict(a=1, b=[1.5, "x", None], c={"d": (1, 2)}), protocol=2)
+
+
+def _dcp_metadata(out: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # single process, no process group: torch warns
+        dcp.save(state_dicts()["mixed"] | {"step": 7}, checkpoint_id=tmp)
+        (out / "mixed").write_bytes((Path(tmp) / ".metadata").read_bytes())
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("corpus"))

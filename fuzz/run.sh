@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for a bounded time (default 12 s each; about 75 s in all with the builds).
+#
+#   fuzz/run.sh [SECONDS_PER_TARGET]
+#
+# C targets (fuzz_*.c) are libFuzzer programs built with clang, ASan and UBSan over the
+# csrc/ parsers; Python targets (fuzz_*.py) run under atheris. Seeds come from fuzz/corpus
+# (python fuzz/make_corpus.py regenerates them); new inputs go to a temporary folder, so the
+# repository is not touched unless something crashes: the reproducer is then kept in
+# fuzz/crashes/<target>/ and the script exits 1. Move it into fuzz/regressions/<target>/ with
+# the fix; tests/test_fuzz_regressions.py replays that folder on every test run.
+set -euo pipefail
+
+SECONDS_EACH="${1:-12}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+PYTHON="${PYTHON:-$ROOT/../venv/bin/python}"
+[ -x "$PYTHON" ] || PYTHON="$(command -v python3)"
+WORK="$(mktemp -d -t shardscan-fuzz.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+failed=0
+
+# Tools: clang with libFuzzer's runtime (Debian: clang, libclang-rt-14-dev) and atheris.
+if ! command -v clang >/dev/null || ! echo 'int LLVMFuzzerTestOneInput(const char*d,long n){return 0;}' \
+        | clang -x c -fsanitize=fuzzer - -o "$WORK/probe" 2>/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get install -y -q clang libclang-rt-14-dev >/dev/null 2>&1 || apt-get update -q >/dev/null && apt-get install -y -q clang libclang-rt-14-dev >/dev/null
+    fi
+fi
+"$PYTHON" -c 'import atheris' 2>/dev/null || "$PYTHON" -m pip install -q atheris
+
+run_target() { # name, command...: one bounded run; a crash leaves its input in fuzz/crashes/name/
+    local name="$1"; shift
+    mkdir -p "$WORK/corpus-$name" "$HERE/crashes/$name"
+    local started=$SECONDS
+    if "$@" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=0 \
+            -artifact_prefix="$HERE/crashes/$name/" "$WORK/corpus-$name" "$HERE/corpus/$name" \
+            >"$WORK/$name.log" 2>&1; then
+        echo "fuzz $name: ok ($((SECONDS - started)) s, $(grep -c . "$WORK/$name.log" || true) log lines)"
+        rmdir "$HERE/crashes/$name" 2>/dev/null || true
+    else
+        echo "fuzz $name: FAILED, reproducer in fuzz/crashes/$name/" >&2
+        tail -40 "$WORK/$name.log" >&2
+        failed=1
+    fi
+}
+
+for target in "$HERE"/fuzz_*.c; do
+    name="$(basename "$target" .c)"; name="${name#fuzz_}"
+    clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
+        -I"$ROOT/csrc" "$target" "$ROOT/csrc/file.c" "$ROOT/csrc/safetensors.c" "$ROOT/csrc/zip.c" \
+        -lz -pthread -o "$WORK/fuzz_$name"
+    ASAN_OPTIONS=detect_leaks=1 run_target "$name" "$WORK/fuzz_$name"
+done
+
+for target in "$HERE"/fuzz_*.py; do
+    name="$(basename "$target" .py)"; name="${name#fuzz_}"
+    # The package's own C core is not instrumented here: atheris guides on Python coverage.
+    run_target "$name" "$PYTHON" "$target"
+done
+
+exit "$failed"

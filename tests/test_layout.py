@@ -1,0 +1,152 @@
+"""Expected-layout sources, each built from a small hand-written file."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from shardscan import layout
+
+
+def test_series_gaps() -> None:
+    names = ["m-00001-of-00004.safetensors", "m-00003-of-00004.safetensors", "m-00004-of-00004.safetensors", "other.bin"]
+    assert layout.series_gaps(names) == [("m-00002-of-00004.safetensors", "m-*-of-00004.safetensors")]
+    assert layout.series_gaps(["m-00001-of-00001.safetensors"]) == []
+
+
+def test_index_layout(tmp_path: Path) -> None:
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": 12}, "weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}))
+    found = layout.index_layout(index)
+    assert found.specs["a"].file == "s1.safetensors" and found.files == ("s1.safetensors", "s2.safetensors")
+    assert found.total_size == 12 and found.complete
+    index.write_text(json.dumps({"weight_map": ["a"]}))
+    with pytest.raises(ValueError, match="not a shard index"):
+        layout.index_layout(index)
+    index.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        layout.index_layout(index)
+
+
+@pytest.mark.parametrize(
+    "config, count",
+    [
+        ({"num_hidden_layers": 28}, 28),  # Llama, Qwen2, Mistral
+        ({"n_layer": 12}, 12),  # GPT-2
+        ({"text_config": {"num_hidden_layers": 4}}, 4),  # multimodal: the language model's blocks
+        ({"hidden_size": 8}, None),  # nothing to count
+        ({"num_hidden_layers": True}, None),  # a bool is not a count
+    ],
+)
+def test_layer_count(config: dict, count: int | None) -> None:
+    assert layout.layer_count(config) == count
+
+
+def test_structural_layout_finds_absent_and_partial_blocks() -> None:
+    actual: dict[str, tuple[int, ...] | None] = {"model.embed_tokens.weight": (8, 4)}
+    for i in range(3):
+        actual[f"model.layers.{i}.mlp.weight"] = (4, 4)
+        actual[f"model.layers.{i}.norm.weight"] = (4,)
+    del actual["model.layers.1.norm.weight"]
+    actual["model.layers.2.mlp.weight"] = (4, 5)  # the odd one out; the majority shape is expected
+    actual["model.layers.7.mlp.weight"] = (4, 4)  # beyond num_hidden_layers
+    found = layout.structural_layout({"num_hidden_layers": 4}, actual, "config.json")
+    expected = {f"model.layers.{i}.{s}" for i in range(4) for s in ("mlp.weight", "norm.weight")}
+    assert set(found.specs) == expected
+    assert found.specs["model.layers.2.mlp.weight"].shape == (4, 4)
+    assert found.extra == {"model.layers.7.mlp.weight"}
+    assert not found.complete  # embed_tokens is not judged
+
+
+def test_structural_layout_without_count_warns() -> None:
+    found = layout.structural_layout({}, {"a.layers.0.w": (1,)}, "config.json")
+    assert not found.specs and found.warnings
+
+
+def test_strip_prefixes_and_candidates() -> None:
+    assert layout.strip_prefixes("module._orig_mod.x", ("module.", "_orig_mod.")) == "x"
+    assert layout.strip_prefixes("x.module.y", ("module.",)) == "x.module.y"  # only a leading prefix
+    candidates = layout.prefix_candidates()
+    assert ("module.",) in candidates and ("module.", "_orig_mod.") in candidates
+
+
+def test_classify(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
+    (tmp_path / "x.index.json").write_text(json.dumps({"weight_map": {}}))
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    (tmp_path / "m.parquet").write_bytes(b"")
+    assert layout.classify(tmp_path / "config.json") == "config"
+    assert layout.classify(tmp_path / "x.index.json") == "index"
+    assert layout.classify(tmp_path / "m.parquet") == "manifest"
+    assert layout.classify(tmp_path) == "config"  # a directory with only config.json
+    (tmp_path / "a.safetensors").write_bytes(b"")
+    assert layout.classify(tmp_path) == "reference"
+    with pytest.raises(ValueError, match="neither"):
+        layout.classify(tmp_path / "other.json")
+    with pytest.raises(FileNotFoundError):
+        layout.classify(tmp_path / "absent")
+
+
+def test_manifest_csv_shapes(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text('file,key,dtype,shape,checksum\ns.safetensors,a,float32,"[2, 3]",00\n')
+    specs = layout.table_specs(layout.read_manifest(path), checksums=True)
+    assert specs["a"].shape == (2, 3) and specs["a"].dtype == "float32"
+
+
+def test_model_layout_ties_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    (tmp_path / "tiny_factory.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    m = torch.nn.Module()\n"
+        "    m.emb = torch.nn.Embedding(10, 4)\n"
+        "    m.head = torch.nn.Linear(4, 10, bias=False)\n"
+        "    m.head.weight = m.emb.weight\n"
+        "    assert m.head.weight.device.type == 'meta'\n"
+        "    return m\n"
+        "def not_a_module():\n"
+        "    return 3\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = layout.model_layout("tiny_factory:build")
+    assert found.specs["emb.weight"].shape == (10, 4)
+    assert found.ties == {"head.weight": "emb.weight"}
+    with pytest.raises(ValueError, match="module:factory"):
+        layout.model_layout("tiny_factory")
+    with pytest.raises(TypeError, match="not a torch.nn.Module"):
+        layout.model_layout("tiny_factory:not_a_module")
+
+
+def test_transformers_layout_qwen2_tied(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Qwen2Config(
+        vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=True,
+    )
+    config.architectures = ["Qwen2ForCausalLM"]
+    config.save_pretrained(tmp_path)
+    found = layout.transformers_layout(tmp_path / "config.json")
+    assert found.specs["model.layers.1.self_attn.q_proj.bias"].shape == (8,)
+    assert found.ties.get("lm_head.weight") == "model.embed_tokens.weight"
+    assert all(re.fullmatch(r"[\w.]+", key) for key in found.specs)
+
+
+def test_structural_layout_hybrid_blocks() -> None:
+    """Alternating attention and Mamba blocks are two signatures, not missing tensors; a
+    partly written block is still held to its own kind."""
+    actual: dict[str, tuple[int, ...] | None] = {}
+    for i in range(4):
+        kind = "attn" if i % 2 == 0 else "mamba"
+        actual[f"m.layers.{i}.norm.weight"] = (4,)
+        actual[f"m.layers.{i}.{kind}.a"] = (4, 4)
+        actual[f"m.layers.{i}.{kind}.b"] = (4, 4)
+    del actual["m.layers.3.mamba.b"]
+    found = layout.structural_layout({"num_hidden_layers": 5}, actual, "config.json")
+    absent = set(found.specs) - set(actual)
+    # block 3 lacks its own kind's tensor; block 4 (absent) needs only what every kind has
+    assert absent == {"m.layers.3.mamba.b", "m.layers.4.norm.weight"}
