@@ -58,8 +58,9 @@ void ss_quote_name(char *out, size_t cap, const char *name, size_t len) {
 /* ---- SIGBUS guard ------------------------------------------------------------------------ */
 
 __thread sigjmp_buf *ss_guard_jump;
+static __thread int chaining; /* set while a fault that is not ours is passed on */
 static struct sigaction previous_sigbus;
-static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void on_sigbus(int sig, siginfo_t *info, void *context) {
     sigjmp_buf *target = ss_guard_jump;
@@ -67,32 +68,43 @@ static void on_sigbus(int sig, siginfo_t *info, void *context) {
         ss_guard_jump = NULL;
         siglongjmp(*target, 1);
     }
-    /* Not inside one of our guarded loops: behave as if we were never here. */
-    if (previous_sigbus.sa_flags & SA_SIGINFO) {
-        if (previous_sigbus.sa_sigaction) {
-            previous_sigbus.sa_sigaction(sig, info, context);
-            return;
+    /* Not inside one of our guarded loops: pass it on to whoever had SIGBUS before us. If
+     * that handler chains back to us (each saved the other), fall through to the default. */
+    if (!chaining) {
+        chaining = 1;
+        if (previous_sigbus.sa_flags & SA_SIGINFO) {
+            if (previous_sigbus.sa_sigaction) previous_sigbus.sa_sigaction(sig, info, context);
+        } else if (previous_sigbus.sa_handler != SIG_DFL && previous_sigbus.sa_handler != SIG_IGN) {
+            previous_sigbus.sa_handler(sig);
         }
-    } else if (previous_sigbus.sa_handler != SIG_DFL && previous_sigbus.sa_handler != SIG_IGN) {
-        previous_sigbus.sa_handler(sig);
-        return;
+        chaining = 0;
     }
     signal(sig, SIG_DFL);
     raise(sig);
 }
 
-static void install_once(void) {
-    struct sigaction action;
-    memset(&action, 0, sizeof action);
-    action.sa_sigaction = on_sigbus;
-    /* SA_NODEFER: we leave the handler by siglongjmp without restoring the mask, so SIGBUS
-     * must not stay blocked on this thread afterwards. */
-    action.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGBUS, &action, &previous_sigbus);
+static int guard_is_ours(void) {
+    struct sigaction current;
+    return sigaction(SIGBUS, NULL, &current) == 0 && (current.sa_flags & SA_SIGINFO) && current.sa_sigaction == on_sigbus;
 }
 
-void ss_guard_install(void) { pthread_once(&guard_once, install_once); }
+/* Called before every guarded access: other libraries in the process (Ray, faulthandler, a
+ * JVM) may install their own SIGBUS handler after us, so re-arm ours, chaining to theirs. */
+void ss_guard_install(void) {
+    if (guard_is_ours()) return;
+    pthread_mutex_lock(&install_lock);
+    if (!guard_is_ours()) {
+        struct sigaction action, replaced;
+        memset(&action, 0, sizeof action);
+        action.sa_sigaction = on_sigbus;
+        /* SA_NODEFER: we leave the handler by siglongjmp without restoring the mask, so
+         * SIGBUS must not stay blocked on this thread afterwards. */
+        action.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+        sigemptyset(&action.sa_mask);
+        if (sigaction(SIGBUS, &action, &replaced) == 0) previous_sigbus = replaced;
+    }
+    pthread_mutex_unlock(&install_lock);
+}
 
 /* ---- files --------------------------------------------------------------------------------- */
 
@@ -162,6 +174,7 @@ static ss_status guarded_copy(void *dst, const uint8_t *src, uint64_t len) {
 }
 
 ss_status ss_file_read(const ss_file *file, uint64_t offset, void *dst, uint64_t len, ss_error *err) {
+    ss_guard_install();
     uint64_t end;
     if (!ss_add_u64(offset, len, &end) || end > file->size)
         return ss_fail(err, SS_E_RANGE, file->path, "range %llu+%llu outside a %llu-byte file",

@@ -17,6 +17,7 @@ struct ss_file {
  * thread (a mapped file shrank under us) jumps there instead of killing the process. Use only
  * through SS_GUARDED below, which keeps the jump target on the caller's stack. */
 extern __thread sigjmp_buf *ss_guard_jump;
+/* Installs the handler, or re-arms it if another library replaced it since; cheap when armed. */
 void ss_guard_install(void);
 
 /* Formats err->message as "<name>: <what>" and sets err->status; returns status. */

@@ -636,7 +636,8 @@ ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err) {
     if (!utf8_valid((const unsigned char *)header, n)) s = ss_fail(err, SS_E_ST_UTF8, path, "header is not valid UTF-8");
     else s = parse_header(&ps);
     if (!s) {
-        qsort(ps.entries.data, ps.entries.len, sizeof(entry), by_offsets);
+        if (ps.entries.len > 1) /* a header of no tensors has entries.data == NULL: qsort(NULL) is UB */
+            qsort(ps.entries.data, ps.entries.len, sizeof(entry), by_offsets);
         s = validate(&ps, &data_len);
     }
     if (!s) {

@@ -20,4 +20,4 @@ fi
 
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 # torch is pinned: 2.13.0 is the CPU build (a looser pin may pull a multi-GB CUDA build).
-"$venv/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0 -e "$repo[test]"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0 ray==2.60.0 -e "$repo[test]"

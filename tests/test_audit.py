@@ -164,6 +164,27 @@ def test_one_unjudgeable_checkpoint_does_not_stop_the_audit(run: Path, tmp_path:
     assert not rows[1].ok and rows[1].problem.startswith("cannot check: ")
 
 
+def test_file_changing_during_the_audit(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save written into the tree between the header check and the shared scan: rows are
+    not dealt by a stale count; the checkpoint that changed fails, the others are intact."""
+    import shardscan.scanner as scanner
+
+    out = tmp_path / "out"
+    for name in ("checkpoint-100", "checkpoint-200"):
+        shutil.copytree(run / "hf" / name, out / name)
+    real = scanner.scan_paths
+
+    def scan_paths(paths, **kwargs):  # type: ignore[no-untyped-def]
+        if len(paths) == 4:  # the shared scan of both checkpoints' shards: one is cut first
+            trees.truncate(out / "checkpoint-100" / "model-00001-of-00002.safetensors", 200)
+        return real(paths, **kwargs)
+
+    monkeypatch.setattr(scanner, "scan_paths", scan_paths)
+    rows = audit(out).rows
+    assert rows[0].problem == "changed while being audited (a save in progress?)"
+    assert rows[1].ok and rows[1].tensors == 5
+
+
 def test_same_rows_for_any_thread_count(run: Path) -> None:
     one, many = audit(run, threads=1), audit(run, threads=4)
     assert [r.to_dict() for r in one.rows] == [r.to_dict() for r in many.rows]
@@ -284,3 +305,10 @@ def test_truncated_lightning_file(tmp_path: Path) -> None:
     rows = audit(tmp_path).rows
     assert [r.ok for r in rows] == [True, False]
     assert rows[1].problem.startswith(os.fspath(tmp_path / "epoch=0-step=20.ckpt") + ": truncated")
+
+
+def test_subprocess_missing_root_is_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "shardscan", "audit", os.fspath(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"shardscan: {tmp_path / 'nope'}: no such file or directory\n"

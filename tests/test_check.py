@@ -372,7 +372,8 @@ def test_cli_exit_codes_and_json(built: dict[str, Path], tmp_path: Path, monkeyp
     # usage errors go through main(), the one funnel that turns them into exit code 2
     (tmp_path / "junk.json").write_text("{}")
     for argv in (["check", str(tmp_path / "absent")], ["check", str(built["qwen2"]), "-a", str(tmp_path / "junk.json")],
-                 ["diff", str(built["qwen2"]), str(tmp_path / "absent")], ["check", str(built["qwen2"]), "--bogus"]):
+                 ["diff", str(built["qwen2"]), str(tmp_path / "absent")], ["check", str(built["qwen2"]), "--bogus"],
+                 ["check", str(built["qwen2"]), "--model", "no_such_module_here:build"]):
         monkeypatch.setattr(sys, "argv", ["shardscan", *argv])
         with pytest.raises(SystemExit) as exit_info:
             main()
@@ -456,6 +457,7 @@ def test_bin_truncated_and_flipped(built: dict[str, Path], tmp_path: Path) -> No
     assert any(e.file == flipped.name and "CRC" in e.error for e in report.errors)
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_dcp_directory(built: dict[str, Path], tmp_path: Path) -> None:
     import torch.distributed.checkpoint as dcp
 
@@ -481,3 +483,78 @@ def test_single_shard_against_its_index(built: dict[str, Path]) -> None:
     report = check(shard, against=directory / "model.safetensors.index.json", hash=False)
     assert report.ok, report.to_dict()
     assert report.files == 1
+
+
+def test_directory_with_two_formats(qwen: Path) -> None:
+    """Hub repositories often hold model.safetensors beside pytorch_model.bin; a loader reads
+    one of them, so the check does too (the index's family), with a note."""
+    state = {}
+    for shard in _shards(qwen):
+        state.update(load_file(shard))
+    torch.save(state, qwen / "pytorch_model.bin")
+    report = check(qwen, hash=False)
+    assert report.ok, report.to_dict()
+    assert any("pytorch_model.bin" in n for n in report.notes)
+    assert report.files == len(_shards(qwen))
+
+
+def test_lightning_and_ddp_bin_prefixes(built: dict[str, Path], tmp_path: Path) -> None:
+    """torch.save variants: a Lightning checkpoint nests the weights under "state_dict" (keys
+    state_dict.*), DDP adds module.; both are detected against the safetensors reference and
+    stripped with --strip-prefix; a changed shape in the .bin is still a shape mismatch."""
+    state = {}
+    for shard in _shards(built["qwen2"]):
+        state.update(load_file(shard))
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}, "epoch": 3}, tmp_path / "last.ckpt")
+    report = check(tmp_path / "last.ckpt", against=built["qwen2"], hash=False)
+    assert any("--strip-prefix state_dict. --strip-prefix module. the keys match" in n for n in report.notes), report.notes
+    assert check(tmp_path / "last.ckpt", against=built["qwen2"], strip_prefix=["state_dict.", "module."], checksums=True).ok
+    key = "model.norm.weight"
+    state[key] = torch.ones(17)
+    torch.save(state, tmp_path / "changed.bin")
+    report = check(tmp_path / "changed.bin", against=built["qwen2"], hash=False)
+    assert [(m.key, m.field, m.expected, m.actual) for m in report.mismatched] == [(key, "shape", (16,), (17,))]
+
+
+def test_directory_without_tensor_files(built: dict[str, Path], tmp_path: Path) -> None:
+    shutil.copy(built["qwen2"] / "config.json", tmp_path / "config.json")
+    report = check(tmp_path)
+    assert not report.ok and report.errors[0].error == "no tensor files found"
+
+
+def test_unbuildable_config_falls_back_to_structural(built: dict[str, Path], tmp_path: Path) -> None:
+    config = json.loads((built["qwen2-cut"] / "config.json").read_text())
+    config["model_type"] = "no-such-model-type"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    report = check(built["qwen2-cut"], against=tmp_path / "config.json", hash=False)
+    assert len(report.missing) == 48 and any("structural check only" in n for n in report.notes)
+    with pytest.raises(Exception):
+        check(built["qwen2-cut"], against=tmp_path / "config.json", hash=False, hf=True)
+
+
+def test_broken_index_is_a_finding(qwen: Path) -> None:
+    (qwen / "model.safetensors.index.json").write_text('{"weight_map": ')
+    report = check(qwen, hash=False)
+    assert [e.file for e in report.errors] == ["model.safetensors.index.json"]
+    assert "not valid JSON" in report.errors[0].error
+
+
+def test_renamed_on_load_architecture_falls_back(tmp_path: Path) -> None:
+    """Mixtral's experts are fused in memory but stored one per expert: the meta model's names
+    are not on-disk names, so the structural check is used instead of inventing findings."""
+    torch.manual_seed(2)
+    model = transformers.MixtralForCausalLM(transformers.MixtralConfig(
+        vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=1, num_local_experts=2, num_experts_per_tok=1, max_position_embeddings=32,
+    ))
+    directory = _save(model, tmp_path / "mixtral", r"model\.layers\.2\.")
+    report = check(directory, against=directory / "config.json", hash=False, hf=True)
+    assert any("renames" in n for n in report.notes)
+    # transformers' missing_keys use its in-memory names (experts.gate_up_proj); on disk, layer 2
+    # lacks exactly what layer 1 holds, under the stored names
+    on_disk = set()
+    for shard in _shards(directory):
+        on_disk |= set(load_file(shard))
+    layer1 = sorted(k.replace("model.layers.1.", "model.layers.2.") for k in on_disk if k.startswith("model.layers.1."))
+    assert sorted(report.missing) == layer1 and any("block_sparse_moe.experts.0" in k for k in layer1)
+    assert len(_missing_per_transformers(directory)) < len(layer1)  # fused names: fewer, different keys

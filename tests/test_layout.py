@@ -150,3 +150,14 @@ def test_structural_layout_hybrid_blocks() -> None:
     absent = set(found.specs) - set(actual)
     # block 3 lacks its own kind's tensor; block 4 (absent) needs only what every kind has
     assert absent == {"m.layers.3.mamba.b", "m.layers.4.norm.weight"}
+
+
+def test_tie_groups_need_one_member() -> None:
+    from shardscan.checker import _keys_against
+
+    found = layout.Layout(kind="model", source="m", specs={k: layout.Spec() for k in ("emb", "head", "head2", "x")},
+                          ties={"head": "emb", "head2": "emb"})
+    present = lambda *keys: {k: layout.Spec() for k in keys}  # noqa: E731
+    assert _keys_against(found, present("head2", "x")) == (set(), set())  # any member stands in for the group
+    assert _keys_against(found, present("x")) == ({"emb", "head", "head2"}, set())  # none: all missing
+    assert _keys_against(found, present("emb", "x", "y")) == (set(), {"y"})

@@ -65,3 +65,15 @@ def test_cli(run: Path, cluster: None) -> None:
     local = CliRunner().invoke(app, ["audit", os.fspath(run / "hf"), "--json"])
     strip = lambda text: {k: v for k, v in json.loads(text).items() if k != "elapsed"}  # noqa: E731
     assert strip(result.stdout) == strip(local.stdout)
+
+
+def test_subprocess_starts_and_stops_its_own_cluster(run: Path) -> None:
+    """`--ray` without an address and no RAY_ADDRESS: a local cluster for the command only."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "shardscan", "audit", os.fspath(run / "hf"), "--ray", "--json"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1, done.stderr
+    assert json.loads(done.stdout)["latest_ok"] == os.fspath(run / "hf" / "checkpoint-200")

@@ -144,3 +144,35 @@ def test_diff_contract_and_render() -> None:
 
 def test_natural_sorted() -> None:
     assert natural_sorted(["l.10", "l.9", "l.1a", "k"]) == ["k", "l.1a", "l.9", "l.10"]
+
+
+def test_long_family_splits_into_lines() -> None:
+    keys = _qwen_layer(3)[:5] + _qwen_layer(4) + _qwen_layer(12)[2:]
+    lines = render_report(Report(path="p", against=None, files=1, tensors=1, bytes=1, missing=tuple(keys))).splitlines()
+    assert lines[0] == f"missing {len(keys)} tensors:"
+    body = [line.strip() for line in lines[1:-1]]
+    assert all(line.startswith("model.layers.") for line in body) and len(body) == 3
+    expanded = set()
+    for line in body:
+        expanded |= _expand(line)
+    assert expanded == set(keys)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_component = st.one_of(
+    st.sampled_from(["model", "layers", "mlp", "q_proj", "k_proj", "up_proj", "weight", "bias", "norm", "a_b", "x-y"]),
+    st.integers(0, 12).map(str),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sets(st.lists(_component, min_size=1, max_size=5).map(".".join), min_size=1, max_size=40))
+def test_families_round_trip(keys: set[str]) -> None:
+    """Whatever the keys, the expressions expand back to exactly them (checked by an
+    independent expander), so grouping can never hide or invent a key."""
+    expanded: set[str] = set()
+    for expr in families(keys):
+        expanded |= _expand(expr)
+    assert expanded == keys

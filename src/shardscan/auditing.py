@@ -185,7 +185,7 @@ def audit_group(
     `check` taking a ready scan (`check(path, ..., scan=ScanResult)`) would replace both
     the counting and the merge; see the module doc."""
     from .checker import check
-    from .errors import IntegrityError, ShardscanError
+    from .errors import ShardscanError
     from .scanner import scan_paths
 
     reports: dict[int, "Report"] = {}
@@ -202,23 +202,31 @@ def audit_group(
             failed[i] = f"cannot check: {exc}"
     paths = [os.fspath(p) for i in sorted(files) for p in files[i]]
     shared = scan_paths(paths, hash=hash, threads=threads, progress=progress) if paths else None
-    if shared is not None and len(shared.columns) != sum(reports[i].tensors for i in files):
-        raise IntegrityError(
-            "checkpoint files changed while being audited (a save in progress?); run the audit again",
-            path=os.fspath(checkpoints[0].path.parent) if checkpoints else None,
-        )
+    parts: dict[int, "ScanResult"] = {}
+    if shared is not None and len(shared.columns) == sum(reports[i].tensors for i in files):
+        start = 0
+        for i in sorted(files):
+            parts[i] = _share(shared, checkpoints[i], start, start + reports[i].tensors)
+            start += reports[i].tensors
+    elif shared is not None:
+        # A file changed between the check and the scan (a save still being written into
+        # the tree): dealing rows by count would misattribute them, so each checkpoint is
+        # scanned on its own, and one whose rows still disagree with its report fails.
+        for i in sorted(files):
+            alone = scan_paths([os.fspath(p) for p in files[i]], hash=hash, threads=threads) if files[i] else None
+            if alone is None:
+                continue
+            if len(alone.columns) != reports[i].tensors:
+                failed[i] = "changed while being audited (a save in progress?)"
+                continue
+            parts[i] = _share(alone, checkpoints[i], 0, len(alone.columns))
     out: list[tuple[AuditRow, "pa.Table | None"]] = []
-    start = 0
     for i, checkpoint in enumerate(checkpoints):
-        if i not in reports or i not in files:
+        if i not in reports or i in failed:
             problems = checkpoint.problems + ((failed[i],) if i in failed else ())
             out.append((_unreadable_row(checkpoint, problems), None))
             continue
-        part = None
-        if shared is not None:
-            part = _share(shared, checkpoint, start, start + reports[i].tensors)
-            start += reports[i].tensors
-        out.append(_judge(checkpoint, reports[i], part, against, hash=hash))
+        out.append(_judge(checkpoint, reports[i], parts.get(i), against, hash=hash))
     return out
 
 

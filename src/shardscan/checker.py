@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from . import layout as layouts
 from .layout import Layout, Spec
@@ -141,29 +141,26 @@ def _strip_layout(layout: Layout, prefixes: Sequence[str]) -> Layout:
     )
 
 
-def _keys_against(layout: Layout, present: set[str] | dict[str, Spec]) -> tuple[set[str], set[str]]:
-    """(missing, unexpected) keys of `present` measured against `layout`: tied keys need only
-    one of their pair, and the layout's ignore patterns are honoured."""
+def _keys_against(layout: Layout, present: Mapping[str, Spec]) -> tuple[set[str], set[str]]:
+    """(missing, unexpected) keys of `present` measured against `layout`. Tied keys form
+    groups (a source and every target tied to it); like transformers' symmetric tying on load,
+    one member present is enough for the whole group. The layout's ignore patterns are honoured."""
+    groups: dict[str, set[str]] = {}
+    for target, source in layout.ties.items():
+        groups.setdefault(source, {source}).add(target)
+    group_of = {member: group for group in groups.values() for member in group}
     missing = set()
-    for key in layout.specs.keys() - present.keys() if isinstance(present, dict) else layout.specs.keys() - present:
-        tied = layout.ties.get(key)
-        if tied is not None and tied in present:
-            continue  # a tied target is rebuilt from its source
+    for key in layout.specs.keys() - present.keys():
+        group = group_of.get(key)
+        if group is not None and any(member in present for member in group):
+            continue  # rebuilt from the member that is there
         if layout.ignore_missing is not None and layout.ignore_missing.search(key):
             continue
         missing.add(key)
-    if layout.ties:
-        # tying is symmetric on load: a present target stands in for an absent source
-        for target, source in layout.ties.items():
-            if source in missing and target in present:
-                missing.discard(source)
     unexpected = {k for k in layout.extra if k in present}
     if layout.complete:
-        for key in present if isinstance(present, set) else present.keys():
-            if key not in layout.specs and not (
-                layout.ignore_unexpected is not None and layout.ignore_unexpected.search(key)
-            ):
-                unexpected.add(key)
+        ignore = layout.ignore_unexpected
+        unexpected.update(k for k in present if k not in layout.specs and not (ignore is not None and ignore.search(k)))
     return missing, unexpected
 
 
@@ -244,16 +241,13 @@ def _prefix_note(layout: Layout, present: dict[str, Spec], base: tuple[set[str],
     return f"keys of {path} and {layout.source} differ by the prefix {''.join(best[1][len(user):])!r}: with {flags} {outcome}"
 
 
-def _collect_layouts(root: Path, against: Path | None, *, hash: bool, threads: int | None, checksums: bool,
+def _collect_layouts(root: Path, against: Path | None, own_indexes: list[Layout], *, hash: bool, threads: int | None, checksums: bool,
                      model: str | None, hf: bool | None, actual_shapes: Callable[[], dict[str, tuple[int, ...] | None]]
                      ) -> tuple[list[Layout], list[str]]:
     """The layouts to check against and notes on how they were chosen (see the module doc)."""
-    found: list[Layout] = []
+    found: list[Layout] = list(own_indexes)
     notes: list[str] = []
     directory = root if root.is_dir() else None
-    if directory is not None:
-        for index in layouts.find_indexes(directory):
-            found.append(layouts.index_layout(index))
     config_path: Path | None = None
     explicit_config = False
     if against is None and directory is not None:
@@ -281,12 +275,20 @@ def _collect_layouts(root: Path, against: Path | None, *, hash: bool, threads: i
     if config_path is not None:
         config = layouts.read_config(config_path)
         use_hf = hf if hf is not None else explicit_config
+        built = None
         if use_hf and layouts.transformers_available():
-            found.append(layouts.transformers_layout(config_path))
+            try:
+                built = layouts.transformers_layout(config_path)
+            except Exception as exc:  # e.g. a model_type this transformers lacks, or custom code
+                if hf and not isinstance(exc, layouts.RenamedOnLoad):
+                    raise
+                notes.append(f"transformers could not build the model of {config_path.name} ({exc}): structural check only")
+        if built is not None:
+            found.append(built)
         else:
-            if use_hf and hf:
-                raise ImportError("transformers is not installed: pip install 'shardscan[hf]' (or drop --hf)")
-            if use_hf:
+            if use_hf and not layouts.transformers_available():
+                if hf:
+                    raise ImportError("transformers is not installed: pip install 'shardscan[hf]' (or drop --hf)")
                 notes.append("transformers is not installed: structural check of config.json only")
             found.append(layouts.structural_layout(config, actual_shapes(), config_path.name))
     if model is not None:
@@ -337,17 +339,20 @@ def check(
         raise FileNotFoundError(f"{against}: no such file or directory")
     prefixes = _normalize_prefixes(strip_prefix)
 
-    index_shards = []
-    if root.is_dir():
-        for index in layouts.find_indexes(root):
-            try:
-                index_shards += list(layouts.index_layout(index).files)
-            except ValueError:
-                pass
-    actual = _scan(root, hash=hash, threads=threads, progress=progress, index_shards=index_shards)
+    # The checkpoint's own indexes: read first, since they say which format family to scan.
+    own_indexes: list[Layout] = []
+    index_errors: list[FileError] = []
+    for index in layouts.find_indexes(root) if root.is_dir() else ():
+        try:
+            own_indexes.append(layouts.index_layout(index))
+        except ValueError as exc:  # a broken index is part of a broken checkpoint: a finding
+            index_errors.append(FileError(index.name, str(exc).removeprefix(f"{index}: ")))
+    actual = _scan(root, hash=hash, threads=threads, progress=progress,
+                   index_shards=[name for index in own_indexes for name in index.files])
+    actual.errors += index_errors
     present = _strip_specs(actual.specs, prefixes)
     found, notes = _collect_layouts(
-        root, against_path, hash=hash, threads=threads, checksums=checksums, model=model, hf=hf,
+        root, against_path, own_indexes, hash=hash, threads=threads, checksums=checksums, model=model, hf=hf,
         actual_shapes=lambda: {k: s.shape for k, s in present.items()},
     )
     notes += actual.notes
@@ -376,11 +381,13 @@ def check(
             note = _prefix_note(layout, present, (lost, extra), os.fspath(path), prefixes)
             if note:
                 notes.append(note)
-    if compared_checksums and not hash:
+    if (compared_checksums or checksums) and not hash:
         warnings.append("checksums not compared (--no-hash)")
     for key, files in sorted(actual.duplicates.items()):
         errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
-    # every layout named in the report, by how the user would recognise it
+    if actual.files == 0 and not actual.errors and not any(layout.kind == "index" for layout in found):
+        # an interrupted save can leave config.json and nothing else: that is not "OK"
+        errors.append(FileError(os.fspath(path), "no tensor files found"))
     return Report(
         path=os.fspath(path),
         against=os.fspath(against) if against is not None else None,

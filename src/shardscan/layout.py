@@ -223,9 +223,6 @@ def layer_count(config: Mapping[str, Any]) -> int | None:
     return None
 
 
-_NUMBERED = re.compile(r"^(?P<container>(?:.*\.)?(?P<name>[^.]+))\.(?P<index>\d+)\.(?P<suffix>.+)$")
-
-
 def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int, ...] | None], source: str) -> Layout:
     """Level (a), standard library only: with `num_hidden_layers` = N, every block 0..N-1 of
     the model's block container must carry the same tensor suffixes, with the same shapes,
@@ -242,12 +239,14 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int,
         return layout
     by_container: dict[str, dict[int, dict[str, tuple[int, ...] | None]]] = {}
     for key, shape in actual.items():
-        match = _NUMBERED.match(key)
-        # the first numbered component decides the container: model.layers.3.mlp.experts.7.w
-        # belongs to block 3 of model.layers with the suffix mlp.experts.7.w
-        if match and match["name"] in _BLOCK_CONTAINERS:
-            blocks = by_container.setdefault(match["container"], {})
-            blocks.setdefault(int(match["index"]), {})[match["suffix"]] = shape
+        parts = key.split(".")
+        # the first block-list component followed by a number decides: model.layers.3.mlp.experts.7.w
+        # is block 3 of model.layers with the suffix mlp.experts.7.w
+        for i in range(len(parts) - 2):
+            if parts[i] in _BLOCK_CONTAINERS and parts[i + 1].isdigit():
+                blocks = by_container.setdefault(".".join(parts[: i + 1]), {})
+                blocks.setdefault(int(parts[i + 1]), {})[".".join(parts[i + 2 :])] = shape
+                break
     if not by_container:
         if count:
             layout.warnings.append(f"{source}: num_hidden_layers = {count} but no numbered blocks (layers.N, h.N) found")
@@ -290,14 +289,20 @@ def block_suffixes(blocks: Mapping[int, Mapping[str, Any]], count: int) -> dict[
     return out
 
 
+class RenamedOnLoad(ValueError):
+    """transformers keeps this architecture's weights under other names (or fused) in memory
+    than in its checkpoints; its meta model cannot serve as the on-disk layout."""
+
+
 def transformers_layout(config_path: Path) -> Layout:
     """Level (b): the model transformers builds from config.json on the meta device (no
     weights, no download): every state_dict key with its shape, tied weights from
     `all_tied_weights_keys` (or `_tied_weights_keys`), and the model's own
     `_keys_to_ignore_on_load_missing` / `_unexpected` patterns, plus the buffers transformers
     itself tolerates (rotary inv_freq, position_ids). dtypes are not compared: transformers
-    casts on load. Raises ImportError without transformers/torch, ValueError for a config
-    transformers cannot build."""
+    casts on load. Raises ImportError without transformers/torch, RenamedOnLoad for an
+    architecture whose in-memory names differ from its checkpoints' (fused MoE experts),
+    ValueError for a config transformers cannot build."""
     import torch
     import transformers
 
@@ -306,6 +311,10 @@ def transformers_layout(config_path: Path) -> Layout:
     model_type = raw.get("model_type")
     if not isinstance(model_type, str):
         raise ValueError(f"{path}: no model_type, transformers cannot build the model")
+    if _has_conversion_mapping(model_type):
+        # e.g. MoE experts fused into one tensor in memory but stored one per expert: the
+        # meta model's names are not the checkpoint's, and comparing them would invent findings
+        raise RenamedOnLoad(f"transformers renames {model_type} weights on load, so its model does not give on-disk names")
     fields = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
     config = transformers.AutoConfig.for_model(model_type, **fields)
     model_class = None
@@ -338,10 +347,6 @@ def transformers_layout(config_path: Path) -> Layout:
         ignore_unexpected.add(r"(^|\.)position_ids$")
     layout.ignore_missing = _any_of(ignore_missing)
     layout.ignore_unexpected = _any_of(ignore_unexpected)
-    if _has_conversion_mapping(model_type):
-        layout.warnings.append(
-            f"{model_type}: transformers renames some on-disk keys on load; the meta layout uses its in-memory names"
-        )
     return layout
 
 

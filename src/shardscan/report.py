@@ -287,9 +287,28 @@ def _family_lines(label: str, keys: Sequence[str], width: int = 100) -> list[str
     noun = "tensor" if len(keys) == 1 else "tensors"
     head = f"{label} {len(keys)} {noun}:"
     one = f"{head} {', '.join(exprs)}"
-    if len(one) <= width or len(exprs) == 1:
+    if len(one) <= width:
+        return [one]
+    if len(exprs) == 1:
+        exprs = _split_family(list(keys))
+    if len(exprs) == 1:
         return [one]
     return [head] + [f"  {e}" for e in exprs]
+
+
+def _split_family(keys: list[str]) -> list[str]:
+    """A family too long for one line, as several: the components every key shares are
+    factored out and the rest rendered beneath them, one expression per line
+    (model.layers.{3,4}.{...} -> model.layers.3.{...} and model.layers.4.{...})."""
+    parts = [key.split(".") for key in keys]
+    shared = 0
+    while all(len(p) > shared + 1 for p in parts) and len({p[shared] for p in parts}) == 1:
+        shared += 1
+    if shared == 0:
+        return families(keys)
+    head = ".".join(parts[0][:shared]) + "."
+    below = families(".".join(p[shared:]) for p in parts)
+    return [head + e for e in below]
 
 
 def _show(value: Any) -> str:
