@@ -261,7 +261,10 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
     st = [ckpt / n for n in man["safetensors"]]
     bins = [ckpt / n for n in man["bin"]]
     st_bytes, bin_bytes = man["safetensors_bytes"], man["bin_bytes"]
-    all_inputs = sorted(p for p in ckpt.rglob("*") if p.is_file())
+    # Each bench's inputs are the files it reads: evicted before its cold runs, and checked for
+    # residency before every run.
+    st_in = [*st, ckpt / "model.safetensors.index.json"]
+    bin_in = [*bins, ckpt / "bin" / "pytorch_model.bin.index.json"]
     s_st = list(map(str, st))
     cores = os.cpu_count() or 1
     dd_loop = 'for f in "$@"; do dd if="$f" of=/dev/null iflag=direct bs=16M status=none || exit 1; done'
@@ -272,34 +275,34 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
         return None if avail else [*ss, args[0], "--json", *args[1:]]
 
     return [
-        Bench("shardscan scan (XXH3-128)", ss_argv("scan", str(ckpt)), st_bytes, all_inputs, "shardscan",
+        Bench("shardscan scan (XXH3-128)", ss_argv("scan", str(ckpt)), st_bytes, st_in, "shardscan",
               note=have_scan),
-        Bench("shardscan scan --no-hash", ss_argv("scan", "--no-hash", str(ckpt)), st_bytes, all_inputs,
+        Bench("shardscan scan --no-hash", ss_argv("scan", "--no-hash", str(ckpt)), st_bytes, st_in,
               "shardscan", note=have_scan, header_only=True),
         Bench("shardscan check --no-hash", ss_argv("check", "--no-hash", str(ckpt), avail=have_check),
-              st_bytes, all_inputs, "shardscan", note=have_check, header_only=True),
-        Bench("shardscan scan .bin (XXH3-128)", ss_argv("scan", *map(str, bins)), bin_bytes, all_inputs,
+              st_bytes, st_in, "shardscan", note=have_check, header_only=True),
+        Bench("shardscan scan .bin (XXH3-128)", ss_argv("scan", *map(str, bins)), bin_bytes, bin_in,
               "shardscan", note=have_scan),
         Bench(f"limit: mmap read, {min(2, cores)} threads", [str(reader), "mmap", str(min(2, cores)), *s_st],
-              st_bytes, all_inputs, "limit"),
+              st_bytes, st_in, "limit"),
         Bench(f"limit: pread read, {min(2, cores)} threads", [str(reader), "pread", str(min(2, cores)), *s_st],
-              st_bytes, all_inputs, "limit"),
+              st_bytes, st_in, "limit"),
         # O_DIRECT bypasses the page cache, so warm and cold are the same run; measure it cold only.
-        Bench("limit: dd iflag=direct bs=16M", ["sh", "-c", dd_loop, "sh", *s_st], st_bytes, all_inputs,
+        Bench("limit: dd iflag=direct bs=16M", ["sh", "-c", dd_loop, "sh", *s_st], st_bytes, st_in,
               "limit", modes=("cold",)),
-        Bench("xxhsum -H2", ["xxhsum", "-H2", *s_st], st_bytes, all_inputs, "peer"),
-        Bench("b3sum", ["b3sum", *s_st], st_bytes, all_inputs, "peer"),
+        Bench("xxhsum -H2", ["xxhsum", "-H2", *s_st], st_bytes, st_in, "peer"),
+        Bench("b3sum", ["b3sum", *s_st], st_bytes, st_in, "peer"),
         # ~0.2 GB/s here (coreutils' portable SHA-256): one shard tells its rate in a quarter of the time.
         Bench(f"sha256sum (first shard, {st[0].stat().st_size / GB:.2f} GB)", ["sha256sum", s_st[0]],
-              st[0].stat().st_size, all_inputs, "peer"),
+              st[0].stat().st_size, st_in, "peer"),
         Bench("python: safe_open + xxh3_128 per tensor", [PY, str(HERE / "peers.py"), "st-xxh", *s_st],
-              st_bytes, all_inputs, "peer"),
+              st_bytes, st_in, "peer"),
         Bench("python: torch.load(mmap) + xxh3_128 (.bin)", [PY, str(HERE / "peers.py"), "torch-xxh",
-              *map(str, bins)], bin_bytes, all_inputs, "peer"),
+              *map(str, bins)], bin_bytes, bin_in, "peer"),
         Bench("python: safe_open headers only", [PY, str(HERE / "peers.py"), "st-headers", *s_st],
-              st_bytes, all_inputs, "peer", header_only=True),
+              st_bytes, st_in, "peer", header_only=True),
         Bench("python: json headers only", [PY, str(HERE / "peers.py"), "json-headers", *s_st],
-              st_bytes, all_inputs, "peer", header_only=True),
+              st_bytes, st_in, "peer", header_only=True),
     ]
 
 
@@ -545,32 +548,35 @@ def run(cfg: Config) -> Path:
 
     # 3. Thread scaling (warm): scan -j N against the mmap reader with N threads.
     st_files = [str(main_dir / n) for n in man["safetensors"]]
+    st_paths = [Path(f) for f in st_files]
     thread_rows = []
     for n in cfg.threads:
         thread_rows.append((n,
             Bench(f"shardscan scan -j {n}", None if have_scan else [*ss, "scan", "--json", "-j", str(n), str(main_dir)],
-                  man["safetensors_bytes"], inputs, "shardscan", modes=("warm",), note=have_scan),
+                  man["safetensors_bytes"], st_paths, "shardscan", modes=("warm",), note=have_scan),
             Bench(f"mmap read, {n} threads", [str(reader), "mmap", str(n), *st_files],
-                  man["safetensors_bytes"], inputs, "limit", modes=("warm",))))
+                  man["safetensors_bytes"], st_paths, "limit", modes=("warm",))))
     log("thread scaling ...")
-    measure([b for _, a, c in thread_rows for b in (a, c)], "warm", cfg.reps_warm, inputs, tools, log)
+    measure([b for _, a, c in thread_rows for b in (a, c)], "warm", cfg.reps_warm, st_paths, tools, log)
 
     # 4. Size scaling: the same scan over 1, 2, 4 ... GiB; time and RSS should be linear / flat.
     size_rows = []
     for s in cfg.sizes:
         d, m = size_dirs[s]
-        files = sorted(p for p in d.rglob("*") if p.is_file())
+        files = [d / n for n in m["safetensors"]]
         size_rows.append((s, m, Bench(f"scan {size_label(s)}", None if have_scan else [*ss, "scan", "--json", str(d)],
                                       m["safetensors_bytes"], files, "shardscan", note=have_scan),
                           Bench(f"mmap read {size_label(s)}", [str(reader), "mmap", str(min(2, os.cpu_count() or 1)),
                                 *(str(d / n) for n in m["safetensors"])], m["safetensors_bytes"], files, "limit",
                                 modes=("warm",))))
     log("size scaling ...")
-    for s, m, b, lim in size_rows:
-        # One size at a time, so a size bigger than RAM cannot push the others out mid-measurement.
-        measure([b, lim], "warm", cfg.reps_cold, b.inputs, tools, log)
-        if cfg.cold:
-            measure([b], "cold", cfg.reps_cold, b.inputs, tools, log)
+    # All sizes in one alternation, like the main comparison, so that load from other work on
+    # the machine spreads over every size instead of landing on whichever ran during it.
+    size_benches = [x for _, _, b, lim in size_rows for x in (b, lim)]
+    size_inputs = sorted({p for _, _, b, _ in size_rows for p in b.inputs})
+    measure(size_benches, "warm", cfg.reps_warm, size_inputs, tools, log)
+    if cfg.cold:
+        measure([b for _, _, b, _ in size_rows], "cold", cfg.reps_cold, [], tools, log)
 
     # 5. Header-only cost against the number of tensors (one file of n tiny tensors).
     many_rows = []

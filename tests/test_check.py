@@ -558,3 +558,12 @@ def test_renamed_on_load_architecture_falls_back(tmp_path: Path) -> None:
     layer1 = sorted(k.replace("model.layers.1.", "model.layers.2.") for k in on_disk if k.startswith("model.layers.1."))
     assert sorted(report.missing) == layer1 and any("block_sparse_moe.experts.0" in k for k in layer1)
     assert len(_missing_per_transformers(directory)) < len(layer1)  # fused names: fewer, different keys
+
+
+def test_check_reuses_a_given_scan(qwen: Path) -> None:
+    from shardscan.scanner import scan_paths
+
+    victim = _shards(qwen)[5]
+    victim.unlink()
+    given = scan_paths([str(p) for p in _shards(qwen)], hash=False)  # files named by their full path
+    assert check(qwen, hash=False, scan=given).to_dict() | {"elapsed": 0} == check(qwen, hash=False).to_dict() | {"elapsed": 0}

@@ -106,3 +106,23 @@ def test_cli_start_up_imports_no_heavy_modules():
     code = "import sys, shardscan.cli; print(sorted(m for m in ('torch', 'transformers', 'numpy', 'pyarrow') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_scan_torch_bin_and_refuse_an_unsafe_pickle(tmp_path):
+    tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3).t(), "b": torch.ones(3, dtype=torch.float16)}
+    torch.save(tensors, tmp_path / "pytorch_model.bin")
+    proc = run_cli("scan", str(tmp_path / "pytorch_model.bin"), "--json", "--list")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["key"]: r for r in json.loads(proc.stdout)["rows"]}
+    assert {k: r["checksum"] for k, r in rows.items()} == {k: tensor_checksum(t) for k, t in tensors.items()}
+    assert rows["w"]["shape"] == [3, 2] and rows["w"]["format"] == "torch"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'canary'}",))
+
+    torch.save({"w": torch.ones(1), "evil": Payload()}, tmp_path / "evil.pt")
+    proc = run_cli("scan", str(tmp_path / "evil.pt"))
+    assert proc.returncode == 1
+    assert "unsafe pickle global posix.system" in proc.stdout
+    assert not (tmp_path / "canary").exists()

@@ -25,11 +25,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from . import layout as layouts
 from .layout import Layout, Spec
 from .report import Diff, FileError, Mismatch, Report, families, natural_sorted
+
+if TYPE_CHECKING:
+    from .scanner import ScanResult
 
 PathLike = str | os.PathLike[str]
 
@@ -62,18 +65,21 @@ def _normalize_prefixes(strip_prefix: str | Sequence[str] | None) -> tuple[str, 
 
 
 def _scan(path: Path, *, hash: bool, threads: int | None, progress: Callable[[int, int], None] | None,
-          index_shards: Iterable[str] = (), label: str | None = None) -> _Actual:
+          index_shards: Iterable[str] = (), label: str | None = None, given: ScanResult | None = None) -> _Actual:
     """Scans a file or checkpoint directory into an _Actual. In a directory holding more
     than one family of tensor files (model.safetensors beside pytorch_model.bin, as many hub
     repositories do), only the family the index names (else the first of _FAMILY_ORDER) is
     read, with a note, since a loader reads only one of them. `label` prefixes file names in
-    errors (diff names both sides)."""
+    errors (diff names both sides). `given`: a scan the caller already made of this
+    checkpoint's files, used instead of scanning."""
     from .scanner import scan_paths, tensor_files
 
     notes: list[str] = []
     targets: list[PathLike] = [path]
     relabel = ""
-    if path.is_dir() and not (path / ".metadata").is_file():
+    if given is not None:
+        relabel = os.fspath(path) + os.sep if path.is_dir() else ""
+    elif path.is_dir() and not (path / ".metadata").is_file():
         files = tensor_files(path)
         by_family: dict[str, list[Path]] = {}
         for file in files:
@@ -85,7 +91,7 @@ def _scan(path: Path, *, hash: bool, threads: int | None, progress: Callable[[in
             notes.append(f"{path} also holds {', '.join(skipped)}: checked the {chosen} files only")
             targets = list(by_family[chosen])
             relabel = os.fspath(path) + os.sep
-    result = scan_paths(targets, hash=hash, threads=threads, progress=progress)
+    result = given if given is not None else scan_paths(targets, hash=hash, threads=threads, progress=progress)
     columns = result.columns
     names = columns.file
     if relabel:  # files given one by one are named by their path; show them relative, as a directory scan does
@@ -316,6 +322,7 @@ def check(
     model: str | None = None,
     hf: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
+    scan: ScanResult | None = None,
 ) -> Report:
     """Checks the checkpoint at `path` (a tensor file or directory) against its expected
     layouts and returns a Report; problems in the checkpoint are findings, never raised.
@@ -326,6 +333,9 @@ def check(
     `checksums`: also compare checksums with a reference checkpoint.
     `model`: "module:factory" of a torch.nn.Module to build on the meta device.
     `hf`: build config layouts with transformers (None: only for a config named by `against`).
+    `scan`: a scan of exactly this checkpoint's tensor files made by the caller (with
+    `hash` saying whether it hashed), used instead of scanning again; its file names may be
+    relative to `path` or carry `path` as their prefix.
 
     Raises FileNotFoundError when `path` or `against` does not exist, ValueError for an
     `against` that is no known layout source, ImportError when `hf=True` or `model` needs a
@@ -348,7 +358,7 @@ def check(
         except ValueError as exc:  # a broken index is part of a broken checkpoint: a finding
             index_errors.append(FileError(index.name, str(exc).removeprefix(f"{index}: ")))
     actual = _scan(root, hash=hash, threads=threads, progress=progress,
-                   index_shards=[name for index in own_indexes for name in index.files])
+                   index_shards=[name for index in own_indexes for name in index.files], given=scan)
     actual.errors += index_errors
     present = _strip_specs(actual.specs, prefixes)
     found, notes = _collect_layouts(
