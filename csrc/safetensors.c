@@ -1,7 +1,7 @@
 /* safetensors: header parsing and validation, rule for rule as the reference implementation
  * (safetensors 0.8), each violation with its own status:
- *   8-byte little-endian N; N <= 100,000,000; 8 + N <= file size; header UTF-8, starting with
- *   '{', a JSON object; optional __metadata__ of string -> string; every other member a tensor
+ *   8-byte little-endian N; N <= 100,000,000; 8 + N <= file size; header UTF-8, a JSON
+ *   object (whitespace before it is allowed, as serde allows it); optional __metadata__ of string -> string; every other member a tensor
  *   {dtype, shape, data_offsets}; sorted by offsets the tensors start at 0 and follow each other
  *   with no gap or overlap; numel overflow-checked; numel * bits a whole number of bytes equal
  *   to end - begin; the last end covers the file exactly.
@@ -473,6 +473,7 @@ static ss_status check_duplicates(parser *ps) {
 
 static ss_status parse_header(parser *ps) {
     ss_status s;
+    skip_ws(ps); /* safetensors 0.8 lets serde skip whitespace before the object */
     if (ps->p >= ps->end || *ps->p != '{')
         return ss_fail(ps->err, SS_E_ST_NOT_OBJECT, ps->path, "header does not start with '{'");
     ps->p++;

@@ -14,24 +14,10 @@ set -euo pipefail
 SECONDS_EACH="${1:-12}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
-# The project's venv (scripts/bootstrap.sh makes .venv), else a sibling venv, else python3.
-if [ -z "${PYTHON:-}" ]; then
-    for candidate in "$ROOT/.venv/bin/python" "$ROOT/../venv/bin/python" "$(command -v python3)"; do
-        [ -x "$candidate" ] && { PYTHON="$candidate"; break; }
-    done
-fi
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"  # made by scripts/bootstrap.sh, with clang and atheris
 WORK="$(mktemp -d -t shardscan-fuzz.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 failed=0
-
-# Tools: clang with libFuzzer's runtime (Debian: clang, libclang-rt-14-dev) and atheris.
-if ! command -v clang >/dev/null || ! echo 'int LLVMFuzzerTestOneInput(const char*d,long n){return 0;}' \
-        | clang -x c -fsanitize=fuzzer - -o "$WORK/probe" 2>/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get install -y -q clang libclang-rt-14-dev >/dev/null 2>&1 || apt-get update -q >/dev/null && apt-get install -y -q clang libclang-rt-14-dev >/dev/null
-    fi
-fi
-"$PYTHON" -c 'import atheris' 2>/dev/null || "$PYTHON" -m pip install -q atheris
 
 run_target() { # name, command...: one bounded run; a crash leaves its input in fuzz/crashes/name/
     local name="$1"; shift

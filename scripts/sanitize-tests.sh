@@ -12,12 +12,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# The project's venv (scripts/bootstrap.sh makes .venv), else a sibling venv, else python3.
-if [ -z "${PYTHON:-}" ]; then
-    for candidate in "$ROOT/.venv/bin/python" "$ROOT/../venv/bin/python" "$(command -v python3)"; do
-        [ -x "$candidate" ] && { PYTHON="$candidate"; break; }
-    done
-fi
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"  # made by scripts/bootstrap.sh
 WORK="$(mktemp -d -t shardscan-asan.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 

@@ -146,8 +146,8 @@ def test_manifest_checksum_mismatch_found_by_the_shared_scan(tmp_path: Path) -> 
 
 
 def test_dcp_rows_in_the_table(run: Path) -> None:
-    # DCP rows are named by their .distcp file, relative to the directory: the audit deals
-    # rows back by count, not by name.
+    # DCP rows are named by their .distcp file, relative to the directory; the audit's part
+    # of the shared scan is selected by the path it read (the directory), not by row names.
     table = audit(run / "dcp").table
     assert set(table.column("checkpoint").to_pylist()) == {os.fspath(run / "dcp" / "step_10")}
     assert set(table.column("file").to_pylist()) == {"__0_0.distcp"} and table.num_rows == 5
@@ -161,12 +161,15 @@ def test_one_unjudgeable_checkpoint_does_not_stop_the_audit(run: Path, tmp_path:
     (broken / "model.safetensors.index.json").write_text("{not json")
     rows = audit(out).rows
     assert rows[0].ok and rows[0].tensors == 5
-    assert not rows[1].ok and rows[1].problem.startswith("cannot check: ")
+    # a broken index is a finding of check, named by the file, not a failure to check
+    assert not rows[1].ok and rows[1].problem.startswith("model.safetensors.index.json: not valid JSON")
+    assert rows[1].tensors == 5 and rows[1].errors == 1
 
 
 def test_file_changing_during_the_audit(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A save written into the tree between the header check and the shared scan: rows are
-    not dealt by a stale count; the checkpoint that changed fails, the others are intact."""
+    """A shard cut between listing the tree and the shared scan: the checkpoint is judged on
+    the bytes the scan read (each checkpoint gets its rows by file path), so it fails with the
+    truncation and the other checkpoint is untouched."""
     import shardscan.scanner as scanner
 
     out = tmp_path / "out"
@@ -181,7 +184,28 @@ def test_file_changing_during_the_audit(run: Path, tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(scanner, "scan_paths", scan_paths)
     rows = audit(out).rows
-    assert rows[0].problem == "changed while being audited (a save in progress?)"
+    assert not rows[0].ok and rows[0].problem.startswith("model-00001-of-00002.safetensors: ")
+    assert rows[1].ok and rows[1].tensors == 5
+
+
+def test_checkpoint_deleted_during_the_audit(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Trainer deleting its oldest checkpoint (save_total_limit) after the tree was listed:
+    that checkpoint fails, the audit goes on."""
+    import shardscan.scanner as scanner
+
+    out = tmp_path / "out"
+    for name in ("checkpoint-100", "checkpoint-200"):
+        shutil.copytree(run / "hf" / name, out / name)
+    real = scanner.scan_paths
+
+    def scan_paths(paths, **kwargs):  # type: ignore[no-untyped-def]
+        if (out / "checkpoint-100").exists() and len(paths) == 4:
+            shutil.rmtree(out / "checkpoint-100")
+        return real(paths, **kwargs)
+
+    monkeypatch.setattr(scanner, "scan_paths", scan_paths)
+    rows = audit(out).rows
+    assert not rows[0].ok and rows[0].problem.startswith("cannot check: ")
     assert rows[1].ok and rows[1].tensors == 5
 
 
@@ -275,16 +299,27 @@ def test_subprocess(run: Path) -> None:
     assert json.loads(done.stdout)["latest_ok"] == os.fspath(run / "hf" / "checkpoint-200")
 
 
-def test_files_checked_mirrors_check(tmp_path: Path) -> None:
-    """The shared scan reads the files `check` would read; if check's choice changes, this
-    fails before the audit and check disagree."""
-    from shardscan.auditing import files_checked
+def test_audit_reads_what_check_reads(tmp_path: Path) -> None:
+    """A directory holding two families, the index naming the second one: the audit must
+    read the family check reads (the index's .bin, not the unreadable .safetensors) and agree
+    with check on everything."""
+    import torch
+
     from shardscan.checker import check
 
-    directory = trees.real_trainer_checkpoint(tmp_path / "out", 2, seed=2)
-    chosen = files_checked(directory)
-    assert {p.suffix for p in chosen} == {".safetensors"}
-    assert len(chosen) == check(directory, hash=False).files
+    directory = tmp_path / "out" / "checkpoint-1"
+    directory.mkdir(parents=True)
+    tensors = trees.state_dict(1)
+    torch.save(tensors, directory / "pytorch_model.bin")
+    (directory / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"weight_map": {k: "pytorch_model.bin" for k in tensors}}))
+    (directory / "model.safetensors").write_bytes(b"not a safetensors file")
+    (directory / "trainer_state.json").write_text("{}")
+
+    (row,) = audit(tmp_path / "out").rows
+    report = check(directory)
+    assert report.ok and row.ok, row.problems
+    assert (row.files, row.tensors, row.bytes) == (report.files, report.tensors, report.bytes) == (1, 5, report.bytes)
 
 
 def test_symlink_to_outside_is_followed(run: Path, tmp_path: Path) -> None:

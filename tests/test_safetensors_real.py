@@ -271,3 +271,15 @@ def test_file_with_no_tensors(tmp_path):
         assert list(f.keys()) == []
     result = shardscan.scan_paths([path])
     assert result.ok and result.table.num_rows == 0
+
+
+def test_leading_whitespace_header_is_accepted_like_the_reference(tmp_path):
+    # safetensors 0.8 lets serde skip whitespace before the header's '{'; so must we.
+    data = np.arange(4, dtype=np.float32).tobytes()
+    header = b'  \n{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'
+    path = tmp_path / "ws.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    with safe_open(str(path), framework="np") as f:  # the reference reads it
+        assert f.get_tensor("a").tobytes() == data
+    (row,) = shardscan.scan(path).to_pylist()
+    assert row["key"] == "a" and row["checksum"] == xxhash.xxh3_128_hexdigest(data)

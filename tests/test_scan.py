@@ -141,3 +141,26 @@ def test_unknown_file_is_a_problem_not_a_crash(tmp_path):
     assert problem.file == "notes.safetensors"
     assert len(result.columns) == 0
     assert isinstance(result.table, pa.Table)
+
+
+def test_select_is_a_scan_of_those_paths_alone(sharded: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path) -> None:
+    """One scan of several paths, cut by path, equals scanning each path alone: rows in
+    order, the problems of that path only, counts. A cut shard keeps its problem."""
+    directory, _ = sharded
+    shards = sorted(str(p) for p in directory.glob("*.safetensors"))
+    broken = tmp_path / "broken.safetensors"
+    data = Path(shards[0]).read_bytes()
+    broken.write_bytes(data[: len(data) - 8])
+    paths = [*shards, str(broken)]
+    whole = scan_paths(paths)
+    assert [p.file for p in whole.problems] == [str(broken)]
+    for chosen in ([shards[1]], [shards[0], str(broken)], []):
+        part, alone = whole.select(chosen), scan_paths(chosen)
+        assert part.columns == alone.columns and part.problems == alone.problems
+        assert (part.files, part.per_file, part.non_tensor_leaves) == (alone.files, alone.per_file, alone.non_tensor_leaves)
+
+
+def test_directory_without_tensor_files_is_a_problem(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    result = scan_paths(tmp_path)
+    assert [(p.file, p.error) for p in result.problems] == [(str(tmp_path), "no tensor files found")]

@@ -4,14 +4,14 @@
     >>> result.latest_ok                            # "out/checkpoint-1000" or None
     >>> shardscan.latest("out/")                    # Path of the newest clean checkpoint, or None
 
-`audit` finds the checkpoints (shardscan.discover), reads every tensor file of every checkpoint
-in ONE scan (one parallel hashing batch: a tree of many small checkpoints keeps every core busy
-instead of running one small pool per checkpoint), then judges each checkpoint with `check`
-on its share of that scan. The same per-checkpoint step (`audit_group`) is what a Ray task runs
-in shardscan.ray_audit, so the two produce the same rows.
-
-Until `check` can take a ready scan, the audit asks it for a header-only verdict per
-checkpoint and deals the rows of the one shared, hashed scan back by count (audit_group).
+`audit` finds the checkpoints (shardscan.discover), reads the files `check` would read of every
+checkpoint (shardscan.checker.files_to_scan) in ONE scan (one parallel hashing batch: a tree of
+many small checkpoints keeps every core busy instead of running one small pool per checkpoint),
+then hands each checkpoint its part of that scan (ScanResult.select, by file path) and `check`
+judges it. What the audit adds is only what `check` cannot see from one checkpoint: completeness
+markers found by discovery, frozen tensors and identical checkpoints. The same per-checkpoint
+step (`audit_group`) is what a Ray task runs in shardscan.ray_audit, so the two produce the same
+rows.
 
 The module is not named `audit`: a submodule shadows the package attribute of the same name
 once imported, and `shardscan.audit` must stay the function.
@@ -33,7 +33,7 @@ from .discover import Checkpoint, Discovery, find_checkpoints
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .report import FileError, Mismatch, Report
+    from .report import Report
     from .scanner import ScanResult
 
 PathLike = str | os.PathLike[str]
@@ -172,176 +172,64 @@ def audit_group(
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> list[tuple[AuditRow, "pa.Table | None"]]:
-    """(row, per-tensor table) for each checkpoint, in order.
+    """(row, per-tensor table) for each checkpoint, in order: every file of every checkpoint
+    is read in one scan, then each checkpoint is checked on its own part of it. A checkpoint
+    that cannot be checked at all (a directory that cannot be listed, an `against` it cannot
+    be measured with) fails with the reason; the others go on."""
+    from .checker import files_to_scan
+    from .scanner import scan_paths
 
-    First each checkpoint's layout is judged by a header-only `check` (headers are the
-    cheap part: no tensor byte is read). Then every tensor file of every checkpoint that
-    could be judged is read and hashed in ONE scan, and its rows are dealt back to the
-    checkpoints in order: rows come out of the scan file by file, in the order the files
-    were given, and each report says how many rows its checkpoint's files hold. What
-    needs the hashes (unreadable bytes, torch CRC failures, checksum mismatches against
-    the manifest inside the checkpoint) is added from each checkpoint's share.
+    files: dict[int, list[str]] = {}
+    failed: dict[int, str] = {}  # checkpoint index -> why it could not be checked
+    for i, checkpoint in enumerate(checkpoints):
+        if checkpoint.readable:
+            try:
+                files[i] = [os.fspath(p) for p in files_to_scan(checkpoint.path)]
+            except OSError as exc:
+                failed[i] = f"cannot check: {exc}"
+    # Full paths keep names unique across checkpoints; check shows them relative again.
+    paths = [path for i in sorted(files) for path in files[i]]
+    try:
+        shared = scan_paths(paths, hash=hash, threads=threads, progress=progress)
+    except FileNotFoundError:
+        # A file vanished between listing and reading (a Trainer rotating its checkpoints):
+        # each checkpoint is then checked with its own scan, so only the one that changed fails.
+        shared = None
+    out: list[tuple[AuditRow, "pa.Table | None"]] = []
+    for i, checkpoint in enumerate(checkpoints):
+        verdict = failed.get(i)
+        if i in files:
+            part = shared.select(files[i]) if shared is not None else None
+            verdict = _checked(checkpoint, against, part, hash=hash, threads=threads)
+        if isinstance(verdict, tuple):
+            out.append(verdict)
+        else:  # unreadable (discovery said why) or not checkable (`verdict` says why)
+            out.append((_unreadable_row(checkpoint, checkpoint.problems + ((verdict,) if verdict else ())), None))
+    return out
 
-    `check` taking a ready scan (`check(path, ..., scan=ScanResult)`) would replace both
-    the counting and the merge; see the module doc."""
-    from .checker import check
+
+def _checked(checkpoint: Checkpoint, against: PathLike | None, part: "ScanResult | None", *, hash: bool,
+             threads: int | None) -> tuple[AuditRow, "pa.Table | None"] | str:
+    """`check` of one checkpoint on its part of the shared scan (None: it scans itself): its
+    row and table, or why it could not be checked."""
+    from .checker import check, files_to_scan
     from .errors import ShardscanError
     from .scanner import scan_paths
 
-    reports: dict[int, "Report"] = {}
-    files: dict[int, list[Path]] = {}
-    failed: dict[int, str] = {}  # checkpoint index -> why it could not be judged at all
-    for i, checkpoint in enumerate(checkpoints):
-        if not checkpoint.readable:
-            continue
-        try:
-            reports[i] = check(checkpoint.path, against, hash=False, threads=threads)
-            files[i] = files_checked(checkpoint.path)
-        except (ShardscanError, OSError, ValueError) as exc:
-            # e.g. an index that is not JSON: this checkpoint fails, the audit goes on
-            failed[i] = f"cannot check: {exc}"
-    paths = [os.fspath(p) for i in sorted(files) for p in files[i]]
-    shared = scan_paths(paths, hash=hash, threads=threads, progress=progress) if paths else None
-    parts: dict[int, "ScanResult"] = {}
-    if shared is not None and len(shared.columns) == sum(reports[i].tensors for i in files):
-        start = 0
-        for i in sorted(files):
-            parts[i] = _share(shared, checkpoints[i], start, start + reports[i].tensors)
-            start += reports[i].tensors
-    elif shared is not None:
-        # A file changed between the check and the scan (a save still being written into
-        # the tree): dealing rows by count would misattribute them, so each checkpoint is
-        # scanned on its own, and one whose rows still disagree with its report fails.
-        for i in sorted(files):
-            alone = scan_paths([os.fspath(p) for p in files[i]], hash=hash, threads=threads) if files[i] else None
-            if alone is None:
-                continue
-            if len(alone.columns) != reports[i].tensors:
-                failed[i] = "changed while being audited (a save in progress?)"
-                continue
-            parts[i] = _share(alone, checkpoints[i], 0, len(alone.columns))
-    out: list[tuple[AuditRow, "pa.Table | None"]] = []
-    for i, checkpoint in enumerate(checkpoints):
-        if i not in reports or i in failed:
-            problems = checkpoint.problems + ((failed[i],) if i in failed else ())
-            out.append((_unreadable_row(checkpoint, problems), None))
-            continue
-        out.append(_judge(checkpoint, reports[i], parts.get(i), against, hash=hash))
-    return out
+    try:
+        if part is None:
+            part = scan_paths(files_to_scan(checkpoint.path), hash=hash, threads=threads)
+        report = check(checkpoint.path, against, hash=hash, threads=threads, scan=part)
+    except (ShardscanError, OSError, ValueError) as exc:
+        return f"cannot check: {exc}"
+    return _row(checkpoint, report), part.table
 
 
-def files_checked(path: Path) -> list[Path]:
-    """The files `check` reads for a checkpoint: the path itself for a file or a DCP
-    directory; for any other directory its tensor files, and of a directory holding several
-    families (model.safetensors beside optimizer.pt, training_args.bin) only the family its
-    index names, else the first of .safetensors, .bin, .pt, .pth, .ckpt. This mirrors check's
-    own choice (tests/test_audit.py::test_files_checked_mirrors_check guards it)."""
-    from .layout import find_indexes, index_layout
-    from .scanner import tensor_files
-
-    if not path.is_dir() or (path / ".metadata").is_file():
-        return [path]
-    order = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-    by_family: dict[str, list[Path]] = {}
-    for file in tensor_files(path):
-        by_family.setdefault(os.path.splitext(file.name)[1].lower(), []).append(file)
-    if len(by_family) <= 1:
-        return [f for group in by_family.values() for f in group]
-    named: set[str] = set()
-    for index in find_indexes(path):
-        try:
-            named |= {os.path.splitext(n)[1].lower() for n in index_layout(index).files}
-        except ValueError:
-            pass
-    wanted = (named & set(by_family)) or set(by_family)
-    return by_family[min(wanted, key=lambda f: order.index(f) if f in order else len(order))]
-
-
-def _share(shared: "ScanResult", checkpoint: Checkpoint, start: int, stop: int) -> "ScanResult":
-    """Rows [start, stop) of `shared` and the problems of `checkpoint`'s files, with file
-    names as a scan of the checkpoint alone gives them: relative to a directory (files were
-    scanned under their full paths so that names stay unique across checkpoints)."""
-    from .listing import FileProblem
-    from .scanner import Columns, ScanResult
-
-    base = os.fspath(checkpoint.path)
-    prefix = base + os.sep if checkpoint.path.is_dir() else None
-
-    def local(name: str) -> str:
-        return name[len(prefix):] if prefix and name.startswith(prefix) else name
-
-    def mine(name: str) -> bool:
-        return name == base or bool(prefix and name.startswith(prefix))
-
-    cols = shared.columns
-    columns = Columns(
-        file=[local(name) for name in cols.file[start:stop]],
-        key=cols.key[start:stop], dtype=cols.dtype[start:stop], shape=cols.shape[start:stop],
-        offset=cols.offset[start:stop], nbytes=cols.nbytes[start:stop], checksum=cols.checksum[start:stop],
-        storage=cols.storage[start:stop], format=cols.format[start:stop],
-    )
-    # Problems are named by the path a file (or DCP directory) was given as: its own prefix.
-    problems = tuple(
-        FileProblem(local(p.file), p.error, p.lost, p.cut, p.intact) for p in shared.problems if mine(p.file)
-    )
-    files = tuple(local(f) for f in shared.files if mine(f))
-    return ScanResult(columns=columns, problems=problems, files=files, non_tensor_leaves=0, elapsed=0.0)
-
-
-def _judge(
-    checkpoint: Checkpoint, report: "Report", part: "ScanResult | None", against: PathLike | None, *, hash: bool
-) -> tuple[AuditRow, "pa.Table | None"]:
-    """One checkpoint's row: its header-only report plus what its share of the hashed scan
-    adds (errors found while reading the bytes, checksum mismatches against its manifest)."""
-    from .report import FileError, Mismatch
-
-    extra_errors: list[FileError] = []
-    extra_mismatches: list[Mismatch] = []
-    if part is not None and hash:
-        known = {(e.file, e.error) for e in report.errors}
-        for problem in part.problems:
-            if (problem.file, problem.error) not in known:
-                extra_errors.append(FileError(problem.file, problem.error, problem.intact, problem.cut, problem.lost))
-        if against is None:
-            extra_mismatches = _manifest_checksums(checkpoint.path, part)
-    table = part.table if part is not None else None
-    return _row(checkpoint, report, extra_errors, extra_mismatches), table
-
-
-def _manifest_checksums(path: Path, part: "ScanResult") -> list["Mismatch"]:
-    """Checksum mismatches between the scan and the manifest inside the checkpoint directory
-    (shape and dtype mismatches the header-only check has already found)."""
-    from .layout import find_manifest, read_manifest, table_specs
-    from .report import Mismatch
-
-    manifest = find_manifest(path) if path.is_dir() else None
-    if manifest is None:
-        return []
-    expected = table_specs(read_manifest(manifest), checksums=True)
-    cols = part.columns
-    out = []
-    for key, dtype, shape, checksum in zip(cols.key, cols.dtype, cols.shape, cols.checksum):
-        want = expected.get(key)
-        if (want is not None and want.checksum and checksum and want.checksum != checksum
-                and want.dtype == dtype and want.shape == tuple(shape)):
-            out.append(Mismatch(key, "checksum", want.checksum, checksum))
-    return out
-
-
-def _row(checkpoint: Checkpoint, report: "Report", extra_errors: Sequence["FileError"] = (),
-         extra_mismatches: Sequence["Mismatch"] = ()) -> AuditRow:
-    from dataclasses import replace
-
+def _row(checkpoint: Checkpoint, report: "Report") -> AuditRow:
+    """One checkpoint's row: its check report plus the markers discovery found missing."""
     from .report import families
 
-    if extra_errors or extra_mismatches:
-        report = replace(report, errors=report.errors + tuple(extra_errors),
-                         mismatched=report.mismatched + tuple(extra_mismatches))
     words: list[str] = list(checkpoint.problems)
-    if report.files == 0 and not report.errors:
-        # `check` finds nothing wrong with an empty directory; as a save to resume from it
-        # is useless (the weights went elsewhere or were never written).
-        words.append("no tensor files")
     for error in sorted(report.errors, key=lambda e: e.file):
         words.append(f"{error.file}: {error.error}")
     for label, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
@@ -357,7 +245,7 @@ def _row(checkpoint: Checkpoint, report: "Report", extra_errors: Sequence["FileE
         path=os.fspath(checkpoint.path), step=checkpoint.step, format=checkpoint.kind,
         files=report.files, tensors=report.tensors, bytes=report.bytes, ok=ok,
         missing=len(report.missing), unexpected=len(report.unexpected), mismatched=len(report.mismatched),
-        errors=len(report.errors) + len(checkpoint.problems) + (report.files == 0 and not report.errors),
+        errors=len(report.errors) + len(checkpoint.problems),
         problem=words[0] if words and not ok else None, problems=tuple(words), markers=checkpoint.problems,
     )
 

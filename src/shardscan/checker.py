@@ -64,37 +64,64 @@ def _normalize_prefixes(strip_prefix: str | Sequence[str] | None) -> tuple[str, 
     return tuple(p for p in strip_prefix if p)
 
 
+def files_to_scan(path: Path, index_shards: Iterable[str] | None = None) -> list[Path]:
+    """The paths `check` reads for the checkpoint at `path`, in reading order: `path` itself
+    for a file or a DCP directory (read as a whole); for any other directory its tensor files
+    (shardscan.scanner.tensor_files). Of a directory holding more than one family of them
+    (model.safetensors beside pytorch_model.bin, as many hub repositories do) only one family
+    is read, since a loader reads only one: the family its index names, else the first of
+    _FAMILY_ORDER. `index_shards`: the shard names the directory's indexes map, if the caller
+    has read them; None reads them when the choice needs them (an unreadable index names
+    nothing). Raises OSError when the directory cannot be listed."""
+    from .scanner import is_dcp_dir, tensor_files
+
+    if not path.is_dir() or is_dcp_dir(path):
+        return [path]
+    files = tensor_files(path)
+    present = {_family(file.name) for file in files}
+    if len(present) <= 1:
+        return files
+    if index_shards is None:
+        index_shards = [name for index in _own_indexes(path)[0] for name in index.files]
+    wanted = {_family(name) for name in index_shards} & present
+    chosen = min(wanted or present, key=lambda f: _FAMILY_ORDER.index(f) if f in _FAMILY_ORDER else len(_FAMILY_ORDER))
+    return [file for file in files if _family(file.name) == chosen]
+
+
+def _own_indexes(directory: Path) -> tuple[list[Layout], list[FileError]]:
+    """The layouts of the shard indexes inside `directory`, and one error per index that
+    cannot be read (a broken index is part of a broken checkpoint: a finding, not raised)."""
+    indexes: list[Layout] = []
+    errors: list[FileError] = []
+    for index in layouts.find_indexes(directory):
+        try:
+            indexes.append(layouts.index_layout(index))
+        except ValueError as exc:
+            errors.append(FileError(index.name, str(exc).removeprefix(f"{index}: ")))
+    return indexes, errors
+
+
 def _scan(path: Path, *, hash: bool, threads: int | None, progress: Callable[[int, int], None] | None,
           index_shards: Iterable[str] = (), label: str | None = None, given: ScanResult | None = None) -> _Actual:
-    """Scans a file or checkpoint directory into an _Actual. In a directory holding more
-    than one family of tensor files (model.safetensors beside pytorch_model.bin, as many hub
-    repositories do), only the family the index names (else the first of _FAMILY_ORDER) is
-    read, with a note, since a loader reads only one of them. `label` prefixes file names in
-    errors (diff names both sides). `given`: a scan the caller already made of this
-    checkpoint's files, used instead of scanning."""
+    """Scans the files_to_scan of a file or checkpoint directory into an _Actual, with a note
+    when a directory's other family of tensor files was left unread. `label` prefixes file
+    names in errors (diff names both sides). `given`: a scan the caller already made of
+    exactly those files, used instead of scanning."""
     from .scanner import scan_paths, tensor_files
 
     notes: list[str] = []
-    targets: list[PathLike] = [path]
-    relabel = ""
-    if given is not None:
-        relabel = os.fspath(path) + os.sep if path.is_dir() else ""
-    elif path.is_dir() and not (path / ".metadata").is_file():
-        files = tensor_files(path)
-        by_family: dict[str, list[Path]] = {}
-        for file in files:
-            by_family.setdefault(_family(file.name), []).append(file)
-        if len(by_family) > 1:
-            wanted = {_family(name) for name in index_shards} & set(by_family)
-            chosen = min(wanted or by_family, key=lambda f: _FAMILY_ORDER.index(f) if f in _FAMILY_ORDER else 99)
-            skipped = sorted(f.name for fam, group in by_family.items() if fam != chosen for f in group)
-            notes.append(f"{path} also holds {', '.join(skipped)}: checked the {chosen} files only")
-            targets = list(by_family[chosen])
-            relabel = os.fspath(path) + os.sep
+    targets = files_to_scan(path, index_shards)
+    # Files given one by one are named by their path; show them relative, as a directory scan does.
+    relabel = os.fspath(path) + os.sep if path.is_dir() else ""
+    if targets != [path]:
+        chosen = set(targets)
+        skipped = [file.name for file in tensor_files(path) if file not in chosen]
+        if skipped:
+            notes.append(f"{path} also holds {', '.join(skipped)}: checked the {_family(targets[0].name)} files only")
     result = given if given is not None else scan_paths(targets, hash=hash, threads=threads, progress=progress)
     columns = result.columns
     names = columns.file
-    if relabel:  # files given one by one are named by their path; show them relative, as a directory scan does
+    if relabel:
         names = [n[len(relabel):] if n.startswith(relabel) else n for n in names]
     prefix = f"{label}/" if label and path.is_dir() else ""
     specs: dict[str, Spec] = {}
@@ -333,9 +360,9 @@ def check(
     `checksums`: also compare checksums with a reference checkpoint.
     `model`: "module:factory" of a torch.nn.Module to build on the meta device.
     `hf`: build config layouts with transformers (None: only for a config named by `against`).
-    `scan`: a scan of exactly this checkpoint's tensor files made by the caller (with
-    `hash` saying whether it hashed), used instead of scanning again; its file names may be
-    relative to `path` or carry `path` as their prefix.
+    `scan`: a scan the caller made of exactly `files_to_scan(path)` (with `hash` saying
+    whether it hashed; ScanResult.select cuts one out of a larger scan), used instead of
+    scanning again; its file names may be relative to `path` or carry `path` as their prefix.
 
     Raises FileNotFoundError when `path` or `against` does not exist, ValueError for an
     `against` that is no known layout source, ImportError when `hf=True` or `model` needs a
@@ -350,13 +377,7 @@ def check(
     prefixes = _normalize_prefixes(strip_prefix)
 
     # The checkpoint's own indexes: read first, since they say which format family to scan.
-    own_indexes: list[Layout] = []
-    index_errors: list[FileError] = []
-    for index in layouts.find_indexes(root) if root.is_dir() else ():
-        try:
-            own_indexes.append(layouts.index_layout(index))
-        except ValueError as exc:  # a broken index is part of a broken checkpoint: a finding
-            index_errors.append(FileError(index.name, str(exc).removeprefix(f"{index}: ")))
+    own_indexes, index_errors = _own_indexes(root) if root.is_dir() else ([], [])
     actual = _scan(root, hash=hash, threads=threads, progress=progress,
                    index_shards=[name for index in own_indexes for name in index.files], given=scan)
     actual.errors += index_errors

@@ -1,7 +1,7 @@
 """`audit` over a Ray cluster (extra `shardscan[ray]`): one task per checkpoint.
 
 The driver walks the tree (cheap: names and stats), then every checkpoint becomes one Ray task
-that runs the same per-checkpoint step as the local audit (shardscan.audit.audit_group: the C
+that runs the same per-checkpoint step as the local audit (shardscan.auditing.audit_group: the C
 scanner and `check`) on whichever node Ray schedules it, and sends back its verdict row and
 its per-tensor pyarrow.Table. The driver assembles them with the same function the local
 audit uses, so both print the same rows, summaries and Parquet.
@@ -18,7 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .auditing import AuditResult, AuditRow, assemble, audit_group, files_checked
+from .auditing import AuditResult, AuditRow, assemble, audit_group
+from .checker import files_to_scan
 from .discover import Checkpoint, find_checkpoints
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def _size(checkpoint: Checkpoint) -> int:
         return 0
     total = 0
     try:
-        for path in files_checked(checkpoint.path):
+        for path in files_to_scan(checkpoint.path):
             if path.is_dir():  # DCP: every file of the directory
                 total += sum(p.stat().st_size for p in path.iterdir() if p.is_file())
             else:

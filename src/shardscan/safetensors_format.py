@@ -9,8 +9,9 @@ FORMAT = "safetensors"
 
 
 def sniff(head: bytes) -> bool:
-    """A safetensors file starts with an 8-byte little-endian length, then '{'."""
-    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_001
+    """A safetensors file starts with an 8-byte little-endian length, then (after optional
+    JSON whitespace) '{'."""
+    return len(head) >= 9 and head[8:].lstrip(b" \t\r\n")[:1] == b"{" and int.from_bytes(head[:8], "little") <= 100_000_000
 
 
 def read(file: NativeFile, name: str) -> Listing:

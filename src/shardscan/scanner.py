@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Sequence
 
 from . import safetensors_format
 from ._core import HashJob, NativeFile, hash_jobs
@@ -52,13 +52,16 @@ class Columns:
 
 @dataclass(frozen=True)
 class ScanResult:
-    """One scan: the rows, every file problem, and what was read."""
+    """One scan: the rows, every file problem, and what was read. `files` are the paths
+    given (a directory's files by their own name), each once it was listed; `per_file` holds
+    (rows, non-tensor leaves) of each, in the same order (rows come file by file)."""
 
     columns: Columns
     problems: tuple[FileProblem, ...]
     files: tuple[str, ...]
     non_tensor_leaves: int
     elapsed: float
+    per_file: tuple[tuple[int, int], ...] = field(default=(), repr=False)
 
     @property
     def ok(self) -> bool:
@@ -76,6 +79,33 @@ class ScanResult:
         from .schema import SCHEMA
 
         return pa.table({name: getattr(self.columns, name) for name in SCHEMA.names}, schema=SCHEMA)
+
+    def select(self, names: Collection[str]) -> "ScanResult":
+        """The part of this scan read from `names` (files and DCP directories, named as in
+        `files` and in problems: as they were given to scan_paths): their rows, problems and
+        counts, in scan order; `elapsed` stays that of the whole scan. Lets one scan of many
+        checkpoints' files serve each checkpoint. Raises ValueError for a ScanResult built
+        without `per_file`."""
+        if len(self.per_file) != len(self.files):
+            raise ValueError("this ScanResult has no per-file counts to select by")
+        wanted = set(names)
+        rows: list[int] = []
+        kept: list[int] = []
+        start = 0
+        for i, (name, (count, _)) in enumerate(zip(self.files, self.per_file)):
+            if name in wanted:
+                rows.extend(range(start, start + count))
+                kept.append(i)
+            start += count
+        columns = Columns(**{f.name: [getattr(self.columns, f.name)[r] for r in rows] for f in fields(Columns)})
+        return ScanResult(
+            columns=columns,
+            problems=tuple(p for p in self.problems if p.file in wanted),
+            files=tuple(self.files[i] for i in kept),
+            non_tensor_leaves=sum(self.per_file[i][1] for i in kept),
+            elapsed=self.elapsed,
+            per_file=tuple(self.per_file[i] for i in kept),
+        )
 
 
 @dataclass(frozen=True)
@@ -156,7 +186,13 @@ def scan_paths(
         paths = [paths]
     listings: list[Listing] = []
     problems: list[FileProblem] = []
-    for target in discover(paths):
+    targets = []
+    for given in paths:
+        found = discover([given])
+        if not found:
+            problems.append(FileProblem(os.fspath(given), "no tensor files found"))
+        targets += found
+    for target in targets:
         try:
             listing = read_listing(target)
         except (ShardscanError, OSError) as exc:
@@ -175,6 +211,7 @@ def scan_paths(
         files=tuple(name for listing in listings for name in listing.names[:1]),
         non_tensor_leaves=sum(listing.non_tensor_leaves for listing in listings),
         elapsed=time.perf_counter() - started,
+        per_file=tuple((len(listing.keys), listing.non_tensor_leaves) for listing in listings),
     )
 
 
