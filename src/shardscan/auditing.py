@@ -152,8 +152,8 @@ def audit(
     """Checks every checkpoint under `root` (each against what it declares itself, plus
     `against` for all when given). Problems are collected into the rows, never raised.
     `progress(done, total)` receives bytes hashed over the whole tree. Raises
-    FileNotFoundError when `root` does not exist, and what `check` raises for an unusable
-    `against`."""
+    FileNotFoundError when `root` does not exist; an unusable `against` makes every
+    checkpoint's row say "cannot check: ..." instead."""
     started = time.perf_counter()
     found = find_checkpoints(root)
     verdicts = audit_group(found.checkpoints, against, hash=hash, threads=threads, progress=progress)

@@ -94,7 +94,7 @@ def _summary(result: ScanResult) -> str:
 
 @app.command()
 def scan(
-    paths: Annotated[list[Path], typer.Argument(help="Tensor files or checkpoint directories.", show_default=False)],
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Tensor files or checkpoint directories.", show_default=False)],
     output: Annotated[
         Optional[Path],
         typer.Option("--output", "-o", help="Write the table: .parquet, .arrow/.feather or .csv (atomically)."),
@@ -148,7 +148,7 @@ def _colour() -> bool:
 
 @app.command()
 def check(
-    path: Annotated[Path, typer.Argument(help="A checkpoint directory or tensor file.", show_default=False)],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="A checkpoint directory or tensor file.", show_default=False)],
     against: Annotated[
         Optional[Path],
         typer.Option("--against", "-a", metavar="SOURCE",
@@ -187,8 +187,8 @@ def check(
 
 @app.command()
 def diff(
-    a: Annotated[Path, typer.Argument(help="The first checkpoint (directory or file).", show_default=False)],
-    b: Annotated[Path, typer.Argument(help="The second checkpoint (directory or file).", show_default=False)],
+    a: Annotated[Path, typer.Argument(metavar="A", help="The first checkpoint (directory or file).", show_default=False)],
+    b: Annotated[Path, typer.Argument(metavar="B", help="The second checkpoint (directory or file).", show_default=False)],
     strip_prefix: StripPrefix = None,
     no_hash: NoHash = False,
     threads: Threads = None,
@@ -208,7 +208,7 @@ def diff(
 
 @app.command()
 def audit(
-    root: Annotated[Path, typer.Argument(help="A training run's output directory (or one checkpoint).", show_default=False)],
+    root: Annotated[Path, typer.Argument(metavar="ROOT", help="A training run's output directory (or one checkpoint).", show_default=False)],
     against: Annotated[
         Optional[Path],
         typer.Option("--against", "-a", metavar="SOURCE",
@@ -257,7 +257,7 @@ def audit(
 
 @app.command()
 def latest(
-    root: Annotated[Path, typer.Argument(help="A training run's output directory.", show_default=False)],
+    root: Annotated[Path, typer.Argument(metavar="ROOT", help="A training run's output directory.", show_default=False)],
     no_hash: NoHash = False,
     threads: Threads = None,
 ) -> None:
