@@ -2,7 +2,8 @@
 
 Sources: every csrc/*.c; declarations visible to Python: csrc/shardscan.cdef (checked against
 csrc/shardscan.h by the compiler, since API mode compiles the generated code with the header).
-XXH3 comes from the system's libxxhash (Debian: libxxhash-dev).
+XXH3 comes from the system's libxxhash (Debian: libxxhash-dev), CRC32 from libdeflate
+(libdeflate-dev).
 SHARDSCAN_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer for the tests.
 """
 import os
@@ -15,13 +16,14 @@ HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 
 
-def _require_xxhash() -> None:
+def _require_headers() -> None:
     include_dirs = ["/usr/include", "/usr/local/include", *os.environ.get("CPATH", "").split(":")]
-    if not any(d and Path(d, "xxhash.h").exists() for d in include_dirs):
-        sys.exit("shardscan: xxhash.h not found; install the system xxHash first: apt-get install libxxhash-dev")
+    for header, package in (("xxhash.h", "libxxhash-dev"), ("libdeflate.h", "libdeflate-dev")):
+        if not any(d and Path(d, header).exists() for d in include_dirs):
+            sys.exit(f"shardscan: {header} not found; install it first: apt-get install {package}")
 
 
-_require_xxhash()
+_require_headers()
 
 sanitize = os.environ.get("SHARDSCAN_SANITIZE") == "1"
 flags = ["-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-pthread", "-fvisibility=hidden"]
@@ -38,7 +40,7 @@ ffibuilder.set_source(
     # setuptools wants paths relative to the project root, where it runs this file.
     sources=sorted(str(p.relative_to(HERE)) for p in CSRC.glob("*.c")),
     include_dirs=["csrc"],
-    libraries=["xxhash", "z"],
+    libraries=["xxhash", "deflate"],
     extra_compile_args=flags,
     extra_link_args=["-pthread"] + (["-fsanitize=address,undefined"] if sanitize else []),
 )

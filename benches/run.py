@@ -1,17 +1,18 @@
 """One command that measures shardscan against the machine's limits and the tools users pick instead.
 
-    /work/venv/bin/python benches/run.py                 # full run (~10-15 min on 2 cores)
-    /work/venv/bin/python benches/run.py --smoke --out /tmp/x.md   # a few MB, seconds
+    /work/venv/bin/python benches/run.py --readme        # full run (~8-10 min on 2 cores)
+    /work/venv/bin/python benches/run.py --smoke --out /tmp/x.md   # a few MB, under a minute
 
 Everything in one table comes from one run: the machine drifts (up to 2x on shared hosts), so only
 ratios between rows measured side by side mean anything. Every timed command is its own process
 (start-up and imports count, as they do for a user), started by a ~1 MiB C spawner (spawn.c) that
-times it and reaps it with wait4, whose rusage gives its own peak resident memory. Repetitions alternate the commands (A B C A B C ...) so drift spreads
-over all of them instead of landing on one.
+times it and reaps it with wait4, whose rusage gives its own peak resident memory. Repetitions
+alternate the commands (A B C A B C ...) so drift spreads over all of them instead of landing on one.
 
 Warm runs read from the page cache (the files are read once untimed first). Cold runs drop the
 checkpoint's pages with posix_fadvise(POSIX_FADV_DONTNEED) before each run, outside the timing,
-and then check with mincore(2) that no page stayed resident; the count is reported.
+and then check with mincore(2) that no page stayed resident; the count is reported, as is the
+cached fraction at the start of every warm run.
 
 The table goes to benches/results/latest.md (and raw figures to latest.json), written atomically.
 """
@@ -42,7 +43,6 @@ import make_checkpoint  # noqa: E402  (sibling script, not a package)
 
 PY = sys.executable
 GB = 1e9  # throughput in decimal GB/s, like dd, b3sum and every disk vendor
-MiB = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
               "limit", modes=("cold",)),
         Bench("xxhsum -H2", ["xxhsum", "-H2", *s_st], st_bytes, st_in, "peer"),
         Bench("b3sum", ["b3sum", *s_st], st_bytes, st_in, "peer"),
-        # ~0.2 GB/s here (coreutils' portable SHA-256): one shard tells its rate in a quarter of the time.
+        # ~0.1 GB/s here (coreutils' portable SHA-256): one shard gives its rate in a quarter of the time.
         Bench(f"sha256sum (first shard, {st[0].stat().st_size / GB:.2f} GB)", ["sha256sum", s_st[0]],
               st[0].stat().st_size, st_in, "peer"),
         Bench("python: safe_open + xxh3_128 per tensor", [PY, str(HERE / "peers.py"), "st-xxh", *s_st],
@@ -670,6 +670,7 @@ def write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; these are ordinary repository files
     os.replace(tmp, path)
 
 
@@ -861,6 +862,20 @@ def targets(cfg: Config, benches: list[Bench], help_b: Bench, size_rows, stat=st
     return out
 
 
+README_BEGIN = "<!-- latest:begin (written by benches/run.py --readme) -->"
+README_END = "<!-- latest:end -->"
+
+
+def embed_in_readme(table: Path, readme: Path) -> None:
+    """Replace the README's results section with the new table, headings one level down."""
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{readme}: markers {README_BEGIN!r} / {README_END!r} not found")
+    body = "\n".join("#" + line if line.startswith("#") else line for line in table.read_text().splitlines())
+    head, rest = text.split(README_BEGIN, 1)
+    write_atomic(readme, f"{head}{README_BEGIN}\n{body}\n{README_END}{rest.split(README_END, 1)[1]}")
+
+
 def parse_sizes(text: str) -> list[int]:
     return [make_checkpoint.parse_size(s) for s in text.split(",") if s.strip()]
 
@@ -882,6 +897,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true",
                     help="a few MB, one repetition: keeps the script from rotting (run by the test suite)")
     ap.add_argument("--clean", action="store_true", help="delete the workdir's checkpoints afterwards")
+    ap.add_argument("--readme", action="store_true",
+                    help="also copy the table into benches/README.md (between its 'latest' markers)")
     a = ap.parse_args(argv)
     if a.smoke:
         size, shard, sizes, counts, reps, cold_reps = 4 << 20, 1 << 20, [2 << 20, 4 << 20], [100, 1000], 1, 1
@@ -897,7 +914,9 @@ def main(argv: list[str] | None = None) -> int:
                  reps_warm=reps, reps_cold=cold_reps, threads=list(range(1, cores + 1)), cold=not a.no_cold,
                  out=a.out, smoke=a.smoke)
     try:
-        run(cfg)
+        out = run(cfg)
+        if a.readme:
+            embed_in_readme(out, HERE / "README.md")
     finally:
         if a.clean:
             shutil.rmtree(a.workdir, ignore_errors=True)

@@ -39,7 +39,7 @@ for target in "$HERE"/fuzz_*.c; do
     name="$(basename "$target" .c)"; name="${name#fuzz_}"
     clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
         -I"$ROOT/csrc" "$target" "$ROOT/csrc/file.c" "$ROOT/csrc/safetensors.c" "$ROOT/csrc/zip.c" \
-        -lz -pthread -o "$WORK/fuzz_$name"
+        -pthread -o "$WORK/fuzz_$name"
     ASAN_OPTIONS=detect_leaks=1 run_target "$name" "$WORK/fuzz_$name"
 done
 
