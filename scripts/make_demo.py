@@ -12,6 +12,9 @@ from pathlib import Path
 def main(out: Path) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
     torch.manual_seed(0)
     config = Qwen2Config(
