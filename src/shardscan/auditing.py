@@ -325,23 +325,16 @@ def render_audit(result: AuditResult, *, colour: bool = False) -> str:
     """One aligned row per checkpoint (paths relative to the root) with its first problem
     indented below a failed one, then one line per summary (frozen, identical, skipped) and
     a closing count naming the newest clean checkpoint."""
-    from .report import families
+    from .report import families, human_bytes
 
     root = result.root.rstrip(os.sep) + os.sep
 
     def shown(path: str) -> str:
         return path[len(root):] if path.startswith(root) else path
 
-    def size(n: float) -> str:
-        for unit in ("B", "KB", "MB", "GB", "TB"):
-            if n < 1000 or unit == "TB":
-                return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-            n /= 1000
-        return ""
-
     header = ("STEP", "FORMAT", "FILES", "TENSORS", "SIZE", "STATUS", "MISS", "UNEXP", "MISM", "ERR", "PATH")
     table = [header] + [
-        ("-" if r.step is None else str(r.step), r.format, str(r.files), str(r.tensors), size(r.bytes),
+        ("-" if r.step is None else str(r.step), r.format, str(r.files), str(r.tensors), human_bytes(r.bytes),
          "OK" if r.ok else "FAILED", str(r.missing), str(r.unexpected), str(r.mismatched), str(r.errors), shown(r.path))
         for r in result.rows
     ]

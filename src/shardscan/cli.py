@@ -75,19 +75,13 @@ def _progress_reporter() -> Callable[[int, int], None] | None:
     return report
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
 def _summary(result: ScanResult) -> str:
+    from .report import human_bytes
+
     nbytes = result.nbytes
     rate = f", {nbytes / result.elapsed / 1e9:.2f} GB/s" if result.elapsed > 0 and nbytes else ""
     return (
-        f"{len(result.files)} files, {len(result.columns)} tensors, {_human_bytes(nbytes)} "
+        f"{len(result.files)} files, {len(result.columns)} tensors, {human_bytes(nbytes)} "
         f"in {result.elapsed:.2f} s{rate}"
     )
 

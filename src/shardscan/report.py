@@ -360,7 +360,7 @@ def render_report(report: Report, *, colour: bool = False) -> str:
     lines += [paint(f"warning: {w}", _YELLOW) for w in sorted(report.warnings)]
     lines += [f"note: {n}" for n in sorted(report.notes)]
     against = f" against {', '.join(report.layouts)}" if report.layouts else ""
-    size = f"{report.files} files, {report.tensors} tensors, {_human_bytes(report.bytes)}{against}"
+    size = f"{report.files} files, {report.tensors} tensors, {human_bytes(report.bytes)}{against}"
     if report.ok:
         lines.append(f"{report.path}: {paint('OK', _GREEN)} ({size})")
     else:
@@ -405,7 +405,8 @@ def render_diff(result: Diff, *, colour: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _human_bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """Decimal units, as disks and `ls -h --si` count: 4.10 MB, 4.27 GB."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
