@@ -72,8 +72,8 @@ def nested(draw, depth: int = 0):
         t = draw(tensors())
         if t.dim() >= 2 and draw(st.booleans()):
             t = t.transpose(0, 1)  # a strided view of a larger storage
-        elif t.dim() >= 1 and t.shape[0] > 1 and t.numel() and draw(st.booleans()):
-            t = t[1:]  # a view at a storage offset (empty ones: see the xfail test below)
+        elif t.dim() >= 1 and t.shape[0] > 1 and draw(st.booleans()):
+            t = t[1:]  # a view at a storage offset (past an empty storage when t is empty)
         return t
     if draw(st.booleans()):
         return draw(st.dictionaries(st.text("abcxyz", min_size=1, max_size=4), nested(depth + 1), max_size=3))
@@ -103,9 +103,8 @@ def test_torch_save_round_trip(tmp_path, payload):
     assert got == want
 
 
-@pytest.mark.xfail(strict=True, reason="torch_format rejects an empty view whose storage offset "
-                   "lies past its (empty) storage; torch.load accepts it. Found by the property above.")
 def test_empty_view_at_storage_offset(tmp_path):
+    # Found by the property above: an empty view may point past its (empty) storage.
     t = torch.empty(2, 0)[1:]
     buf = io.BytesIO()
     torch.save({"a": t}, buf)

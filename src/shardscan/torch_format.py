@@ -126,8 +126,9 @@ def place_tensor(t: pickle_reader.TensorRef, record: ZipRecord, file_index: int,
     nbytes = numel * itemsize
     start = record.offset + t.storage_offset * itemsize
     if numel == 0:
-        if t.storage_offset * itemsize > record.size:
-            raise FormatError(f"storage offset {t.storage_offset} lies past the end of record data/{t.storage.key if t.storage else '?'}")
+        # No bytes to find: torch accepts any storage offset here (torch.empty(2, 0)[1:] points
+        # past its empty storage), so report the position clamped to the record.
+        start = min(start, record.offset + record.size)
         return TensorPlacement(t.dtype, shape, start, 0, HashJob(file=file_index, offset=start, nbytes=0, itemsize=itemsize), False)
     last = t.storage_offset + sum((d - 1) * s for d, s in zip(shape, t.stride))
     if (last + 1) * itemsize > record.size:
