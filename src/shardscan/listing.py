@@ -51,11 +51,19 @@ class Listing:
     nbytes: list[int] = field(default_factory=list)
     storages: list[str | None] = field(default_factory=list)
     row_files: list[int] = field(default_factory=list)  # index into files/names per row
-    jobs: list[HashJob] = field(default_factory=list)
+    #: Per-row hash jobs; None when every row is one contiguous run at its offset in files[0]
+    #: (safetensors), so that header-only scans build no job objects (see row_jobs).
+    jobs: list[HashJob] | None = field(default_factory=list)
     #: Jobs that produce no row but verify bytes (torch: the CRC32 of records no row covers whole).
     check_jobs: list[HashJob] = field(default_factory=list)
     problems: list[FileProblem] = field(default_factory=list)
     non_tensor_leaves: int = 0
+
+    def row_jobs(self) -> list[HashJob]:
+        """One hash job per row, in row order."""
+        if self.jobs is not None:
+            return self.jobs
+        return [HashJob(file=0, offset=offset, nbytes=nbytes) for offset, nbytes in zip(self.offsets, self.nbytes)]
 
     def verify(self, row_results: list[HashResult], check_results: list[HashResult]) -> list[FileProblem]:
         """Problems the hashing pass revealed beyond unreadable bytes (e.g. CRC mismatches),
@@ -71,4 +79,5 @@ class Listing:
         self.nbytes.append(nbytes)
         self.storages.append(storage)
         self.row_files.append(file)
+        assert self.jobs is not None, "add() is for listings with explicit jobs"
         self.jobs.append(job)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._core import HashJob, NativeFile, parse_safetensors
+from ._core import NativeFile, parse_safetensors
 from .listing import FileProblem, Listing
 
 FORMAT = "safetensors"
@@ -19,19 +19,21 @@ def read(file: NativeFile, name: str) -> Listing:
     intact tensors, with the cut and lost ones named in a FileProblem; any other violation
     raises FormatError."""
     header = parse_safetensors(file)
-    listing = Listing(format=FORMAT, files=[file], names=[name])
+    # Tensors are in offset order, so the ones a truncation left whole are a prefix.
     size = file.size
-    intact, cut, lost = [], [], []
-    for key, dtype, shape, offset, nbytes in zip(header.keys, header.dtypes, header.shapes, header.offsets, header.nbytes):
-        if offset + nbytes <= size:
-            listing.add(key, dtype, shape, offset, nbytes, HashJob(file=0, offset=offset, nbytes=nbytes))
-            intact.append(key)
-        elif offset < size:
-            cut.append(key)
-        else:
-            lost.append(key)
+    whole = len(header.keys)
     if header.error is not None:
-        listing.problems.append(
-            FileProblem.of(name, header.error, file.path, lost=tuple(lost), cut=tuple(cut), intact=tuple(intact))
-        )
+        whole = next((i for i, (o, n) in enumerate(zip(header.offsets, header.nbytes)) if o + n > size), whole)
+    listing = Listing(
+        format=FORMAT, files=[file], names=[name], keys=header.keys[:whole], dtypes=header.dtypes[:whole],
+        shapes=header.shapes[:whole], offsets=header.offsets[:whole], nbytes=header.nbytes[:whole],
+        storages=[None] * whole, row_files=[0] * whole, jobs=None,
+    )
+    if header.error is not None:
+        rest = list(zip(header.keys[whole:], header.offsets[whole:]))
+        listing.problems.append(FileProblem.of(
+            name, header.error, file.path, intact=tuple(listing.keys),
+            cut=tuple(key for key, offset in rest if offset < size),
+            lost=tuple(key for key, offset in rest if offset >= size),
+        ))
     return listing

@@ -223,7 +223,7 @@ def _hash_all(
     for listing in listings:
         base = len(files)
         files += listing.files
-        for job in listing.jobs:
+        for job in listing.row_jobs():
             jobs.append(_rebase(job, base))
             owners.append(listing)
     # Jobs that only verify (CRCs of records no row covers whole) ride in the same batch,
@@ -240,8 +240,8 @@ def _hash_all(
     row_at = check_at = 0
     for listing in listings:
         nchecks = len(listing.check_jobs)
-        verified += listing.verify(results[row_at : row_at + len(listing.jobs)], check_results[check_at : check_at + nchecks])
-        row_at += len(listing.jobs)
+        verified += listing.verify(results[row_at : row_at + len(listing.keys)], check_results[check_at : check_at + nchecks])
+        row_at += len(listing.keys)
         check_at += nchecks
     problems: dict[str, FileProblem] = {}
     for result, listing in zip(results, owners):
