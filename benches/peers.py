@@ -44,6 +44,17 @@ def torch_xxh(paths: list[str], out) -> None:
         del state
 
 
+def torch_headers(paths: list[str], out) -> None:
+    import torch
+
+    # mmap=True: only the pickle is read and the storages are mapped, not touched.
+    for path in paths:
+        state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+        for key, t in state.items():
+            out.write(f"{path}\t{key}\t{t.dtype}\t{tuple(t.shape)}\n")
+        del state
+
+
 def st_headers(paths: list[str], out) -> None:
     from safetensors import safe_open
 
@@ -68,7 +79,13 @@ def json_headers(paths: list[str], out) -> None:
                 out.write(f"{path}\t{key}\t{entry['dtype']}\t{entry['shape']}\n")
 
 
-COMMANDS = {"st-xxh": st_xxh, "torch-xxh": torch_xxh, "st-headers": st_headers, "json-headers": json_headers}
+COMMANDS = {
+    "st-xxh": st_xxh,
+    "torch-xxh": torch_xxh,
+    "torch-headers": torch_headers,
+    "st-headers": st_headers,
+    "json-headers": json_headers,
+}
 
 
 def main(argv: list[str]) -> int:

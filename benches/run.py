@@ -283,6 +283,8 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
               st_bytes, st_in, "shardscan", note=have_check, header_only=True),
         Bench("shardscan scan .bin (XXH3-128)", ss_argv("scan", *map(str, bins)), bin_bytes, bin_in,
               "shardscan", note=have_scan),
+        Bench("shardscan scan --no-hash .bin", ss_argv("scan", "--no-hash", *map(str, bins)), bin_bytes, bin_in,
+              "shardscan", note=have_scan, header_only=True),
         Bench(f"limit: mmap read, {min(2, cores)} threads", [str(reader), "mmap", str(min(2, cores)), *s_st],
               st_bytes, st_in, "limit"),
         Bench(f"limit: pread read, {min(2, cores)} threads", [str(reader), "pread", str(min(2, cores)), *s_st],
@@ -299,6 +301,8 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
               st_bytes, st_in, "peer"),
         Bench("python: torch.load(mmap) + xxh3_128 (.bin)", [PY, str(HERE / "peers.py"), "torch-xxh",
               *map(str, bins)], bin_bytes, bin_in, "peer"),
+        Bench("python: torch.load(mmap) headers only (.bin)", [PY, str(HERE / "peers.py"), "torch-headers",
+              *map(str, bins)], bin_bytes, bin_in, "peer", header_only=True),
         Bench("python: safe_open headers only", [PY, str(HERE / "peers.py"), "st-headers", *s_st],
               st_bytes, st_in, "peer", header_only=True),
         Bench("python: json headers only", [PY, str(HERE / "peers.py"), "json-headers", *s_st],
@@ -861,6 +865,10 @@ def targets(cfg: Config, benches: list[Bench], help_b: Bench, size_rows, stat=st
     nh = by["shardscan scan --no-hash"]
     out.append(Target("scan --no-hash vs safe_open headers", ratio(nh, by["python: safe_open headers only"], "warm", stat),
                       1.0, True, why_missing=nh.note or nh.failure.get("warm", "")))
+    nb = by["shardscan scan --no-hash .bin"]
+    out.append(Target(".bin scan --no-hash vs torch.load(mmap) headers",
+                      ratio(nb, by["python: torch.load(mmap) headers only (.bin)"], "warm", stat),
+                      1.0, True, why_missing=nb.note or nb.failure.get("warm", "")))
     out.append(Target("shardscan --help", med(help_b.ok("warm"), stat) if help_b.ok("warm") else None, 0.3, False, " s",
                       help_b.note or help_b.failure.get("warm", "")))
     return out

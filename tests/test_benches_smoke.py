@@ -27,9 +27,10 @@ def test_smallest_bench_configuration_completes_with_every_row(tmp_path: Path) -
     # still appears, saying so).
     both = [
         "shardscan scan (XXH3-128)", "shardscan scan --no-hash", "shardscan check --no-hash",
-        "shardscan scan .bin (XXH3-128)", f"limit: mmap read, {two} threads", f"limit: pread read, {two} threads",
+        "shardscan scan .bin (XXH3-128)", "shardscan scan --no-hash .bin", f"limit: mmap read, {two} threads", f"limit: pread read, {two} threads",
         "xxhsum -H2", "b3sum", "sha256sum (first shard", "python: safe_open + xxh3_128 per tensor",
-        "python: torch.load(mmap) + xxh3_128 (.bin)", "python: safe_open headers only", "python: json headers only",
+        "python: torch.load(mmap) + xxh3_128 (.bin)", "python: torch.load(mmap) headers only (.bin)",
+        "python: safe_open headers only", "python: json headers only",
     ]
     warm = table.split("## Warm")[1].split("## Cold")[0]
     cold = table.split("## Cold")[1].split("## Start-up")[0]
@@ -43,6 +44,7 @@ def test_smallest_bench_configuration_completes_with_every_row(tmp_path: Path) -
         assert heading in table, heading
     for target in ("warm scan vs 2-thread mmap read", "cold scan vs dd O_DIRECT", "scan peak RSS",
                    "check --no-hash, whole process", ".bin scan GB/s", "scan --no-hash vs safe_open headers",
+                   ".bin scan --no-hash vs torch.load(mmap) headers",
                    "shardscan --help"):
         assert f"| {target}" in table, target
     threads = table.split("## Thread scaling")[1].split("## Size scaling")[0]
