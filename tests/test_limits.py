@@ -120,3 +120,44 @@ def test_json_output_on_a_bad_file_is_one_object(tmp_path):
     assert run.returncode == 1
     payload = json.loads(run.stdout)  # exactly one JSON document on stdout
     assert payload["ok"] is False and payload["errors"][0]["file"] == str(path)
+
+
+def _zip64_claiming(entries: int, cd_size: int) -> bytes:
+    """An archive that is nothing but end records claiming `entries` entries in a central
+    directory of `cd_size` bytes: what a hostile file says before anything backs it."""
+    eocd64 = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, entries, entries, cd_size, 0)
+    head = b"PK\x03\x04" + b"\0" * 26
+    locator = struct.pack("<IIQI", 0x07064B50, 0, len(head), 1)
+    eocd = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return head + eocd64 + locator + eocd
+
+
+@pytest.mark.parametrize("entries", [5_000_000, 2**63])
+def test_millions_of_claimed_zip_entries_are_refused_without_allocating(tmp_path, entries):
+    path = tmp_path / "many.bin"
+    path.write_bytes(_zip64_claiming(entries, 46 * min(entries, 2**40)))
+    started = time.monotonic()
+    (problem,) = scan_paths(path).problems
+    assert time.monotonic() - started < 5
+    assert "entries" in problem.error or "directory" in problem.error, problem.error
+
+
+def test_zip_bomb_is_refused_without_inflating(tmp_path):
+    # 1 GiB of zeros deflates to ~1 MB; torch never compresses records, so neither do we
+    # decompress: the record is refused by its compression method, whatever it would inflate to.
+    import zipfile
+
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.", compress_type=zipfile.ZIP_STORED)
+        info = zipfile.ZipInfo("archive/data/0")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with archive.open(info, "w", force_zip64=True) as record:
+            zeros = bytes(1 << 20)
+            for _ in range(1024):
+                record.write(zeros)
+    assert path.stat().st_size < 16 << 20
+    started = time.monotonic()
+    run = cli("scan", str(path))
+    assert time.monotonic() - started < 30
+    assert_one_failed_line(run, str(path), "compressed")
