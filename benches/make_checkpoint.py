@@ -135,6 +135,23 @@ def _manifest_matches(path: Path, params: dict) -> bool:
         return False
 
 
+def llama_config(size: int) -> dict:
+    """A Llama config.json describing exactly the tensors llm_tensor_specs(size) writes, so that
+    `check` can build the expected layout from the architecture (structurally or with
+    transformers on the meta device)."""
+    shape = next(s for floor, s in _SHAPES if size >= floor)
+    specs = llm_tensor_specs(size)
+    layers = sum(1 for name, _ in specs if name.endswith(".input_layernorm.weight"))
+    head_dim = 128 if shape.hidden >= 512 else 32
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "bfloat16",
+        "vocab_size": shape.vocab, "hidden_size": shape.hidden, "intermediate_size": shape.intermediate,
+        "num_hidden_layers": layers, "num_attention_heads": shape.hidden // head_dim,
+        "num_key_value_heads": shape.kv_hidden // head_dim, "head_dim": head_dim,
+        "tie_word_embeddings": False, "rms_norm_eps": 1e-5,
+    }
+
+
 def make_llm(out_dir: Path, size: int, shard_size: int = 1 << 30, with_bin: bool = True,
              seed: int = 0, quiet: bool = False) -> dict:
     """Write (or reuse) an LLM-like checkpoint; return the manifest (files, bytes, tensor count)."""
@@ -142,6 +159,7 @@ def make_llm(out_dir: Path, size: int, shard_size: int = 1 << 30, with_bin: bool
               "version": GENERATOR_VERSION}
     manifest_path = out_dir / MANIFEST
     if _manifest_matches(manifest_path, params):
+        _write_json(out_dir / "config.json", llama_config(size))  # cheap; older sets lacked it
         return json.loads(manifest_path.read_text())
 
     import numpy as np
@@ -179,6 +197,7 @@ def make_llm(out_dir: Path, size: int, shard_size: int = 1 << 30, with_bin: bool
 
     _write_json(out_dir / "model.safetensors.index.json",
                 {"metadata": {"total_size": total}, "weight_map": st_map})
+    _write_json(out_dir / "config.json", llama_config(size))
     if with_bin:
         _write_json(bin_dir / "pytorch_model.bin.index.json",
                     {"metadata": {"total_size": total}, "weight_map": bin_map})

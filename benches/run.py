@@ -281,6 +281,10 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
               "shardscan", note=have_scan, header_only=True),
         Bench("shardscan check --no-hash", ss_argv("check", "--no-hash", str(ckpt), avail=have_check),
               st_bytes, st_in, "shardscan", note=have_check, header_only=True),
+        # The expected layout built by transformers on the meta device from config.json: the
+        # extra cost (importing torch and transformers, building the model) reported apart.
+        Bench("shardscan check --no-hash --hf (transformers layout)", ss_argv("check", "--no-hash", "--hf", str(ckpt),
+              avail=have_check), st_bytes, st_in, "shardscan", note=have_check, header_only=True, modes=("warm",)),
         Bench("shardscan scan .bin (XXH3-128)", ss_argv("scan", *map(str, bins)), bin_bytes, bin_in,
               "shardscan", note=have_scan),
         Bench("shardscan scan --no-hash .bin", ss_argv("scan", "--no-hash", *map(str, bins)), bin_bytes, bin_in,
