@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import shardscan
 from shardscan.errors import FormatError
-from shardscan.scanner import scan_paths
+from shardscan.scanner import ScanResult, scan_paths
 
 from oracle import checksum, tensor_checksum
 
@@ -164,3 +164,16 @@ def test_directory_without_tensor_files_is_a_problem(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     result = scan_paths(tmp_path)
     assert [(p.file, p.error) for p in result.problems] == [(str(tmp_path), "no tensor files found")]
+
+
+def test_combined_scans_equal_one_scan(sharded):
+    # Scans of single shards (as Ray tasks make them) combine into the scan of all of them.
+    directory, _ = sharded
+    (directory / "broken.safetensors").write_bytes(b"\x09\x00\x00\x00\x00\x00\x00\x00{}")  # header past EOF
+    paths = [str(p) for p in sorted(directory.glob("*.safetensors"))]
+    whole = scan_paths(paths)
+    combined = ScanResult.combine([scan_paths([p]) for p in paths])
+    assert [p.file for p in whole.problems] == [paths[0]]  # broken.safetensors sorts first
+    assert combined.table.equals(whole.table)
+    assert (combined.problems, combined.files, combined.per_file) == (whole.problems, whole.files, whole.per_file)
+    assert combined.select(paths[:1]).table.equals(scan_paths(paths[:1]).table)

@@ -197,15 +197,22 @@ def audit_group(
         shared = None
     out: list[tuple[AuditRow, "pa.Table | None"]] = []
     for i, checkpoint in enumerate(checkpoints):
-        verdict = failed.get(i)
         if i in files:
             part = shared.select(files[i]) if shared is not None else None
-            verdict = _checked(checkpoint, against, part, hash=hash, threads=threads)
-        if isinstance(verdict, tuple):
-            out.append(verdict)
-        else:  # unreadable (discovery said why) or not checkable (`verdict` says why)
-            out.append((_unreadable_row(checkpoint, checkpoint.problems + ((verdict,) if verdict else ())), None))
+            out.append(judge(checkpoint, against, part, hash=hash, threads=threads))
+        else:  # unreadable (discovery said why) or not listable (`failed` says why)
+            out.append((_unreadable_row(checkpoint, checkpoint.problems + ((failed[i],) if i in failed else ())), None))
     return out
+
+
+def judge(checkpoint: Checkpoint, against: PathLike | None, part: "ScanResult | None", *, hash: bool,
+          threads: int | None) -> tuple[AuditRow, "pa.Table | None"]:
+    """One checkpoint's row and per-tensor table from `check` on its part of a scan (None: it
+    scans itself); a checkpoint that cannot be checked gets a failed row saying why."""
+    verdict = _checked(checkpoint, against, part, hash=hash, threads=threads)
+    if isinstance(verdict, tuple):
+        return verdict
+    return _unreadable_row(checkpoint, checkpoint.problems + (verdict,)), None
 
 
 def _checked(checkpoint: Checkpoint, against: PathLike | None, part: "ScanResult | None", *, hash: bool,

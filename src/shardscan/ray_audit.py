@@ -1,10 +1,13 @@
-"""`audit` over a Ray cluster (extra `shardscan[ray]`): one task per checkpoint.
+"""`audit` over a Ray cluster (extra `shardscan[ray]`): one task per checkpoint, or per shard
+for huge ones.
 
 The driver walks the tree (cheap: names and stats), then every checkpoint becomes one Ray task
 that runs the same per-checkpoint step as the local audit (shardscan.auditing.audit_group: the C
 scanner and `check`) on whichever node Ray schedules it, and sends back its verdict row and
-its per-tensor pyarrow.Table. The driver assembles them with the same function the local
-audit uses, so both print the same rows, summaries and Parquet.
+its per-tensor pyarrow.Table. A checkpoint larger than `split_bytes` is instead scanned one task
+per tensor file (the byte work), and the driver combines those scans and judges the checkpoint
+itself with `check` (reading only its index and config). The driver assembles the rows with the
+same function the local audit uses, so both print the same rows, summaries and Parquet.
 
 Every node must see the tree at the same path (a shared filesystem: NFS, Lustre, a mounted
 bucket) and have shardscan installed; see docs/audit.md.
@@ -18,9 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .auditing import AuditResult, AuditRow, assemble, audit_group
+from .auditing import AuditResult, AuditRow, assemble, audit_group, judge
 from .checker import files_to_scan
 from .discover import Checkpoint, find_checkpoints
+from .scanner import ScanResult
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -31,6 +35,9 @@ PathLike = str | os.PathLike[str]
 #: (RAY_ADDRESS or a running `ray start`), else start a local one.
 AUTO = "auto"
 
+#: Checkpoints larger than this are scanned one task per tensor file.
+SPLIT_BYTES = 32 << 30
+
 
 def _audit_one(
     checkpoint: Checkpoint, against: str | None, hash: bool, threads: int | None
@@ -38,6 +45,13 @@ def _audit_one(
     """The Ray task: one checkpoint through the local per-checkpoint step."""
     ((row, table),) = audit_group([checkpoint], against, hash=hash, threads=threads)
     return row, table
+
+
+def _scan_one(path: str, hash: bool, threads: int | None) -> ScanResult:
+    """The Ray task for one shard of a huge checkpoint: the byte work only."""
+    from .scanner import scan_paths
+
+    return scan_paths([path], hash=hash, threads=threads)
 
 
 def audit_ray(
@@ -48,8 +62,10 @@ def audit_ray(
     hash: bool = True,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    split_bytes: int = SPLIT_BYTES,
 ) -> AuditResult:
-    """`shardscan.audit` with one Ray task per checkpoint. `address`: a cluster address
+    """`shardscan.audit` with one Ray task per checkpoint, or per tensor file for checkpoints
+    larger than `split_bytes`. `address`: a cluster address
     ("ray://head:10001", "head:6379"), AUTO to join the local machine's cluster or start
     one, or None to use a Ray that the caller has already initialised. `threads`: hashing
     threads per task, also the CPUs each task reserves (default 1, so tasks never
@@ -71,23 +87,36 @@ def audit_ray(
         started_here = True
     try:
         cpus = threads or 1
-        task = ray.remote(num_cpus=cpus, max_retries=1)(_audit_one)
+        whole = ray.remote(num_cpus=cpus, max_retries=1)(_audit_one)
+        shard = ray.remote(num_cpus=cpus, max_retries=1)(_scan_one)
         against_abs = os.fspath(Path(against).absolute()) if against is not None else None
-        sizes = [_size(c) for c in found.checkpoints]
-        total = sum(sizes)
-        refs = [
-            # Absolute paths: a worker's working directory is not the driver's.
-            task.remote(replace(c, path=c.path.absolute()), against_abs, hash, cpus)
-            for c in found.checkpoints
-        ]
-        if progress is not None and refs:
-            position = {ref: i for i, ref in enumerate(refs)}
-            pending, done = list(refs), 0
+        # Absolute paths: a worker's working directory is not the driver's.
+        checkpoints = [replace(c, path=c.path.absolute()) for c in found.checkpoints]
+        refs: list = []     # one per checkpoint: its (row, table), or the list of its shard scans
+        sizes: dict = {}    # ref -> bytes it reads, for progress
+        for checkpoint in checkpoints:
+            files = _files(checkpoint)
+            if sum(files.values()) > split_bytes and len(files) > 1:
+                parts = [shard.remote(os.fspath(path), hash, cpus) for path in files]
+                sizes.update(zip(parts, files.values()))
+                refs.append(parts)
+            else:
+                ref = whole.remote(checkpoint, against_abs, hash, cpus)
+                sizes[ref] = sum(files.values())
+                refs.append(ref)
+        if progress is not None and sizes:
+            pending, done, total = list(sizes), 0, sum(sizes.values())
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
-                done += sizes[position[ready[0]]]
+                done += sizes[ready[0]]
                 progress(done, total)
-        verdicts = ray.get(refs)
+        verdicts = []
+        for checkpoint, ref in zip(checkpoints, refs):
+            if isinstance(ref, list):
+                part = ScanResult.combine(ray.get(ref))
+                verdicts.append(judge(checkpoint, against_abs, part, hash=hash, threads=cpus))
+            else:
+                verdicts.append(ray.get(ref))
     finally:
         if started_here:
             ray.shutdown()
@@ -96,20 +125,21 @@ def audit_ray(
     return assemble(found, shown, hashed=hash, elapsed=time.perf_counter() - started)
 
 
-def _size(checkpoint: Checkpoint) -> int:
-    """Bytes the checkpoint's task will read, for progress; 0 when unknown."""
+def _files(checkpoint: Checkpoint) -> dict[Path, int]:
+    """The tensor files (or DCP directory) the checkpoint's check reads, with their sizes in
+    bytes; empty when they cannot be listed (the task then says why)."""
     if not checkpoint.readable:
-        return 0
-    total = 0
+        return {}
+    sizes: dict[Path, int] = {}
     try:
         for path in files_to_scan(checkpoint.path):
-            if path.is_dir():  # DCP: every file of the directory
-                total += sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+            if path.is_dir():  # DCP: every file of the directory, read as one
+                sizes[path] = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
             else:
-                total += path.stat().st_size
+                sizes[path] = path.stat().st_size
     except OSError:
-        pass
-    return total
+        return {}
+    return sizes
 
 
 def available() -> bool:

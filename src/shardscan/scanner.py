@@ -80,6 +80,21 @@ class ScanResult:
 
         return pa.table({name: getattr(self.columns, name) for name in SCHEMA.names}, schema=SCHEMA)
 
+    @classmethod
+    def combine(cls, parts: Sequence["ScanResult"]) -> "ScanResult":
+        """One ScanResult of scans made separately (say, one per shard on different machines),
+        as if their paths had been given to one scan_paths call in this order; `elapsed` is the
+        longest part's."""
+        columns = Columns(**{f.name: [v for part in parts for v in getattr(part.columns, f.name)] for f in fields(Columns)})
+        return cls(
+            columns=columns,
+            problems=tuple(p for part in parts for p in part.problems),
+            files=tuple(name for part in parts for name in part.files),
+            non_tensor_leaves=sum(part.non_tensor_leaves for part in parts),
+            elapsed=max((part.elapsed for part in parts), default=0.0),
+            per_file=tuple(count for part in parts for count in part.per_file),
+        )
+
     def select(self, names: Collection[str]) -> "ScanResult":
         """The part of this scan read from `names` (files and DCP directories, named as in
         `files` and in problems: as they were given to scan_paths): their rows, problems and
