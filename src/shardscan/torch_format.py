@@ -22,7 +22,7 @@ becomes one row whose bytes are located through its storage record `data/<key>`:
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import pickle_reader
 from ._core import MAX_DIMS, HashJob, HashResult, NativeFile, Segment
@@ -261,8 +261,7 @@ def read(file: NativeFile, name: str) -> Listing:
             continue
         job, expected = placed.job, None
         if placed.whole_record and rec.crc32 and rec_name not in verified:
-            job = HashJob(file=job.file, offset=job.offset, nbytes=job.nbytes, itemsize=job.itemsize,
-                          byteswap=job.byteswap, crc32=True)
+            job = replace(job, crc32=True)  # the row covers its record: check the CRC in the same pass
             expected = rec.crc32
             verified.add(rec_name)
         listing.add(key, placed.dtype, placed.shape, placed.offset, placed.nbytes, job, storage=rec_name)
