@@ -311,6 +311,11 @@ ss_status ss_hash_batch(ss_file *const *files, uint32_t nfiles, ss_job *jobs, ui
         threads = online > 0 ? (uint32_t)online : 1;
     }
     if (threads > njobs) threads = njobs;
+#if defined(__x86_64__) || defined(__i386__)
+    /* libxxhash picks its SIMD variant lazily on first use; pick it here, before the workers
+     * start, so they never race to fill its dispatch table. */
+    (void)XXH3_128bits_dispatch(NULL, 0);
+#endif
     if (threads > 256) threads = 256;
     pthread_t tids[256];
     uint32_t started = 0;
