@@ -212,11 +212,16 @@ static void hash_job(const batch *b, ss_job *job, stream *st, volatile uint32_t 
         if (empty) continue;
         if (seg->ndim) {
             stream_strided(st, base, seg, job->itemsize, swap);
-            if (b->progress) {
-                uint64_t bytes = job->itemsize; /* cannot overflow: check_job multiplied it out */
-                for (uint32_t d = 0; d < seg->ndim; d++) bytes *= (uint64_t)seg->shape[d];
-                __atomic_fetch_add(b->progress, bytes, __ATOMIC_RELAXED);
+            /* A strided walk revisits its whole extent (a transpose reads column by column), so
+             * its pages are released once, when it ends. Neither product can overflow:
+             * check_job multiplied both out. */
+            uint64_t bytes = job->itemsize, extent = job->itemsize;
+            for (uint32_t d = 0; d < seg->ndim; d++) {
+                bytes *= (uint64_t)seg->shape[d];
+                extent += (uint64_t)(seg->shape[d] - 1) * (uint64_t)seg->strides[d];
             }
+            release_pages(b, base, (size_t)extent);
+            if (b->progress) __atomic_fetch_add(b->progress, bytes, __ATOMIC_RELAXED);
         } else {
             stream_contiguous(b, st, base, seg->nbytes, swap);
         }
