@@ -287,9 +287,10 @@ def _columns(listings: list[Listing], checksums: list[str | None] | None) -> Col
 
 
 def scan(paths: Sequence[PathLike] | PathLike, *, hash: bool = True, threads: int | None = None) -> "pa.Table":
-    """One row per tensor (schema: shardscan.schema.SCHEMA). Raises FormatError (or
-    IntegrityError, OSError) for the first file that cannot be read completely; use
-    scan_paths to collect every problem instead."""
+    """One row per tensor (schema: shardscan.schema.SCHEMA). Raises FileNotFoundError for a
+    path that does not exist, and FormatError (its .path the file, its message the problem)
+    for the first file that cannot be read completely, whatever the cause; use scan_paths to
+    collect every problem, each with its own message."""
     result = scan_paths(paths, hash=hash, threads=threads)
     if result.problems:
         problem = result.problems[0]
