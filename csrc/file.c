@@ -24,13 +24,11 @@ const char *ss_strerror(ss_status status) {
     return "unknown status";
 }
 
-ss_status ss_fail(ss_error *err, ss_status status, const char *name, const char *fmt, ...) {
+ss_status ss_fail(ss_error *err, ss_status status, const char *fmt, ...) {
     if (err) {
-        int used = snprintf(err->message, sizeof err->message, "%s: ", name ? name : "?");
-        if (used < 0 || (size_t)used >= sizeof err->message) used = 0;
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(err->message + used, sizeof err->message - (size_t)used, fmt, ap);
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
         va_end(ap);
         err->status = status;
     }
@@ -113,37 +111,30 @@ ss_status ss_file_open(const char *path, ss_file **out, ss_error *err) {
     ss_guard_install();
     /* O_NONBLOCK: opening a FIFO must never wait for a writer; we refuse it right after. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0) return ss_fail(err, SS_E_IO, path, "cannot open: %s", strerror(errno));
+    if (fd < 0) return ss_fail(err, SS_E_IO, "cannot open: %s", strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
         close(fd);
-        return ss_fail(err, SS_E_IO, path, "cannot stat: %s", strerror(e));
+        return ss_fail(err, SS_E_IO, "cannot stat: %s", strerror(e));
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return ss_fail(err, SS_E_NOT_REGULAR, path, "%s", S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
+        return ss_fail(err, SS_E_NOT_REGULAR, "%s", S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
     }
     ss_file *file = calloc(1, sizeof *file);
     if (!file) {
         close(fd);
-        return ss_fail(err, SS_E_NOMEM, path, "out of memory");
+        return ss_fail(err, SS_E_NOMEM, "out of memory");
     }
     file->size = (uint64_t)st.st_size;
-    file->path = strdup(path);
-    if (!file->path) {
-        close(fd);
-        free(file);
-        return ss_fail(err, SS_E_NOMEM, path, "out of memory");
-    }
     if (file->size > 0) {
         void *map = mmap(NULL, (size_t)file->size, PROT_READ, MAP_SHARED, fd, 0);
         if (map == MAP_FAILED) {
             int e = errno;
             close(fd);
-            free(file->path);
             free(file);
-            return ss_fail(err, SS_E_IO, path, "cannot map: %s", strerror(e));
+            return ss_fail(err, SS_E_IO, "cannot map: %s", strerror(e));
         }
         /* Tensors are read front to back: ask the kernel for aggressive readahead. */
         madvise(map, (size_t)file->size, MADV_SEQUENTIAL);
@@ -157,7 +148,6 @@ ss_status ss_file_open(const char *path, ss_file **out, ss_error *err) {
 void ss_file_close(ss_file *file) {
     if (!file) return;
     if (file->data) munmap((void *)file->data, (size_t)file->size);
-    free(file->path);
     free(file);
 }
 
@@ -177,10 +167,10 @@ ss_status ss_file_read(const ss_file *file, uint64_t offset, void *dst, uint64_t
     ss_guard_install();
     uint64_t end;
     if (!ss_add_u64(offset, len, &end) || end > file->size)
-        return ss_fail(err, SS_E_RANGE, file->path, "range %llu+%llu outside a %llu-byte file",
+        return ss_fail(err, SS_E_RANGE, "range %llu+%llu outside a %llu-byte file",
                        (unsigned long long)offset, (unsigned long long)len, (unsigned long long)file->size);
     if (len == 0) return SS_OK;
     if (guarded_copy(dst, file->data + offset, len) != SS_OK)
-        return ss_fail(err, SS_E_CHANGED, file->path, "file shrank while being read");
+        return ss_fail(err, SS_E_CHANGED, "file shrank while being read");
     return SS_OK;
 }

@@ -187,7 +187,8 @@ static ss_status check_job(const batch *b, ss_job *job, uint64_t *size) {
         }
         uint64_t end;
         if (!ss_add_u64(seg->offset, last, &end) || end > f->size) {
-            snprintf(job->message, sizeof job->message, "%s: bytes %llu..%llu lie outside the %llu-byte file", f->path,
+            job->failed_file = seg->file;
+            snprintf(job->message, sizeof job->message, "bytes %llu..%llu lie outside the %llu-byte file",
                      (unsigned long long)seg->offset, (unsigned long long)end, (unsigned long long)f->size);
             return SS_E_RANGE;
         }
@@ -243,7 +244,8 @@ static void run_job(const batch *b, ss_job *job, uint8_t *gather) {
     if (sigsetjmp(jump, 0)) {
         ss_guard_jump = NULL;
         job->status = SS_E_CHANGED;
-        snprintf(job->message, sizeof job->message, "%s: file shrank while being read", b->files[current_file]->path);
+        job->failed_file = current_file;
+        snprintf(job->message, sizeof job->message, "file shrank while being read");
         return;
     }
     ss_guard_jump = &jump;
@@ -302,6 +304,7 @@ ss_status ss_hash_batch(ss_file *const *files, uint32_t nfiles, ss_job *jobs, ui
     }
     for (uint32_t i = 0; i < njobs; i++) {
         jobs[i].message[0] = '\0';
+        jobs[i].failed_file = jobs[i].nsegments && jobs[i].segments ? jobs[i].segments[0].file : jobs[i].file;
         jobs[i].status = check_job(&b, &jobs[i], &sizes[i].size);
         if (jobs[i].status && !jobs[i].message[0])
             snprintf(jobs[i].message, sizeof jobs[i].message, "%s", ss_strerror(jobs[i].status));

@@ -10,7 +10,6 @@
 struct ss_file {
     const uint8_t *data; /* NULL when size == 0 */
     uint64_t size;
-    char *path; /* as given to ss_file_open, for messages */
 };
 
 /* SIGBUS guard. While a thread has `ss_guard_jump` pointing at a sigjmp_buf, a SIGBUS on that
@@ -20,9 +19,10 @@ extern __thread sigjmp_buf *ss_guard_jump;
 /* Installs the handler, or re-arms it if another library replaced it since; cheap when armed. */
 void ss_guard_install(void);
 
-/* Formats err->message as "<name>: <what>" and sets err->status; returns status. */
-ss_status ss_fail(ss_error *err, ss_status status, const char *name, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+/* Formats err->message (what is wrong, never the path: the caller knows which file it asked
+ * about) and sets err->status; returns status. */
+ss_status ss_fail(ss_error *err, ss_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Writes a printable, length-capped rendering of a tensor name into out (for messages). */
 void ss_quote_name(char *out, size_t cap, const char *name, size_t len);

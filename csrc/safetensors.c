@@ -64,7 +64,6 @@ typedef struct {
 
 typedef struct {
     const char *begin, *p, *end;
-    const char *path;
     ss_error *err;
     vec text;    /* char: unescaped tensor names, then metadata strings */
     vec entries; /* entry */
@@ -74,7 +73,7 @@ typedef struct {
 } parser;
 
 static ss_status json_error(parser *ps, const char *what) {
-    return ss_fail(ps->err, SS_E_ST_JSON, ps->path, "header is not valid JSON: %s at header byte %lld", what,
+    return ss_fail(ps->err, SS_E_ST_JSON, "header is not valid JSON: %s at header byte %lld", what,
                    (long long)(ps->p - ps->begin));
 }
 
@@ -122,7 +121,7 @@ static ss_status parse_string(parser *ps, vec *text) {
         while (ps->p < ps->end && *ps->p != '"' && *ps->p != '\\' && (unsigned char)*ps->p >= 0x20) ps->p++;
         if (text && ps->p > run) {
             size_t n = (size_t)(ps->p - run);
-            if (!vec_reserve(text, n)) return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+            if (!vec_reserve(text, n)) return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
             memcpy((char *)text->data + text->len, run, n);
             text->len += n;
         }
@@ -157,7 +156,7 @@ static ss_status parse_string(parser *ps, vec *text) {
             break;
         default: return json_error(ps, "bad escape");
         }
-        if (text && !put_utf8(text, cp)) return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+        if (text && !put_utf8(text, cp)) return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
     }
 }
 
@@ -219,7 +218,7 @@ static ss_status skip_container(parser *ps, int depth, char close) {
 }
 
 static ss_status skip_value(parser *ps, int depth) {
-    if (depth > MAX_DEPTH) return ss_fail(ps->err, SS_E_ST_TOO_DEEP, ps->path, "header JSON nests deeper than %d", MAX_DEPTH);
+    if (depth > MAX_DEPTH) return ss_fail(ps->err, SS_E_ST_TOO_DEEP, "header JSON nests deeper than %d", MAX_DEPTH);
     skip_ws(ps);
     if (ps->p >= ps->end) return json_error(ps, "unexpected end");
     switch (*ps->p) {
@@ -277,7 +276,7 @@ static ss_status parse_tensor(parser *ps, entry *e) {
     skip_ws(ps);
     if (ps->p >= ps->end || *ps->p != '{') {
         ss_status s = skip_value(ps, 1);
-        return s ? s : ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, ps->path, "tensor '%s': entry is not an object", label);
+        return s ? s : ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, "tensor '%s': entry is not an object", label);
     }
     ps->p++;
     int have_dtype = 0, have_shape = 0, have_offsets = 0;
@@ -295,12 +294,12 @@ static ss_status parse_tensor(parser *ps, entry *e) {
         ps->p++;
         skip_ws(ps);
         if ((is_dtype && have_dtype) || (is_shape && have_shape) || (is_offsets && have_offsets))
-            return ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, ps->path, "tensor '%s': field given twice", label);
+            return ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, "tensor '%s': field given twice", label);
         if (is_dtype) {
             have_dtype = 1;
             if (ps->p >= ps->end || *ps->p != '"') {
                 if ((s = skip_value(ps, 1))) return s;
-                return ss_fail(ps->err, SS_E_ST_DTYPE, ps->path, "tensor '%s': dtype is not a string", label);
+                return ss_fail(ps->err, SS_E_ST_DTYPE, "tensor '%s': dtype is not a string", label);
             }
             size_t at = ps->text.len;
             if ((s = parse_string(ps, &ps->text))) return s;
@@ -313,7 +312,7 @@ static ss_status parse_tensor(parser *ps, entry *e) {
                 char shown[64];
                 ss_quote_name(shown, sizeof shown, name, n);
                 ps->text.len = at;
-                return ss_fail(ps->err, SS_E_ST_DTYPE, ps->path, "tensor '%s': unknown dtype '%s'", label, shown);
+                return ss_fail(ps->err, SS_E_ST_DTYPE, "tensor '%s': unknown dtype '%s'", label, shown);
             }
             ps->text.len = at;
             e->dtype = (uint8_t)found;
@@ -323,7 +322,7 @@ static ss_status parse_tensor(parser *ps, entry *e) {
                                         : "data_offsets is not a list of two non-negative integers";
             if (ps->p >= ps->end || *ps->p != '[') {
                 if ((s = skip_value(ps, 1))) return s;
-                return ss_fail(ps->err, bad, ps->path, "tensor '%s': %s", label, what);
+                return ss_fail(ps->err, bad, "tensor '%s': %s", label, what);
             }
             ps->p++;
             uint64_t values[2] = {0, 0};
@@ -335,10 +334,10 @@ static ss_status parse_tensor(parser *ps, entry *e) {
                 uint64_t v;
                 int r = parse_uint(ps, &v, &s);
                 if (r < 0) return s;
-                if (r == 0 || (is_shape && v > INT64_MAX)) return ss_fail(ps->err, bad, ps->path, "tensor '%s': %s", label, what);
+                if (r == 0 || (is_shape && v > INT64_MAX)) return ss_fail(ps->err, bad, "tensor '%s': %s", label, what);
                 if (is_shape) {
                     int64_t d = (int64_t)v;
-                    if (!vec_push(&ps->dims, &d)) return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+                    if (!vec_push(&ps->dims, &d)) return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
                 } else if (count < 2) {
                     values[count] = v;
                 }
@@ -353,7 +352,7 @@ static ss_status parse_tensor(parser *ps, entry *e) {
                 e->ndims = (uint32_t)count;
             } else {
                 have_offsets = 1;
-                if (count != 2) return ss_fail(ps->err, bad, ps->path, "tensor '%s': %s", label, what);
+                if (count != 2) return ss_fail(ps->err, bad, "tensor '%s': %s", label, what);
                 e->begin = values[0];
                 e->end = values[1];
             }
@@ -366,7 +365,7 @@ static ss_status parse_tensor(parser *ps, entry *e) {
         return json_error(ps, "expected ',' or '}'");
     }
     if (!have_dtype || !have_shape || !have_offsets)
-        return ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, ps->path, "tensor '%s': missing %s", label,
+        return ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, "tensor '%s': missing %s", label,
                        !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
     return SS_OK;
 }
@@ -376,7 +375,7 @@ static ss_status parse_metadata(parser *ps) {
     if (ps->p < ps->end && *ps->p == 'n' && literal(ps, "null")) return SS_OK; /* Option<...> = None */
     if (ps->p >= ps->end || *ps->p != '{') {
         ss_status s = skip_value(ps, 1);
-        return s ? s : ss_fail(ps->err, SS_E_ST_METADATA, ps->path, "__metadata__ is not an object of strings");
+        return s ? s : ss_fail(ps->err, SS_E_ST_METADATA, "__metadata__ is not an object of strings");
     }
     ps->p++;
     skip_ws(ps);
@@ -392,13 +391,13 @@ static ss_status parse_metadata(parser *ps) {
                 skip_ws(ps);
                 if (ps->p >= ps->end || *ps->p != '"') {
                     if ((s = skip_value(ps, 1))) return s;
-                    return ss_fail(ps->err, SS_E_ST_METADATA, ps->path, "__metadata__ value is not a string");
+                    return ss_fail(ps->err, SS_E_ST_METADATA, "__metadata__ value is not a string");
                 }
                 start = (uint32_t)ps->text.len;
             }
             if ((s = parse_string(ps, &ps->text))) return s;
             uint32_t pair[2] = {start, (uint32_t)(ps->text.len - start)};
-            if (!vec_push(&ps->meta, pair)) return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+            if (!vec_push(&ps->meta, pair)) return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
         }
         skip_ws(ps);
         if (ps->p < ps->end && *ps->p == ',') { ps->p++; skip_ws(ps); continue; }
@@ -455,7 +454,7 @@ static ss_status check_duplicates(parser *ps) {
     size_t n = ps->entries.len;
     if (n < 2) return SS_OK;
     name_ref *refs = malloc(n * sizeof *refs);
-    if (!refs) return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+    if (!refs) return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
     const entry *es = ps->entries.data;
     for (size_t i = 0; i < n; i++) refs[i] = (name_ref){(char *)ps->text.data + es[i].key_start, es[i].key_len, (uint32_t)i};
     qsort(refs, n, sizeof *refs, by_name);
@@ -464,7 +463,7 @@ static ss_status check_duplicates(parser *ps) {
         if (by_name(&refs[i - 1], &refs[i]) == 0) {
             char label[160];
             ss_quote_name(label, sizeof label, refs[i].name, refs[i].len);
-            s = ss_fail(ps->err, SS_E_ST_DUPLICATE, ps->path, "tensor '%s' appears twice in the header", label);
+            s = ss_fail(ps->err, SS_E_ST_DUPLICATE, "tensor '%s' appears twice in the header", label);
         }
     }
     free(refs);
@@ -475,7 +474,7 @@ static ss_status parse_header(parser *ps) {
     ss_status s;
     skip_ws(ps); /* safetensors 0.8 lets serde skip whitespace before the object */
     if (ps->p >= ps->end || *ps->p != '{')
-        return ss_fail(ps->err, SS_E_ST_NOT_OBJECT, ps->path, "header does not start with '{'");
+        return ss_fail(ps->err, SS_E_ST_NOT_OBJECT, "header does not start with '{'");
     ps->p++;
     skip_ws(ps);
     if (ps->p < ps->end && *ps->p == '}') ps->p++;
@@ -491,12 +490,12 @@ static ss_status parse_header(parser *ps) {
         if (key_is(&ps->text, e.key_start, "__metadata__")) {
             ps->text.len = e.key_start;
             if (ps->seen_metadata)
-                return ss_fail(ps->err, SS_E_ST_DUPLICATE, ps->path, "__metadata__ appears twice in the header");
+                return ss_fail(ps->err, SS_E_ST_DUPLICATE, "__metadata__ appears twice in the header");
             ps->seen_metadata = 1;
             if ((s = parse_metadata(ps))) return s;
         } else {
             if ((s = parse_tensor(ps, &e))) return s;
-            if (!vec_push(&ps->entries, &e)) return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+            if (!vec_push(&ps->entries, &e)) return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
         }
         skip_ws(ps);
         if (ps->p < ps->end && *ps->p == ',') { ps->p++; skip_ws(ps); continue; }
@@ -518,12 +517,12 @@ static ss_status validate(parser *ps, uint64_t *data_len) {
         const entry *e = &es[i];
         if (e->begin != start) {
             tensor_label(ps, e, label, sizeof label);
-            return ss_fail(ps->err, SS_E_ST_GAP, ps->path, "tensor '%s' starts at data byte %llu, but the previous tensor ends at %llu (%s)",
+            return ss_fail(ps->err, SS_E_ST_GAP, "tensor '%s' starts at data byte %llu, but the previous tensor ends at %llu (%s)",
                            label, (unsigned long long)e->begin, (unsigned long long)start, e->begin < start ? "overlap" : "gap");
         }
         if (e->end < e->begin) {
             tensor_label(ps, e, label, sizeof label);
-            return ss_fail(ps->err, SS_E_ST_OFFSETS, ps->path, "tensor '%s': data_offsets end %llu is before begin %llu", label,
+            return ss_fail(ps->err, SS_E_ST_OFFSETS, "tensor '%s': data_offsets end %llu is before begin %llu", label,
                            (unsigned long long)e->end, (unsigned long long)e->begin);
         }
         start = e->end;
@@ -531,20 +530,20 @@ static ss_status validate(parser *ps, uint64_t *data_len) {
         for (uint32_t d = 0; d < e->ndims; d++)
             if (!ss_mul_u64(numel, (uint64_t)dims[e->dims_start + d], &numel)) {
                 tensor_label(ps, e, label, sizeof label);
-                return ss_fail(ps->err, SS_E_ST_NUMEL_OVERFLOW, ps->path, "tensor '%s': number of elements overflows 64 bits", label);
+                return ss_fail(ps->err, SS_E_ST_NUMEL_OVERFLOW, "tensor '%s': number of elements overflows 64 bits", label);
             }
         if (!ss_mul_u64(numel, DTYPES[e->dtype].bits, &nbits)) {
             tensor_label(ps, e, label, sizeof label);
-            return ss_fail(ps->err, SS_E_ST_NUMEL_OVERFLOW, ps->path, "tensor '%s': size in bits overflows 64 bits", label);
+            return ss_fail(ps->err, SS_E_ST_NUMEL_OVERFLOW, "tensor '%s': size in bits overflows 64 bits", label);
         }
         if (nbits % 8) {
             tensor_label(ps, e, label, sizeof label);
-            return ss_fail(ps->err, SS_E_ST_PARTIAL_BYTE, ps->path, "tensor '%s': %llu elements of %s fill %llu bits, not whole bytes",
+            return ss_fail(ps->err, SS_E_ST_PARTIAL_BYTE, "tensor '%s': %llu elements of %s fill %llu bits, not whole bytes",
                            label, (unsigned long long)numel, DTYPES[e->dtype].st_name, (unsigned long long)nbits);
         }
         if (e->end - e->begin != nbits / 8) {
             tensor_label(ps, e, label, sizeof label);
-            return ss_fail(ps->err, SS_E_ST_NBYTES, ps->path, "tensor '%s': data_offsets span %llu bytes, but shape and %s need %llu",
+            return ss_fail(ps->err, SS_E_ST_NBYTES, "tensor '%s': data_offsets span %llu bytes, but shape and %s need %llu",
                            label, (unsigned long long)(e->end - e->begin), DTYPES[e->dtype].st_name, (unsigned long long)(nbits / 8));
         }
     }
@@ -575,7 +574,7 @@ static ss_status fill_listing(parser *ps, uint64_t data_start, ss_st_listing *ou
     out->metadata = malloc(meta_bytes + 1);
     if (!out->key_offsets || !out->keys || !out->dtypes || !out->shape_offsets || !out->dims || !out->offsets ||
         !out->nbytes || !out->metadata_offsets || !out->metadata)
-        return ss_fail(ps->err, SS_E_NOMEM, ps->path, "out of memory");
+        return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
     uint32_t k = 0, d = 0;
     for (size_t i = 0; i < n; i++) {
         const entry *e = &es[i];
@@ -603,25 +602,24 @@ static ss_status fill_listing(parser *ps, uint64_t data_start, ss_st_listing *ou
 
 ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err) {
     memset(out, 0, sizeof *out);
-    const char *path = file->path;
     uint8_t len_bytes[8];
-    if (file->size < 8) return ss_fail(err, SS_E_ST_TOO_SMALL, path, "%llu bytes is too small for a safetensors header", (unsigned long long)file->size);
+    if (file->size < 8) return ss_fail(err, SS_E_ST_TOO_SMALL, "%llu bytes is too small for a safetensors header", (unsigned long long)file->size);
     ss_status s = ss_file_read(file, 0, len_bytes, 8, err);
     if (s) return s;
     uint64_t n = 0;
     for (int i = 7; i >= 0; i--) n = (n << 8) | len_bytes[i];
-    if (n > MAX_HEADER) return ss_fail(err, SS_E_ST_HEADER_TOO_LARGE, path, "header length %llu exceeds the 100000000-byte limit", (unsigned long long)n);
+    if (n > MAX_HEADER) return ss_fail(err, SS_E_ST_HEADER_TOO_LARGE, "header length %llu exceeds the 100000000-byte limit", (unsigned long long)n);
     if (8 + n > file->size)
-        return ss_fail(err, SS_E_ST_HEADER_PAST_EOF, path, "header length %llu runs past the end of a %llu-byte file",
+        return ss_fail(err, SS_E_ST_HEADER_PAST_EOF, "header length %llu runs past the end of a %llu-byte file",
                        (unsigned long long)n, (unsigned long long)file->size);
     /* Copy the header out of the mapping once (guarded) so the parser never faults. */
     char *header = malloc(n ? n : 1);
-    if (!header) return ss_fail(err, SS_E_NOMEM, path, "out of memory");
+    if (!header) return ss_fail(err, SS_E_NOMEM, "out of memory");
     if ((s = ss_file_read(file, 8, header, n, err))) {
         free(header);
         return s;
     }
-    parser ps = {.begin = header, .p = header, .end = header + n, .path = path, .err = err};
+    parser ps = {.begin = header, .p = header, .end = header + n, .err = err};
     ps.text.item = 1;
     ps.entries.item = sizeof(entry);
     ps.dims.item = sizeof(int64_t);
@@ -631,10 +629,10 @@ ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err) {
     if (!vec_reserve(&ps.text, 1) || !vec_reserve(&ps.dims, 1)) {
         free(ps.text.data);
         free(header);
-        return ss_fail(err, SS_E_NOMEM, path, "out of memory");
+        return ss_fail(err, SS_E_NOMEM, "out of memory");
     }
     uint64_t data_len = 0, data_end = 0;
-    if (!utf8_valid((const unsigned char *)header, n)) s = ss_fail(err, SS_E_ST_UTF8, path, "header is not valid UTF-8");
+    if (!utf8_valid((const unsigned char *)header, n)) s = ss_fail(err, SS_E_ST_UTF8, "header is not valid UTF-8");
     else s = parse_header(&ps);
     if (!s) {
         if (ps.entries.len > 1) /* a header of no tensors has entries.data == NULL: qsort(NULL) is UB */
@@ -644,7 +642,7 @@ ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err) {
     if (!s) {
         out->header_len = n;
         if (!ss_add_u64(8 + n, data_len, &data_end))
-            s = ss_fail(err, SS_E_ST_OFFSETS, path, "tensor data claims more than 2^64 bytes");
+            s = ss_fail(err, SS_E_ST_OFFSETS, "tensor data claims more than 2^64 bytes");
         out->data_end = data_end;
         s = s ? s : fill_listing(&ps, 8 + n, out);
     }
@@ -655,10 +653,10 @@ ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err) {
         char label[160] = "";
         if (cut < out->count)
             ss_quote_name(label, sizeof label, out->keys + out->key_offsets[cut], out->key_offsets[cut + 1] - out->key_offsets[cut]);
-        s = ss_fail(err, SS_E_ST_TRUNCATED, path, "truncated: %llu of %llu bytes present; tensor '%s' is cut short",
+        s = ss_fail(err, SS_E_ST_TRUNCATED, "truncated: %llu of %llu bytes present; tensor '%s' is cut short",
                     (unsigned long long)file->size, (unsigned long long)data_end, label);
     } else if (!s && data_end < file->size) {
-        s = ss_fail(err, SS_E_ST_TRAILING, path, "%llu trailing bytes after the last tensor",
+        s = ss_fail(err, SS_E_ST_TRAILING, "%llu trailing bytes after the last tensor",
                     (unsigned long long)(file->size - data_end));
     }
     free(header);

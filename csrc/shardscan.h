@@ -82,7 +82,7 @@ typedef struct {
  * ------------------------------------------------------------------------------------------ */
 typedef struct ss_file ss_file;
 
-/* Opens and maps `path` (kept for messages). Refuses anything but a regular file (FIFOs, devices, directories)
+/* Opens and maps `path`. Refuses anything but a regular file (FIFOs, devices, directories)
  * with SS_E_NOT_REGULAR without blocking. An empty file maps to size 0. */
 ss_status ss_file_open(const char *path, ss_file **out, ss_error *err);
 /* Unmaps and frees. NULL is allowed. */
@@ -199,13 +199,14 @@ typedef struct {
     ss_status status;
     uint32_t crc32;
     uint8_t digest[16];       /* XXH3-128, canonical (big-endian) byte order */
-    char message[256];        /* on failure: which file and what went wrong */
+    uint32_t failed_file;     /* on failure: the batch index of the file at fault */
+    char message[256];        /* on failure: what went wrong (the file is failed_file) */
 } ss_job;
 
 /* Hashes every job on `threads` worker threads (0 = online CPUs), largest jobs first.
  * Each job's outcome is in its own status; one bad job never stops the others. Returns
  * SS_OK when the batch ran (even with failed jobs), or SS_E_NOMEM/SS_E_ARGUMENT when it
- * could not start. Messages name files by the path they were opened with. Between two
+ * could not start. Between two
  * windows of a job the pages just hashed are released, so resident memory stays bounded
  * whatever the size of the checkpoint. If `progress` is not NULL, workers add the bytes they
  * have hashed to it atomically as they go, so another thread can show progress. */

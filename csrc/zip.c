@@ -113,14 +113,13 @@ typedef struct {
 
 /* Positions in eocd_info are relative to `base`; the archive occupies [base, base + size). */
 static ss_status find_eocd(const ss_file *file, uint64_t base, uint64_t size, eocd_info *info, ss_error *err) {
-    const char *path = file->path;
     if (size < EOCD_LEN)
-        return ss_fail(err, SS_E_ZIP_NO_EOCD, path, "%llu bytes is too small for a zip end record (truncated?)",
+        return ss_fail(err, SS_E_ZIP_NO_EOCD, "%llu bytes is too small for a zip end record (truncated?)",
                        (unsigned long long)size);
     uint64_t tail_len = size < EOCD_LEN + MAX_COMMENT ? size : EOCD_LEN + MAX_COMMENT;
     uint64_t tail_start = size - tail_len;
     uint8_t *tail = malloc((size_t)tail_len);
-    if (!tail) return ss_fail(err, SS_E_NOMEM, path, "out of memory");
+    if (!tail) return ss_fail(err, SS_E_NOMEM, "out of memory");
     ss_status st = ss_file_read(file, base + tail_start, tail, tail_len, err);
     if (st != SS_OK) {
         free(tail);
@@ -137,7 +136,7 @@ static ss_status find_eocd(const ss_file *file, uint64_t base, uint64_t size, eo
     }
     if (found < 0) {
         free(tail);
-        return ss_fail(err, SS_E_ZIP_NO_EOCD, path, "no zip end-of-central-directory record (truncated?)");
+        return ss_fail(err, SS_E_ZIP_NO_EOCD, "no zip end-of-central-directory record (truncated?)");
     }
     const uint8_t *e = tail + found;
     uint64_t eocd_pos = tail_start + (uint64_t)found;
@@ -149,7 +148,7 @@ static ss_status find_eocd(const ss_file *file, uint64_t base, uint64_t size, eo
     free(tail);
     if (disk != 0 || cd_disk != 0 || on_disk != total) {
         if (disk != 0xFFFF && cd_disk != 0xFFFF)
-            return ss_fail(err, SS_E_ZIP_CORRUPT, path, "multi-disk zip archives are not supported");
+            return ss_fail(err, SS_E_ZIP_CORRUPT, "multi-disk zip archives are not supported");
     }
 
     /* A ZIP64 locator right before the EOCD overrides the 16/32-bit fields (torch always writes one). */
@@ -160,18 +159,18 @@ static ss_status find_eocd(const ss_file *file, uint64_t base, uint64_t size, eo
         if (le32(loc) == SIG_LOCATOR64) {
             uint64_t rec_pos = le64(loc + 8), rec_end;
             if (le32(loc + 4) != 0 || le32(loc + 16) > 1)
-                return ss_fail(err, SS_E_ZIP_CORRUPT, path, "multi-disk zip archives are not supported");
+                return ss_fail(err, SS_E_ZIP_CORRUPT, "multi-disk zip archives are not supported");
             if (!ss_add_u64(rec_pos, EOCD64_LEN, &rec_end) || rec_end > eocd_pos - LOCATOR64_LEN)
-                return ss_fail(err, SS_E_ZIP_CORRUPT, path, "ZIP64 end record at %llu lies outside the file",
+                return ss_fail(err, SS_E_ZIP_CORRUPT, "ZIP64 end record at %llu lies outside the file",
                                (unsigned long long)rec_pos);
             uint8_t r[EOCD64_LEN];
             st = ss_file_read(file, base + rec_pos, r, EOCD64_LEN, err);
             if (st != SS_OK) return st;
             if (le32(r) != SIG_EOCD64)
-                return ss_fail(err, SS_E_ZIP_CORRUPT, path, "ZIP64 locator points at %llu, which is no ZIP64 end record",
+                return ss_fail(err, SS_E_ZIP_CORRUPT, "ZIP64 locator points at %llu, which is no ZIP64 end record",
                                (unsigned long long)rec_pos);
             if (le32(r + 16) != 0 || le32(r + 20) != 0 || le64(r + 24) != le64(r + 32))
-                return ss_fail(err, SS_E_ZIP_CORRUPT, path, "multi-disk zip archives are not supported");
+                return ss_fail(err, SS_E_ZIP_CORRUPT, "multi-disk zip archives are not supported");
             info->entries = le64(r + 32);
             info->cd_size = le64(r + 40);
             info->cd_offset = le64(r + 48);
@@ -180,7 +179,7 @@ static ss_status find_eocd(const ss_file *file, uint64_t base, uint64_t size, eo
         }
     }
     if (disk != 0 || cd_disk != 0 || on_disk != total)
-        return ss_fail(err, SS_E_ZIP_CORRUPT, path, "multi-disk zip archives are not supported");
+        return ss_fail(err, SS_E_ZIP_CORRUPT, "multi-disk zip archives are not supported");
     return SS_OK;
 }
 
@@ -234,15 +233,14 @@ static int by_offset(const void *a, const void *b) {
     return x->offset < y->offset ? -1 : x->offset > y->offset;
 }
 
-static ss_status check_layout(const ss_file *file, ss_zip_listing *o, uint64_t cd_offset, ss_error *err) {
-    const char *path = file->path;
+static ss_status check_layout(ss_zip_listing *o, uint64_t cd_offset, ss_error *err) {
     if (o->count == 0) return SS_OK;
     named *names = malloc((size_t)o->count * sizeof *names);
     placed *order = malloc((size_t)o->count * sizeof *order);
     if (!names || !order) {
         free(names);
         free(order);
-        return ss_fail(err, SS_E_NOMEM, path, "out of memory");
+        return ss_fail(err, SS_E_NOMEM, "out of memory");
     }
     char a[96], b[96];
     ss_status st = SS_OK;
@@ -254,7 +252,7 @@ static ss_status check_layout(const ss_file *file, ss_zip_listing *o, uint64_t c
     for (uint32_t k = 1; k < o->count && st == SS_OK; k++) {
         if (by_name(&names[k - 1], &names[k]) == 0) {
             ss_quote_name(a, sizeof a, names[k].name, names[k].len);
-            st = ss_fail(err, SS_E_ZIP_DUPLICATE, path, "zip entry '%s' appears twice", a);
+            st = ss_fail(err, SS_E_ZIP_DUPLICATE, "zip entry '%s' appears twice", a);
         }
     }
     free(names);
@@ -271,10 +269,10 @@ static ss_status check_layout(const ss_file *file, ss_zip_listing *o, uint64_t c
             if (k + 1 < o->count) {
                 uint32_t j = order[k + 1].index;
                 ss_quote_name(b, sizeof b, o->names + o->name_offsets[j], o->name_offsets[j + 1] - o->name_offsets[j]);
-                st = ss_fail(err, SS_E_ZIP_OVERLAP, path, "record '%s' (ends at %llu) overlaps record '%s' (starts at %llu)",
+                st = ss_fail(err, SS_E_ZIP_OVERLAP, "record '%s' (ends at %llu) overlaps record '%s' (starts at %llu)",
                              a, (unsigned long long)end, b, (unsigned long long)next);
             } else {
-                st = ss_fail(err, SS_E_ZIP_OVERLAP, path, "record '%s' (ends at %llu) overlaps the central directory at %llu",
+                st = ss_fail(err, SS_E_ZIP_OVERLAP, "record '%s' (ends at %llu) overlaps the central directory at %llu",
                              a, (unsigned long long)end, (unsigned long long)next);
             }
         }
@@ -290,10 +288,9 @@ ss_status ss_zip_parse(const ss_file *file, ss_zip_listing *out, ss_error *err) 
 ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length, ss_zip_listing *out,
                              ss_error *err) {
     memset(out, 0, sizeof *out);
-    const char *path = file->path;
     uint64_t range_end;
     if (!ss_add_u64(base, length, &range_end) || range_end > file->size)
-        return ss_fail(err, SS_E_RANGE, path, "archive range %llu+%llu outside a %llu-byte file",
+        return ss_fail(err, SS_E_RANGE, "archive range %llu+%llu outside a %llu-byte file",
                        (unsigned long long)base, (unsigned long long)length, (unsigned long long)file->size);
     /* From here on every position is relative to base and bounded by `size`. */
     const uint64_t size = length;
@@ -303,18 +300,18 @@ ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length
 
     uint64_t cd_end;
     if (!ss_add_u64(info.cd_offset, info.cd_size, &cd_end) || cd_end > info.cd_limit)
-        return ss_fail(err, SS_E_ZIP_CORRUPT, path, "central directory %llu+%llu does not end before the end record at %llu",
+        return ss_fail(err, SS_E_ZIP_CORRUPT, "central directory %llu+%llu does not end before the end record at %llu",
                        (unsigned long long)info.cd_offset, (unsigned long long)info.cd_size,
                        (unsigned long long)info.cd_limit);
     if (info.entries > MAX_ENTRIES || info.cd_size > MAX_CD_BYTES)
-        return ss_fail(err, SS_E_ZIP_TOO_MANY, path, "%llu entries in a %llu-byte directory (limit %u entries)",
+        return ss_fail(err, SS_E_ZIP_TOO_MANY, "%llu entries in a %llu-byte directory (limit %u entries)",
                        (unsigned long long)info.entries, (unsigned long long)info.cd_size, MAX_ENTRIES);
     if (info.entries * CENTRAL_LEN > info.cd_size)
-        return ss_fail(err, SS_E_ZIP_CORRUPT, path, "%llu entries cannot fit in a %llu-byte central directory",
+        return ss_fail(err, SS_E_ZIP_CORRUPT, "%llu entries cannot fit in a %llu-byte central directory",
                        (unsigned long long)info.entries, (unsigned long long)info.cd_size);
 
     uint8_t *cd = malloc(info.cd_size ? (size_t)info.cd_size : 1);
-    if (!cd) return ss_fail(err, SS_E_NOMEM, path, "out of memory");
+    if (!cd) return ss_fail(err, SS_E_NOMEM, "out of memory");
     st = ss_file_read(file, base + info.cd_offset, cd, info.cd_size, err);
     if (st != SS_OK) {
         free(cd);
@@ -328,7 +325,7 @@ ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length
     char qname[96];
     for (uint64_t n = 0; n < info.entries; n++) {
         if (info.cd_size - pos < CENTRAL_LEN || le32(cd + pos) != SIG_CENTRAL) {
-            st = ss_fail(err, SS_E_ZIP_CORRUPT, path, "central directory entry %llu of %llu is missing or damaged",
+            st = ss_fail(err, SS_E_ZIP_CORRUPT, "central directory entry %llu of %llu is missing or damaged",
                          (unsigned long long)n, (unsigned long long)info.entries);
             goto fail;
         }
@@ -340,7 +337,7 @@ ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length
         uint64_t lho = le32(h + 42);
         uint64_t var_len = (uint64_t)name_len + extra_len + comment_len;
         if (info.cd_size - pos - CENTRAL_LEN < var_len) {
-            st = ss_fail(err, SS_E_ZIP_CORRUPT, path, "central directory entry %llu runs past the directory",
+            st = ss_fail(err, SS_E_ZIP_CORRUPT, "central directory entry %llu runs past the directory",
                          (unsigned long long)n);
             goto fail;
         }
@@ -348,25 +345,24 @@ ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length
         const uint8_t *extra = h + CENTRAL_LEN + name_len;
         ss_quote_name(qname, sizeof qname, name, name_len);
         if (name_len == 0 || memchr(name, 0, name_len)) {
-            st = ss_fail(err, SS_E_ZIP_CORRUPT, path, "central directory entry %llu has an empty or NUL-bearing name",
+            st = ss_fail(err, SS_E_ZIP_CORRUPT, "central directory entry %llu has an empty or NUL-bearing name",
                          (unsigned long long)n);
             goto fail;
         }
         if (!read_zip64_extra(extra, extra_len, &usize, &csize, &lho)) {
-            st = ss_fail(err, SS_E_ZIP_CORRUPT, path, "record '%s' has a damaged ZIP64 extra field", qname);
+            st = ss_fail(err, SS_E_ZIP_CORRUPT, "record '%s' has a damaged ZIP64 extra field", qname);
             goto fail;
         }
         if (flags & 0x0001) {
-            st = ss_fail(err, SS_E_ZIP_ENCRYPTED, path, "record '%s' is encrypted", qname);
+            st = ss_fail(err, SS_E_ZIP_ENCRYPTED, "record '%s' is encrypted", qname);
             goto fail;
         }
         if (method != 0) {
-            st = ss_fail(err, SS_E_ZIP_COMPRESSED, path,
-                         "record '%s' is compressed (method %u); torch writes stored records", qname, method);
+            st = ss_fail(err, SS_E_ZIP_COMPRESSED, "record '%s' is compressed (method %u); torch writes stored records", qname, method);
             goto fail;
         }
         if (csize != usize) {
-            st = ss_fail(err, SS_E_ZIP_CORRUPT, path, "stored record '%s' has compressed size %llu != size %llu", qname,
+            st = ss_fail(err, SS_E_ZIP_CORRUPT, "stored record '%s' has compressed size %llu != size %llu", qname,
                          (unsigned long long)csize, (unsigned long long)usize);
             goto fail;
         }
@@ -374,7 +370,7 @@ ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length
         const char *slash = memchr(name, '/', name_len);
         if (n == 0) {
             if (!slash || slash == name) {
-                st = ss_fail(err, SS_E_ZIP_PREFIX, path, "first entry '%s' is not inside a top-level folder", qname);
+                st = ss_fail(err, SS_E_ZIP_PREFIX, "first entry '%s' is not inside a top-level folder", qname);
                 goto fail;
             }
             prefix_len = (uint32_t)(slash - name) + 1;
@@ -384,7 +380,7 @@ ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length
         if (name_len <= prefix_len || memcmp(name, first_name, prefix_len) != 0) {
             char qprefix[96];
             ss_quote_name(qprefix, sizeof qprefix, first_name, prefix_len - 1);
-            st = ss_fail(err, SS_E_ZIP_PREFIX, path, "entry '%s' is outside the archive's top-level folder '%s'",
+            st = ss_fail(err, SS_E_ZIP_PREFIX, "entry '%s' is outside the archive's top-level folder '%s'",
                          qname, qprefix);
             goto fail;
         }
@@ -394,7 +390,7 @@ ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length
         uint8_t lh[LOCAL_LEN];
         uint64_t lh_end;
         if (!ss_add_u64(lho, LOCAL_LEN, &lh_end) || lh_end > size) {
-            st = ss_fail(err, SS_E_ZIP_PAST_EOF, path, "record '%s' has its header at %llu, past the end of the %llu-byte archive",
+            st = ss_fail(err, SS_E_ZIP_PAST_EOF, "record '%s' has its header at %llu, past the end of the %llu-byte archive",
                          qname, (unsigned long long)lho, (unsigned long long)size);
             goto fail;
         }
@@ -402,20 +398,20 @@ ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length
         if (st != SS_OK) goto fail;
         uint32_t lname_len = le16(lh + 26), lextra_len = le16(lh + 28);
         if (le32(lh) != SIG_LOCAL || lname_len != name_len || le16(lh + 8) != method) {
-            st = ss_fail(err, SS_E_ZIP_LOCAL_HEADER, path, "record '%s': no matching local header at %llu", qname,
+            st = ss_fail(err, SS_E_ZIP_LOCAL_HEADER, "record '%s': no matching local header at %llu", qname,
                          (unsigned long long)lho);
             goto fail;
         }
         uint64_t data, data_end;
         if (!ss_add_u64(lh_end, (uint64_t)lname_len + lextra_len, &data) || !ss_add_u64(data, usize, &data_end) ||
             data_end > size) {
-            st = ss_fail(err, SS_E_ZIP_PAST_EOF, path, "record '%s' (%llu bytes) runs past the end of the %llu-byte archive",
+            st = ss_fail(err, SS_E_ZIP_PAST_EOF, "record '%s' (%llu bytes) runs past the end of the %llu-byte archive",
                          qname, (unsigned long long)usize, (unsigned long long)size);
             goto fail;
         }
         char *lname = malloc(name_len);
         if (!lname) {
-            st = ss_fail(err, SS_E_NOMEM, path, "out of memory");
+            st = ss_fail(err, SS_E_NOMEM, "out of memory");
             goto fail;
         }
         st = ss_file_read(file, base + lh_end, lname, name_len, err);
@@ -423,7 +419,7 @@ ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length
         free(lname);
         if (st != SS_OK) goto fail;
         if (!same) {
-            st = ss_fail(err, SS_E_ZIP_LOCAL_HEADER, path, "record '%s': local header at %llu names another file", qname,
+            st = ss_fail(err, SS_E_ZIP_LOCAL_HEADER, "record '%s': local header at %llu names another file", qname,
                          (unsigned long long)lho);
             goto fail;
         }
@@ -431,23 +427,23 @@ ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length
         if (!(le16(lh + 6) & 0x0008)) {
             uint64_t lc = le32(lh + 18), lu = le32(lh + 22);
             if (le32(lh + 14) != crc || (lc != 0xFFFFFFFFu && lc != csize) || (lu != 0xFFFFFFFFu && lu != usize)) {
-                st = ss_fail(err, SS_E_ZIP_LOCAL_HEADER, path, "record '%s': local header disagrees with the central directory",
+                st = ss_fail(err, SS_E_ZIP_LOCAL_HEADER, "record '%s': local header disagrees with the central directory",
                              qname);
                 goto fail;
             }
         }
         if (!builder_add(&b, name, name_len, base + lho, base + data, usize, crc, 1)) {
-            st = ss_fail(err, SS_E_NOMEM, path, "out of memory");
+            st = ss_fail(err, SS_E_NOMEM, "out of memory");
             goto fail;
         }
         pos += CENTRAL_LEN + var_len;
     }
     free(cd);
     cd = NULL;
-    st = check_layout(file, out, base + info.cd_offset, err);
+    st = check_layout(out, base + info.cd_offset, err);
     if (st != SS_OK) goto fail;
     if (out->count == 0 && !builder_reserve(&b, 1)) {
-        st = ss_fail(err, SS_E_NOMEM, path, "out of memory");
+        st = ss_fail(err, SS_E_NOMEM, "out of memory");
         goto fail;
     }
     return SS_OK;
@@ -467,7 +463,7 @@ static int find_descriptor(const ss_file *file, uint64_t data, uint64_t *size, u
     enum { CHUNK = 1 << 20, OVERLAP = 24 };
     uint8_t *buf = malloc(CHUNK + OVERLAP);
     if (!buf) {
-        *st = ss_fail(err, SS_E_NOMEM, file->path, "out of memory");
+        *st = ss_fail(err, SS_E_NOMEM, "out of memory");
         return 0;
     }
     uint64_t at = data;
@@ -498,14 +494,13 @@ static int find_descriptor(const ss_file *file, uint64_t data, uint64_t *size, u
 
 ss_status ss_zip_walk_local(const ss_file *file, ss_zip_listing *out, ss_error *err) {
     memset(out, 0, sizeof *out);
-    const char *path = file->path;
     builder b = {out, 0, 0, 0};
     ss_status st = SS_OK;
     uint64_t at = 0;
     char *name = malloc(65536);
-    if (!name) return ss_fail(err, SS_E_NOMEM, path, "out of memory");
+    if (!name) return ss_fail(err, SS_E_NOMEM, "out of memory");
     if (!builder_reserve(&b, 1)) {
-        st = ss_fail(err, SS_E_NOMEM, path, "out of memory");
+        st = ss_fail(err, SS_E_NOMEM, "out of memory");
         goto done;
     }
     while (at <= file->size && file->size - at >= LOCAL_LEN) {
@@ -514,7 +509,7 @@ ss_status ss_zip_walk_local(const ss_file *file, ss_zip_listing *out, ss_error *
         if (st != SS_OK) goto done;
         if (le32(lh) != SIG_LOCAL) break; /* the central directory, or garbage: the walk ends */
         if (out->count >= MAX_ENTRIES) {
-            st = ss_fail(err, SS_E_ZIP_TOO_MANY, path, "more than %u local headers", MAX_ENTRIES);
+            st = ss_fail(err, SS_E_ZIP_TOO_MANY, "more than %u local headers", MAX_ENTRIES);
             goto done;
         }
         uint16_t flags = le16(lh + 6);
@@ -540,7 +535,7 @@ ss_status ss_zip_walk_local(const ss_file *file, ss_zip_listing *out, ss_error *
         }
         if (!intact) size = file->size - data; /* what survived of it */
         if (!builder_add(&b, name, name_len, at, data, size, crc, intact)) {
-            st = ss_fail(err, SS_E_NOMEM, path, "out of memory");
+            st = ss_fail(err, SS_E_NOMEM, "out of memory");
             goto done;
         }
         if (!intact) break;

@@ -4,8 +4,7 @@
 #include "internal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    char path[] = "fuzz-input";
-    ss_file file = {.data = size ? data : NULL, .size = size, .path = path};
+    ss_file file = {.data = size ? data : NULL, .size = size};
     ss_st_listing listing;
     ss_error err;
     ss_status s = ss_st_parse(&file, &listing, &err);

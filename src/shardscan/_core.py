@@ -34,8 +34,9 @@ def error_for(status: int, message: str, path: str | None, key: str | None = Non
     return FormatError(message, path=path, key=key)
 
 
-def _message(err) -> str:
-    return ffi.string(err.message).decode("utf-8", "replace")
+def _message(err, path: str) -> str:
+    # The core says what is wrong; which file it concerns is the caller's to add.
+    return f"{path}: " + ffi.string(err.message).decode("utf-8", "replace")
 
 
 class NativeFile:
@@ -47,7 +48,7 @@ class NativeFile:
         err = ffi.new("ss_error *")
         status = lib.ss_file_open(os.fsencode(self.path), out, err)
         if status != lib.SS_OK:
-            raise error_for(status, _message(err), self.path)
+            raise error_for(status, _message(err, self.path), self.path)
         self._handle = ffi.gc(out[0], lib.ss_file_close)
 
     @property
@@ -65,7 +66,7 @@ class NativeFile:
         err = ffi.new("ss_error *")
         status = lib.ss_file_read(self._handle, offset, buf, length, err)
         if status != lib.SS_OK:
-            raise error_for(status, _message(err), self.path)
+            raise error_for(status, _message(err, self.path), self.path)
         return ffi.buffer(buf, length)[:]
 
     def close(self) -> None:
@@ -103,7 +104,7 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
     status = lib.ss_st_parse(file.handle, listing, err)
     try:
         if status not in (lib.SS_OK, lib.SS_E_ST_TRUNCATED):
-            raise error_for(status, _message(err), file.path)
+            raise error_for(status, _message(err, file.path), file.path)
         n = listing.count
         key_offsets = ffi.unpack(listing.key_offsets, n + 1)
         keys_blob = ffi.buffer(listing.keys, key_offsets[-1])[:]
@@ -123,7 +124,7 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
             nbytes=ffi.unpack(listing.nbytes, n),
             metadata=dict(zip(strings[0::2], strings[1::2])),
             data_end=listing.data_end,
-            error=FormatError(_message(err), path=file.path) if status != lib.SS_OK else None,
+            error=FormatError(_message(err, file.path), path=file.path) if status != lib.SS_OK else None,
         )
     finally:
         lib.ss_st_listing_free(listing)
@@ -208,7 +209,7 @@ def hash_jobs(
         if cjob.status == lib.SS_OK:
             results.append(HashResult(blob[32 * i : 32 * i + 32], cjob.crc32 if jobs[i].crc32 else None, 0, ""))
         else:
-            results.append(HashResult(None, None, cjob.status, ffi.string(cjob.message).decode("utf-8", "replace")))
+            results.append(HashResult(None, None, cjob.status, _message(cjob, files[cjob.failed_file].path)))
     return results
 
 
@@ -261,7 +262,7 @@ class ZipListing:
 
 
 def _collect(file: NativeFile, status: int, listing, err) -> ZipListing:
-    message = ffi.string(err.message).decode("utf-8", "replace")
+    message = _message(err, file.path)
     if status == lib.SS_E_ZIP_NO_EOCD:
         raise ZipTruncated(message, path=file.path)
     if status != lib.SS_OK:
