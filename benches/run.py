@@ -687,7 +687,6 @@ def write_atomic(path: Path, text: str) -> None:
 def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows, many_man, ss, elapsed,
            checks: list[str], load) -> str:
     by = {b.label: b for b in benches}
-    scan = by["shardscan scan (XXH3-128)"]
     L: list[str] = []
     L.append(f"# shardscan benchmarks ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     L.append(f"- Machine: {machine()}")

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from shardscan import dcp_format, pickle_reader
+from shardscan import pickle_reader
+from shardscan.formats import dcp
+from shardscan.formats.torch_pickle import TORCH_POLICY
 from shardscan._core import NativeFile, ffi, lib
 from shardscan.errors import FormatError
 
@@ -49,7 +51,7 @@ def test_zip_inputs(path):
 @pytest.mark.parametrize("path", inputs("pickle"), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
 def test_pickle_inputs(path):
     try:
-        list(pickle_reader.iter_leaves(pickle_reader.load(path.read_bytes())))
+        list(pickle_reader.iter_leaves(pickle_reader.load(path.read_bytes(), TORCH_POLICY)))
     except FormatError:
         pass
 
@@ -58,7 +60,7 @@ def test_pickle_inputs(path):
 def test_dcp_inputs(path, tmp_path):
     shutil.copy(path, tmp_path / ".metadata")
     try:
-        dcp_format.read_dir(tmp_path, "ckpt")
+        dcp.read_dir(tmp_path, "ckpt")
     except (FormatError, OSError):
         pass
 

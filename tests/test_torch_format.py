@@ -10,7 +10,7 @@ import pytest
 import torch
 import xxhash
 
-from shardscan.errors import FormatError, UnsafePickleError
+from shardscan.errors import FormatError
 from shardscan.scanner import scan, scan_paths
 
 from hostile_pickles import hostile

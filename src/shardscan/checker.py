@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
+from . import formats
 from . import layout as layouts
 from .layout import Layout, Spec
 from .report import Diff, FileError, Mismatch, Report, families, natural_sorted
@@ -35,10 +36,6 @@ if TYPE_CHECKING:
     from .scanner import ScanResult
 
 PathLike = str | os.PathLike[str]
-
-#: Extensions of one checkpoint "family": a directory holding both is checked one family at a time.
-_FAMILY_ORDER = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-
 
 @dataclass
 class _Actual:
@@ -67,25 +64,23 @@ def _normalize_prefixes(strip_prefix: str | Sequence[str] | None) -> tuple[str, 
 def files_to_scan(path: Path, index_shards: Iterable[str] | None = None) -> list[Path]:
     """The paths `check` reads for the checkpoint at `path`, in reading order: `path` itself
     for a file or a DCP directory (read as a whole); for any other directory its tensor files
-    (shardscan.scanner.tensor_files). Of a directory holding more than one family of them
+    (shardscan.formats.tensor_files). Of a directory holding more than one family of them
     (model.safetensors beside pytorch_model.bin, as many hub repositories do) only one family
-    is read, since a loader reads only one: the family its index names, else the first of
-    _FAMILY_ORDER. `index_shards`: the shard names the directory's indexes map, if the caller
+    is read, since a loader reads only one: the family its index names, else the preferred
+    one (shardscan.formats.family_of). `index_shards`: the shard names the directory's indexes map, if the caller
     has read them; None reads them when the choice needs them (an unreadable index names
     nothing). Raises OSError when the directory cannot be listed."""
-    from .scanner import is_dcp_dir, tensor_files
-
-    if not path.is_dir() or is_dcp_dir(path):
+    if not path.is_dir() or formats.directory_format(path):
         return [path]
-    files = tensor_files(path)
-    present = {_family(file.name) for file in files}
+    files = formats.tensor_files(path)
+    present = {formats.family_of(file.name) for file in files}
     if len(present) <= 1:
         return files
     if index_shards is None:
         index_shards = [name for index in _own_indexes(path)[0] for name in index.files]
-    wanted = {_family(name) for name in index_shards} & present
-    chosen = min(wanted or present, key=lambda f: _FAMILY_ORDER.index(f) if f in _FAMILY_ORDER else len(_FAMILY_ORDER))
-    return [file for file in files if _family(file.name) == chosen]
+    wanted = {formats.family_of(name) for name in index_shards} & present
+    chosen = min(wanted or present)
+    return [file for file in files if formats.family_of(file.name) == chosen]
 
 
 def _own_indexes(directory: Path) -> tuple[list[Layout], list[FileError]]:
@@ -107,7 +102,7 @@ def _scan(path: Path, *, hash: bool, threads: int | None, progress: Callable[[in
     when a directory's other family of tensor files was left unread. `label` prefixes file
     names in errors (diff names both sides). `given`: a scan the caller already made of
     exactly those files, used instead of scanning."""
-    from .scanner import scan_paths, tensor_files
+    from .scanner import scan_paths
 
     notes: list[str] = []
     targets = files_to_scan(path, index_shards)
@@ -115,9 +110,10 @@ def _scan(path: Path, *, hash: bool, threads: int | None, progress: Callable[[in
     relabel = os.fspath(path) + os.sep if path.is_dir() else ""
     if targets != [path]:
         chosen = set(targets)
-        skipped = [file.name for file in tensor_files(path) if file not in chosen]
+        skipped = [file.name for file in formats.tensor_files(path) if file not in chosen]
         if skipped:
-            notes.append(f"{path} also holds {', '.join(skipped)}: checked the {_family(targets[0].name)} files only")
+            notes.append(f"{path} also holds {', '.join(skipped)}: checked the {formats.family_suffix(targets[0].name)} "
+                         "files only")
     result = given if given is not None else scan_paths(targets, hash=hash, threads=threads, progress=progress)
     columns = result.columns
     names = columns.file
@@ -146,10 +142,6 @@ def _scan(path: Path, *, hash: bool, threads: int | None, progress: Callable[[in
         specs=specs, damaged=damaged - set(specs), errors=errors, files=len(result.files), tensors=len(columns),
         nbytes=sum(columns.nbytes), bytes_by_file=bytes_by_file, duplicates=duplicates, notes=notes,
     )
-
-
-def _family(name: str) -> str:
-    return os.path.splitext(name)[1].lower()
 
 
 def _strip_specs(specs: dict[str, Spec], prefixes: Sequence[str]) -> dict[str, Spec]:
@@ -228,7 +220,7 @@ def _index_findings(layout: Layout, actual: _Actual, directory: Path, index_name
         count = sum(1 for spec in layout.specs.values() if spec.file == name)
         errors.append(FileError(name, f"absent: {index_name} maps {count} tensors to it"))
     # a single file checked alone says nothing about its neighbours' series
-    named_or_present = set(layout.files) | {n for n in on_disk if _family(n) in _FAMILY_ORDER}
+    named_or_present = set(layout.files) | {n for n in on_disk if formats.is_tensor_file_name(n)}
     for name, series in layouts.series_gaps(named_or_present) if whole_directory else ():
         if name not in absent:
             errors.append(FileError(name, f"absent: the series {series} has a gap here"))

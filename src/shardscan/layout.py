@@ -461,9 +461,9 @@ def classify(path: Path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_dir():
-        from .scanner import tensor_files
+        from . import formats
 
-        if tensor_files(path) or (path / ".metadata").is_file():
+        if formats.tensor_files(path) or formats.directory_format(path):
             return "reference"
         if (path / "config.json").is_file():
             return "config"
