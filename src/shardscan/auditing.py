@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from ._typing import PathLike
 from .discover import Checkpoint, Discovery, find_checkpoints
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from .report import Report
     from .scanner import ScanResult
 
-PathLike = str | os.PathLike[str]
 Progress = Callable[[int, int], None]
 
 

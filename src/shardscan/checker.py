@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from . import formats
 from . import layout as layouts
+from ._typing import PathLike
 from .layout import Layout, Spec
 from .report import Diff, FileError, Mismatch, Report, families, natural_sorted
 
 if TYPE_CHECKING:
     from .scanner import ScanResult
 
-PathLike = str | os.PathLike[str]
 
 @dataclass
 class _Actual:

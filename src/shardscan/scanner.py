@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Seque
 
 from . import formats
 from ._core import HashJob, HashResult, NativeFile, error_for, hash_jobs
+from ._typing import PathLike
 from .errors import FormatError, ShardscanError
 from .formats import FileProblem, Listing
 from .schema import NAMES
@@ -22,7 +23,6 @@ from .schema import NAMES
 if TYPE_CHECKING:
     import pyarrow as pa
 
-PathLike = str | os.PathLike[str]
 
 
 class Columns:
