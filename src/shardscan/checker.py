@@ -53,12 +53,30 @@ class _Actual:
     notes: list[str] = field(default_factory=list)
 
 
-def _normalize_prefixes(strip_prefix: str | Sequence[str] | None) -> tuple[str, ...]:
-    if strip_prefix is None:
-        return ()
-    if isinstance(strip_prefix, str):
-        return (strip_prefix,) if strip_prefix else ()
-    return tuple(p for p in strip_prefix if p)
+@dataclass(frozen=True)
+class CheckOptions:
+    """How check and diff read and compare checkpoints (the keyword arguments of `check`).
+
+    `hf`: build a config's layout with transformers: True always (an error without it), False
+    never, None only for a config named by `against` (a config found inside the checkpoint
+    gets the structural check, which needs no transformers)."""
+
+    hash: bool = True
+    threads: int | None = None
+    strip_prefix: tuple[str, ...] = ()
+    checksums: bool = False
+    model: str | None = None
+    hf: bool | None = None
+    progress: Callable[[int, int], None] | None = None
+
+    @staticmethod
+    def prefixes(strip_prefix: str | Sequence[str] | None) -> tuple[str, ...]:
+        """The strip_prefix argument as a tuple of non-empty prefixes."""
+        if strip_prefix is None:
+            return ()
+        if isinstance(strip_prefix, str):
+            return (strip_prefix,) if strip_prefix else ()
+        return tuple(p for p in strip_prefix if p)
 
 
 def files_to_scan(path: Path, index_shards: Iterable[str] | None = None) -> list[Path]:
@@ -96,8 +114,8 @@ def _own_indexes(directory: Path) -> tuple[list[Layout], list[FileError]]:
     return indexes, errors
 
 
-def _scan(path: Path, *, hash: bool, threads: int | None, progress: Callable[[int, int], None] | None,
-          index_shards: Iterable[str] = (), label: str | None = None, given: ScanResult | None = None) -> _Actual:
+def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = (), label: str | None = None,
+          given: ScanResult | None = None) -> _Actual:
     """Scans the files_to_scan of a file or checkpoint directory into an _Actual, with a note
     when a directory's other family of tensor files was left unread. `label` prefixes file
     names in errors (diff names both sides). `given`: a scan the caller already made of
@@ -114,7 +132,8 @@ def _scan(path: Path, *, hash: bool, threads: int | None, progress: Callable[[in
         if skipped:
             notes.append(f"{path} also holds {', '.join(skipped)}: checked the {formats.family_suffix(targets[0].name)} "
                          "files only")
-    result = given if given is not None else scan_paths(targets, hash=hash, threads=threads, progress=progress)
+    result = given if given is not None else scan_paths(targets, hash=options.hash, threads=options.threads,
+                                                        progress=options.progress)
     columns = result.columns
     names = columns.file
     if relabel:
@@ -266,68 +285,130 @@ def _prefix_note(layout: Layout, present: dict[str, Spec], base: tuple[set[str],
     return f"keys of {path} and {layout.source} differ by the prefix {''.join(best[1][len(user):])!r}: with {flags} {outcome}"
 
 
-def _collect_layouts(root: Path, against: Path | None, own_indexes: list[Layout], *, hash: bool, threads: int | None, checksums: bool,
-                     model: str | None, hf: bool | None, actual_shapes: Callable[[], dict[str, tuple[int, ...] | None]]
-                     ) -> tuple[list[Layout], list[str]]:
-    """The layouts to check against and notes on how they were chosen (see the module doc)."""
+def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: CheckOptions,
+          actual_shapes: Callable[[], dict[str, tuple[int, ...] | None]]) -> tuple[list[Layout], list[str]]:
+    """The layouts to check against and notes on how they were chosen (see the module doc):
+    without `against`, what the checkpoint declares (its indexes, manifest and config.json);
+    with it, what it names; and the `model` option's module."""
     found: list[Layout] = list(own_indexes)
     notes: list[str] = []
-    directory = root if root.is_dir() else None
-    config_path: Path | None = None
-    explicit_config = False
-    if against is None and directory is not None:
-        manifest = layouts.find_manifest(directory)
+    config: tuple[Path, bool] | None = None  # (config.json, named by `against`)
+    if against is None and root.is_dir():
+        manifest = layouts.find_manifest(root)
         if manifest is not None:
             found.append(layouts.manifest_layout(manifest))
-        if (directory / "config.json").is_file():
-            config_path = directory / "config.json"
+        if (root / "config.json").is_file():
+            config = (root / "config.json", False)
     elif against is not None:
         kind = layouts.classify(against)
-        if kind == "index":
-            index = layouts.index_layout(against)
-            if directory is None:
-                # one shard checked against a whole index: only what the index puts in it
-                index.specs = {k: spec for k, spec in index.specs.items() if spec.file == root.name}
-                index.files = (root.name,)
-            found.append(index)
-        elif kind == "manifest":
-            found.append(layouts.manifest_layout(layouts.find_manifest(against) if against.is_dir() else against))  # type: ignore[arg-type]
-        elif kind == "config":
-            config_path = against / "config.json" if against.is_dir() else against
-            explicit_config = True
+        if kind == "config":
+            config = (against / "config.json" if against.is_dir() else against, True)
         else:
-            found.append(_reference_layout(against, hash=hash and checksums, threads=threads))
-    if config_path is not None:
-        config = layouts.read_config(config_path)
-        use_hf = hf if hf is not None else explicit_config
-        built = None
-        if use_hf and layouts.transformers_available():
-            try:
-                built = layouts.transformers_layout(config_path)
-            except Exception as exc:  # e.g. a model_type this transformers lacks, or custom code
-                if hf and not isinstance(exc, layouts.RenamedOnLoad):
-                    raise
-                notes.append(f"transformers could not build the model of {config_path.name} ({exc}): structural check only")
-        if built is not None:
-            found.append(built)
-        else:
-            if use_hf and not layouts.transformers_available():
-                if hf:
-                    raise ImportError("transformers is not installed: pip install 'shardscan[hf]' (or drop --hf)")
-                notes.append("transformers is not installed: structural check of config.json only")
-            found.append(layouts.structural_layout(config, actual_shapes(), config_path.name))
-    if model is not None:
-        found.append(layouts.model_layout(model))
+            found.append(_named_layout(kind, against, root, options))
+    if config is not None:
+        layout, note = _config_layout(*config, options, actual_shapes)
+        found.append(layout)
+        notes += [note] if note else []
+    if options.model is not None:
+        found.append(layouts.model_layout(options.model))
     return found, notes
 
 
-def _reference_layout(path: Path, *, hash: bool, threads: int | None) -> Layout:
+def _named_layout(kind: str, against: Path, root: Path, options: CheckOptions) -> Layout:
+    """The layout of an `against` source that is no config: an index, a manifest or a
+    reference checkpoint."""
+    if kind == "index":
+        index = layouts.index_layout(against)
+        if not root.is_dir():
+            # one shard checked against a whole index: only what the index puts in it
+            index.specs = {k: spec for k, spec in index.specs.items() if spec.file == root.name}
+            index.files = (root.name,)
+        return index
+    if kind == "manifest":
+        manifest = layouts.find_manifest(against) if against.is_dir() else against
+        assert manifest is not None, "classify() says the directory holds a manifest"
+        return layouts.manifest_layout(manifest)
+    return _reference_layout(against, options)
+
+
+def _config_layout(config_path: Path, named: bool, options: CheckOptions,
+                   actual_shapes: Callable[[], dict[str, tuple[int, ...] | None]]) -> tuple[Layout, str | None]:
+    """The layout a config.json declares: built by transformers when options.hf asks for it
+    (None: when the config was named by `against`) and it can, else the structural check.
+    Returns the layout and a note when transformers was wanted but not used."""
+    config = layouts.read_config(config_path)
+    use_hf = options.hf if options.hf is not None else named
+    if not use_hf:
+        return layouts.structural_layout(config, actual_shapes(), config_path.name), None
+    note = None
+    if not layouts.transformers_available():
+        if options.hf:
+            raise ImportError("transformers is not installed: pip install 'shardscan[hf]' (or drop --hf)")
+        note = "transformers is not installed: structural check of config.json only"
+    else:
+        try:
+            return layouts.transformers_layout(config_path), None
+        except Exception as exc:  # e.g. a model_type this transformers lacks, or custom code
+            if options.hf and not isinstance(exc, layouts.RenamedOnLoad):
+                raise
+            note = f"transformers could not build the model of {config_path.name} ({exc}): structural check only"
+    return layouts.structural_layout(config, actual_shapes(), config_path.name), note
+
+
+def _reference_layout(path: Path, options: CheckOptions) -> Layout:
     """A reference checkpoint: its keys, dtypes, shapes (and checksums when hashed); its own
     unreadable files become errors of this layout, named under the reference's path."""
-    ref = _scan(path, hash=hash, threads=threads, progress=None, label=os.fspath(path))
+    reading = CheckOptions(hash=options.hash and options.checksums, threads=options.threads)
+    ref = _scan(path, reading, label=os.fspath(path))
     layout = Layout(kind="reference", source=f"reference {path}", specs=ref.specs)
     layout.errors = [(e.file, e.error) for e in ref.errors]
     return layout
+
+
+@dataclass
+class _Findings:
+    """What comparing a checkpoint with its layouts found."""
+
+    missing: set[str]
+    unexpected: set[str] = field(default_factory=set)
+    mismatched: dict[tuple[str, str], Mismatch] = field(default_factory=dict)
+    errors: list[FileError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, options: CheckOptions) -> _Findings:
+    """Measures the checkpoint against every layout."""
+    prefixes = options.strip_prefix
+    present = _strip_specs(actual.specs, prefixes)
+    out = _Findings(missing={layouts.strip_prefixes(k, prefixes) for k in actual.damaged}, errors=list(actual.errors))
+    compared_checksums = False
+    for raw in found:
+        layout = _strip_layout(raw, prefixes)
+        lost, extra = _keys_against(layout, present)
+        out.missing |= lost
+        out.unexpected |= extra
+        _mismatches(layout, present, out.mismatched)
+        compared_checksums |= any(spec.checksum for spec in layout.specs.values())
+        out.errors += [FileError(file, error) for file, error in layout.errors]
+        out.warnings += layout.warnings
+        if layout.kind == "index":
+            index_errors, index_warnings = _index_findings(raw, actual, root if root.is_dir() else root.parent,
+                                                           raw.source.removeprefix("index "), root.is_dir())
+            out.errors += index_errors
+            out.warnings += index_warnings
+        if layout.complete:
+            note = _prefix_note(layout, present, (lost, extra), path, prefixes)
+            if note:
+                out.notes.append(note)
+    if (compared_checksums or options.checksums) and not options.hash:
+        out.warnings.append("checksums not compared (--no-hash)")
+    for key, files in sorted(actual.duplicates.items()):
+        out.errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
+    if actual.files == 0 and not actual.errors and not any(layout.kind == "index" for layout in found):
+        # an interrupted save can leave config.json and nothing else: that is not "OK"
+        out.errors.append(FileError(path, "no tensor files found"))
+    return out
 
 
 def check(
@@ -360,71 +441,35 @@ def check(
     `against` that is no known layout source, ImportError when `hf=True` or `model` needs a
     package that is not installed."""
     started = time.perf_counter()
+    options = CheckOptions(hash=hash, threads=threads, strip_prefix=CheckOptions.prefixes(strip_prefix),
+                           checksums=checksums, model=model, hf=hf, progress=progress)
+    for given in (path, against):
+        if given is not None and not Path(given).exists():
+            raise FileNotFoundError(f"{given}: no such file or directory")
     root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
     against_path = Path(against) if against is not None else None
-    if against_path is not None and not against_path.exists():
-        raise FileNotFoundError(f"{against}: no such file or directory")
-    prefixes = _normalize_prefixes(strip_prefix)
 
     # The checkpoint's own indexes: read first, since they say which format family to scan.
     own_indexes, index_errors = _own_indexes(root) if root.is_dir() else ([], [])
-    actual = _scan(root, hash=hash, threads=threads, progress=progress,
-                   index_shards=[name for index in own_indexes for name in index.files], given=scan)
+    actual = _scan(root, options, index_shards=[name for index in own_indexes for name in index.files], given=scan)
     actual.errors += index_errors
-    present = _strip_specs(actual.specs, prefixes)
-    found, notes = _collect_layouts(
-        root, against_path, own_indexes, hash=hash, threads=threads, checksums=checksums, model=model, hf=hf,
-        actual_shapes=lambda: {k: s.shape for k, s in present.items()},
-    )
-    notes += actual.notes
-
-    missing: set[str] = {layouts.strip_prefixes(k, prefixes) for k in actual.damaged}
-    unexpected: set[str] = set()
-    mismatched: dict[tuple[str, str], Mismatch] = {}
-    errors = list(actual.errors)
-    warnings: list[str] = []
-    compared_checksums = False
-    for raw in found:
-        layout = _strip_layout(raw, prefixes)
-        lost, extra = _keys_against(layout, present)
-        missing |= lost
-        unexpected |= extra
-        _mismatches(layout, present, mismatched)
-        compared_checksums |= any(spec.checksum for spec in layout.specs.values())
-        errors += [FileError(file, error) for file, error in layout.errors]
-        warnings += layout.warnings
-        if layout.kind == "index":
-            index_errors, index_warnings = _index_findings(raw, actual, root if root.is_dir() else root.parent,
-                                                           raw.source.removeprefix("index "), root.is_dir())
-            errors += index_errors
-            warnings += index_warnings
-        if layout.complete:
-            note = _prefix_note(layout, present, (lost, extra), os.fspath(path), prefixes)
-            if note:
-                notes.append(note)
-    if (compared_checksums or checksums) and not hash:
-        warnings.append("checksums not compared (--no-hash)")
-    for key, files in sorted(actual.duplicates.items()):
-        errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
-    if actual.files == 0 and not actual.errors and not any(layout.kind == "index" for layout in found):
-        # an interrupted save can leave config.json and nothing else: that is not "OK"
-        errors.append(FileError(os.fspath(path), "no tensor files found"))
+    found, notes = _plan(root, against_path, own_indexes, options,
+                         lambda: {k: s.shape for k, s in _strip_specs(actual.specs, options.strip_prefix).items()})
+    findings = _compare(found, actual, root, os.fspath(path), options)
     return Report(
         path=os.fspath(path),
         against=os.fspath(against) if against is not None else None,
         files=actual.files,
         tensors=actual.tensors,
         bytes=actual.nbytes,
-        missing=tuple(natural_sorted(missing)),
-        unexpected=tuple(natural_sorted(unexpected - missing)),
-        mismatched=tuple(mismatched.values()),
-        errors=tuple(_merge_errors(errors)),
-        warnings=tuple(dict.fromkeys(warnings)),
-        notes=tuple(dict.fromkeys(notes)),
+        missing=tuple(natural_sorted(findings.missing)),
+        unexpected=tuple(natural_sorted(findings.unexpected - findings.missing)),
+        mismatched=tuple(findings.mismatched.values()),
+        errors=tuple(_merge_errors(findings.errors)),
+        warnings=tuple(dict.fromkeys(findings.warnings)),
+        notes=tuple(dict.fromkeys(notes + actual.notes + findings.notes)),
         layouts=tuple(layout.source for layout in found),
-        strip_prefix=prefixes,
+        strip_prefix=options.strip_prefix,
         elapsed=time.perf_counter() - started,
     )
 
@@ -455,9 +500,10 @@ def diff(
     for given in (a, b):
         if not Path(given).exists():
             raise FileNotFoundError(f"{given}: no such file or directory")
-    prefixes = _normalize_prefixes(strip_prefix)
-    left = _scan(Path(a), hash=hash, threads=threads, progress=None, label=os.fspath(a))
-    right = _scan(Path(b), hash=hash, threads=threads, progress=None, label=os.fspath(b))
+    prefixes = CheckOptions.prefixes(strip_prefix)
+    options = CheckOptions(hash=hash, threads=threads, strip_prefix=prefixes)
+    left = _scan(Path(a), options, label=os.fspath(a))
+    right = _scan(Path(b), options, label=os.fspath(b))
     a_specs, b_specs = _strip_specs(left.specs, prefixes), _strip_specs(right.specs, prefixes)
     as_layout = Layout(kind="reference", source=os.fspath(a), specs=a_specs)
     changed: dict[tuple[str, str], Mismatch] = {}
