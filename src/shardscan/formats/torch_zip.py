@@ -30,7 +30,7 @@ from .._core import HashJob, NativeFile, ZipListing, ZipRecord, ZipTruncated, pa
 from ..errors import FormatError, IntegrityError, NotACheckpointError
 from . import _views
 from .base import FileProblem, Format, Job, Listing
-from .torch_pickle import COMPLEX, ITEMSIZE, TORCH_POLICY
+from .torch_pickle import COMPLEX, ITEMSIZE, OBJECTS_POLICY, TORCH_POLICY
 
 NAME = "torch"
 
@@ -157,10 +157,11 @@ def _directory(file: NativeFile) -> tuple[ZipListing, bool]:
         raise
 
 
-def read(file: NativeFile, name: str) -> Listing:
+def read(file: NativeFile, name: str, policy: pickle_reader.Policy = TORCH_POLICY) -> Listing:
     """Rows for every tensor of a torch.save file. Raises FormatError for a legacy file, a
-    TorchScript archive, a damaged directory or an unsafe pickle (UnsafePickleError); a
-    truncated archive still yields the tensors whose records survived, with a FileProblem."""
+    TorchScript archive, a damaged directory or an unsafe pickle (UnsafePickleError: a global
+    outside `policy`); a truncated archive still yields the tensors whose records survived,
+    with a FileProblem."""
     if file.read(0, min(file.size, len(_LEGACY_MAGIC))).startswith(_LEGACY_MAGIC):
         raise FormatError("a legacy torch.save file (torch < 1.6, not a zip archive); not supported", path=file.path)
     zl, truncated = _directory(file)
@@ -171,7 +172,7 @@ def read(file: NativeFile, name: str) -> Listing:
     pkl = records["data.pkl"]
     if not pkl.intact:
         raise FormatError("truncated inside data.pkl: no tensor can be named", path=file.path)
-    obj = read_pickle(file, pkl)
+    obj = read_pickle(file, pkl, policy)
     listing = Listing(format=NAME, files=[file], names=[name])
     found = _list_tensors(listing, obj, records, byteorder_is_big(file, records))
     covered = {job.record for job in listing.jobs or () if job.record} | {"data.pkl"}
@@ -239,10 +240,17 @@ def _report(listing: Listing, name: str, path: str, truncated: bool, found: _Fou
         listing.problems.append(FileProblem(name, FormatError(message, path=path)))
 
 
+def read_objects(file: NativeFile, name: str) -> Listing:
+    """read() for a file its framework unpickles in full: any global is described, none
+    refused (and none imported or called); the archive and every CRC are checked the same."""
+    return read(file, name, OBJECTS_POLICY)
+
+
 FORMAT = Format(
     name=NAME,
     suffixes=(".bin", ".pt", ".pth", ".ckpt"),
     sniff=sniff,
     read=read,
+    read_objects=read_objects,
     kinds={".ckpt": "lightning"},
 )
