@@ -18,6 +18,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* internal.h needs sigjmp_buf, which strict C11 hides */
 #endif
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,8 +51,10 @@
 #define EXTRA_ID_ZIP64 0x0001u
 
 #define METHOD_STORED 0u
-#define FLAG_ENCRYPTED 0x0001u       /* general-purpose bit 0 */
-#define FLAG_DATA_DESCRIPTOR 0x0008u /* bit 3: CRC and sizes follow the data */
+#define FLAG_ENCRYPTED 0x0001u         /* general-purpose bit 0 */
+#define FLAG_DATA_DESCRIPTOR 0x0008u   /* bit 3: CRC and sizes follow the data */
+#define FLAG_STRONG_ENCRYPTION 0x0040u /* bit 6 */
+#define FLAG_MASKED_HEADERS 0x2000u    /* bit 13: local headers encrypted (miniz refuses the archive) */
 
 /* Caps that no real checkpoint approaches but that keep a hostile directory from making us
  * allocate gigabytes: a 1,000-shard optimizer state has a few thousand records per file. */
@@ -280,6 +283,7 @@ typedef struct {
     const ss_file *file;
     uint64_t base, size;
     uint64_t eocd_offset;
+    uint64_t last_eocd_signature; /* the last "PK\5\6" with room for an end record after it */
     uint64_t entries, cd_offset, cd_size;
     uint64_t cd_limit;  /* the directory must end here: at the ZIP64 record or the EOCD */
     uint8_t *cd;        /* the central directory, copied */
@@ -295,7 +299,9 @@ static void archive_free(zip_archive *a) {
 }
 
 /* Finds the end record. Accepts a candidate only if its comment runs exactly to the end of
- * the archive, so a stray "PK\5\6" inside tensor bytes cannot be mistaken for the real one. */
+ * the archive, so a stray "PK\5\6" inside tensor bytes cannot be mistaken for the real one.
+ * Also notes the last signature of all with EOCD_LEN bytes after it: the one a reader that
+ * ignores the comment length (miniz, hence torch) takes. */
 static ss_status find_eocd(zip_archive *a, eocd_record *eocd, ss_error *err) {
     if (a->size < EOCD_LEN)
         return ss_fail(err, SS_E_ZIP_NO_EOCD, "%llu bytes is too small for a zip end record (truncated?)",
@@ -305,12 +311,11 @@ static ss_status find_eocd(zip_archive *a, eocd_record *eocd, ss_error *err) {
     uint8_t *tail = malloc((size_t)tail_len);
     if (!tail) return ss_fail(err, SS_E_NOMEM, "out of memory");
     ss_status st = ss_file_read(a->file, a->base + tail_start, tail, tail_len, err);
-    int found = 0;
+    int found = 0, seen = 0;
     for (uint64_t i = tail_len - EOCD_LEN + 1; st == SS_OK && !found && i-- > 0;) {
-        if (decode_eocd(tail + i, eocd) && i + EOCD_LEN + eocd->comment_len == tail_len) {
-            a->eocd_offset = tail_start + i;
-            found = 1;
-        }
+        if (!decode_eocd(tail + i, eocd)) continue;
+        if (!seen) a->last_eocd_signature = tail_start + i, seen = 1;
+        if (i + EOCD_LEN + eocd->comment_len == tail_len) a->eocd_offset = tail_start + i, found = 1;
     }
     free(tail);
     if (st != SS_OK) return st;
@@ -437,10 +442,9 @@ static ss_status read_local_header(const zip_archive *a, zip_record *r, ss_error
     return SS_OK;
 }
 
-/* The generic reader: end records, directory, every record's local header. */
-static ss_status read_archive(zip_archive *a, ss_error *err) {
-    ss_status st = read_end_records(a, err);
-    if (st == SS_OK) st = read_central_directory(a, err);
+/* The generic reader after the end records: directory, every record's local header. */
+static ss_status read_records(zip_archive *a, ss_error *err) {
+    ss_status st = read_central_directory(a, err);
     uint64_t pos = 0;
     for (uint64_t n = 0; st == SS_OK && n < a->entries; n++) {
         zip_record *r = &a->records[n];
@@ -453,6 +457,81 @@ static ss_status read_archive(zip_archive *a, ss_error *err) {
 
 /* ==== 3. the torch rules ===================================================================== */
 
+/* Where torch's reader (caffe2/serialize/inline_container.cc over miniz) could resolve the
+ * archive differently from us, we refuse rather than certify bytes torch does not load. */
+
+/* miniz scans backwards for the last end-record signature with room for a record after it,
+ * whatever its comment length says. Ours must be that one, or torch may read another archive
+ * (one hidden in our end record's comment, say) with other tensors and correct CRCs. */
+static ss_status check_one_end_record(const zip_archive *a, ss_error *err) {
+    if (a->last_eocd_signature == a->eocd_offset) return SS_OK;
+    return ss_fail(err, SS_E_ZIP_TWO_EOCD,
+                   "a second end-of-central-directory signature at %llu follows the end record at %llu: "
+                   "torch may read the archive it describes",
+                   (unsigned long long)a->last_eocd_signature, (unsigned long long)a->eocd_offset);
+}
+
+/* torch.load takes a file for a zip archive only if it starts with a local header signature;
+ * anything else it unpickles from byte 0 as a legacy (pre-1.6) file, never reading our directory. */
+static ss_status check_starts_with_local_header(const zip_archive *a, ss_error *err) {
+    uint8_t head[4];
+    ss_status st = ss_file_read(a->file, a->base, head, sizeof head, err); /* size >= EOCD_LEN */
+    if (st != SS_OK || le32(head) == SIG_LOCAL) return st;
+    return ss_fail(err, SS_E_ZIP_NOT_AT_START,
+                   "archive starts with bytes %02x %02x %02x %02x, not a zip local header: "
+                   "torch.load would read it as a legacy file",
+                   head[0], head[1], head[2], head[3]);
+}
+
+/* A name that is not UTF-8, for a message: printable ASCII as is, every other byte as \xNN. */
+static void quote_bytes(char *out, size_t cap, const char *name, uint32_t len) {
+    size_t o = 0;
+    uint32_t i = 0;
+    for (; i < len && o + 8 < cap; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c >= 0x20 && c < 0x7f && c != '\\') out[o++] = (char)c;
+        else o += (size_t)snprintf(out + o, cap - o, "\\x%02x", c);
+    }
+    memcpy(out + o, i < len ? "..." : "", i < len ? 4 : 1);
+}
+
+/* miniz folds ASCII letters only (MZ_TOLOWER), so do we. */
+static unsigned char fold_ascii(unsigned char c) { return c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c; }
+
+static int compare_folded(const char *x, uint32_t x_len, const char *y, uint32_t y_len) {
+    uint32_t n = x_len < y_len ? x_len : y_len;
+    for (uint32_t i = 0; i < n; i++) {
+        int c = fold_ascii((unsigned char)x[i]) - fold_ascii((unsigned char)y[i]);
+        if (c) return c;
+    }
+    return (x_len > y_len) - (x_len < y_len);
+}
+
+/* Records torch.load looks up by a fixed name inside the archive's folder
+ * (inline_container.cc, torch/serialization.py); miniz finds them ignoring case. */
+static const char *const TORCH_FIXED_NAMES[] = {"data.pkl",      "byteorder",          "version",
+                                                ".data/version", ".format_version",    ".storage_alignment",
+                                                ".data/serialization_id"};
+
+/* A lone "BYTEORDER" is the "byteorder" record to torch but absent to an exact lookup. */
+static ss_status check_fixed_name_case(const zip_archive *a, uint32_t prefix_len, ss_error *err) {
+    for (uint32_t i = 0; i < a->count; i++) {
+        const zip_record *r = &a->records[i];
+        const char *rest = r->name + prefix_len;
+        uint32_t rest_len = r->central.name_len - prefix_len;
+        for (size_t k = 0; k < sizeof TORCH_FIXED_NAMES / sizeof *TORCH_FIXED_NAMES; k++) {
+            const char *fixed = TORCH_FIXED_NAMES[k];
+            uint32_t fixed_len = (uint32_t)strlen(fixed);
+            if (compare_folded(rest, rest_len, fixed, fixed_len) != 0 || memcmp(rest, fixed, fixed_len) == 0) continue;
+            char qname[96];
+            ss_quote_name(qname, sizeof qname, r->name, r->central.name_len);
+            return ss_fail(err, SS_E_ZIP_CASE, "record '%s' differs from '%s' only in case: torch reads it as that record",
+                           qname, fixed);
+        }
+    }
+    return SS_OK;
+}
+
 /* A record as torch.save writes it: stored, not encrypted, under the archive's top-level
  * folder (`prefix_len` bytes of the first record's name, its '/' included), its local header
  * naming it and, without a data descriptor, carrying the same CRC and sizes. `local_name` is
@@ -463,7 +542,13 @@ static ss_status check_torch_record(const zip_archive *a, const zip_record *r, u
     const local_header *l = &r->local;
     char qname[96];
     ss_quote_name(qname, sizeof qname, r->name, e->name_len);
-    if (e->flags & FLAG_ENCRYPTED) return ss_fail(err, SS_E_ZIP_ENCRYPTED, "record '%s' is encrypted", qname);
+    if (e->flags & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION | FLAG_MASKED_HEADERS))
+        return ss_fail(err, SS_E_ZIP_ENCRYPTED, "record '%s' is encrypted", qname);
+    if (!ss_utf8_valid((const unsigned char *)r->name, e->name_len)) {
+        quote_bytes(qname, sizeof qname, r->name, e->name_len);
+        return ss_fail(err, SS_E_ZIP_NAME_UTF8,
+                       "record name '%s' is not valid UTF-8: torch cannot list the archive's records", qname);
+    }
     if (e->method != METHOD_STORED)
         return ss_fail(err, SS_E_ZIP_COMPRESSED, "record '%s' is compressed (method %u); torch writes stored records",
                        qname, e->method);
@@ -505,18 +590,31 @@ static int by_name(const void *a, const void *b) {
     return c ? c : (x->len > y->len) - (x->len < y->len);
 }
 
+/* Case-folded first, so that names equal but for case sort next to each other. */
+static int by_folded_name(const void *a, const void *b) {
+    const named *x = a, *y = b;
+    int c = compare_folded(x->name, x->len, y->name, y->len);
+    return c ? c : by_name(a, b);
+}
+
+/* Names unique, and unique ignoring case: miniz looks records up case-insensitively by a
+ * binary search, so which of "data/a" and "data/A" torch loads depends on the directory. */
 static ss_status check_unique_names(const zip_archive *a, ss_error *err) {
     named *names = malloc((size_t)a->count * sizeof *names);
     if (!names) return ss_fail(err, SS_E_NOMEM, "out of memory");
     for (uint32_t i = 0; i < a->count; i++) names[i] = (named){a->records[i].name, a->records[i].central.name_len, i};
-    qsort(names, a->count, sizeof *names, by_name);
+    qsort(names, a->count, sizeof *names, by_folded_name);
     ss_status st = SS_OK;
     for (uint32_t k = 1; k < a->count && st == SS_OK; k++) {
-        if (by_name(&names[k - 1], &names[k]) == 0) {
-            char qname[96];
-            ss_quote_name(qname, sizeof qname, names[k].name, names[k].len);
-            st = ss_fail(err, SS_E_ZIP_DUPLICATE, "zip entry '%s' appears twice", qname);
-        }
+        const named *x = &names[k - 1], *y = &names[k];
+        if (compare_folded(x->name, x->len, y->name, y->len) != 0) continue;
+        char qx[96], qy[96];
+        ss_quote_name(qx, sizeof qx, x->name, x->len);
+        ss_quote_name(qy, sizeof qy, y->name, y->len);
+        if (by_name(x, y) == 0)
+            st = ss_fail(err, SS_E_ZIP_DUPLICATE, "zip entry '%s' appears twice", qx);
+        else
+            st = ss_fail(err, SS_E_ZIP_CASE, "records '%s' and '%s' differ only in case: torch may load either", qx, qy);
     }
     free(names);
     return st;
@@ -574,13 +672,15 @@ static ss_status check_torch_archive(const zip_archive *a, uint32_t *prefix_len,
         return ss_fail(err, SS_E_ZIP_PREFIX, "first entry '%s' is not inside a top-level folder", qname);
     }
     *prefix_len = (uint32_t)(slash - first->name) + 1;
+    ss_status st = check_starts_with_local_header(a, err);
+    if (st != SS_OK) return st;
     char *local_name = malloc(MAX_NAME);
     if (!local_name) return ss_fail(err, SS_E_NOMEM, "out of memory");
-    ss_status st = SS_OK;
     for (uint32_t i = 0; i < a->count && st == SS_OK; i++)
         st = check_torch_record(a, &a->records[i], *prefix_len, local_name, err);
     free(local_name);
     if (st == SS_OK) st = check_unique_names(a, err);
+    if (st == SS_OK) st = check_fixed_name_case(a, *prefix_len, err);
     if (st == SS_OK) st = check_no_overlap(a, err);
     return st;
 }
@@ -611,7 +711,9 @@ ss_status ss_zip_parse_range(const ss_file *file, uint64_t base, uint64_t length
                        (unsigned long long)base, (unsigned long long)length, (unsigned long long)file->size);
     zip_archive a = {.file = file, .base = base, .size = length};
     uint32_t prefix_len = 0;
-    ss_status st = read_archive(&a, err);
+    ss_status st = read_end_records(&a, err);
+    if (st == SS_OK) st = check_one_end_record(&a, err);
+    if (st == SS_OK) st = read_records(&a, err);
     if (st == SS_OK) st = check_torch_archive(&a, &prefix_len, err);
     if (st == SS_OK) st = fill_listing(&a, prefix_len, out, err);
     archive_free(&a);
