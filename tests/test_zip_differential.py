@@ -23,7 +23,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hostile.make_zips import Case, cases
+from hostile.make_zips import Case, cases, dcp_checkpoint, legacy_then_zip, stored_zip, torch_records
 from shardscan._core import NativeFile, ffi, lib
 from shardscan.cli import app
 
@@ -109,11 +109,38 @@ def test_real_process_one_failed_line_per_file(tmp_path):
     assert failed == sorted(f"{c.name}.pt" for c in CASES)
 
 
+def load_with_dcp(directory: Path, like: dict) -> dict:
+    import torch.distributed.checkpoint as dcp
+
+    loaded = {k: torch.zeros_like(v) for k, v in like.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one process, no process group
+        dcp.load(loaded, checkpoint_id=str(directory))
+    return loaded
+
+
+@pytest.mark.parametrize("legacy_first", [False, True], ids=["zip", "legacy-then-zip"])
+def test_dcp_chunk_that_torch_loads_as_a_legacy_file(tmp_path, legacy_first):
+    # A DCP chunk is a byte range that torch.load reads on its own, so the CLI's sniffing of
+    # a file's first bytes never sees it: only the core's start rule stands between a chunk
+    # torch unpickles as a legacy file and a checksum of the zip behind it.
+    ours, other = torch.arange(4, dtype=torch.float32), -torch.arange(4, dtype=torch.float32)
+    archive = stored_zip(torch_records(ours))
+    if legacy_first:
+        archive = legacy_then_zip(other, torch_records(ours))
+    dcp_checkpoint(tmp_path / "ckpt", "w", ours, archive)
+    assert torch.equal(load_with_dcp(tmp_path / "ckpt", {"w": ours})["w"], other if legacy_first else ours)
+    result = runner.invoke(app, ["check", str(tmp_path / "ckpt")])
+    if legacy_first:
+        assert result.exit_code == 1, result.output
+        assert "not a zip local header" in result.stdout
+    else:
+        assert result.exit_code == 0, result.output
+
+
 def test_the_untouched_rebuild_loads_and_checks_clean(tmp_path):
     # The cases' writer is sound: the unchanged records, rebuilt, are what torch saved and
     # what shardscan passes, so each refusal above comes from the one change.
-    from hostile.make_zips import stored_zip, torch_records
-
     state = {"w": torch.arange(4, dtype=torch.float32)}
     data = stored_zip(torch_records(state))
     assert same_tensors(torch_outcome(data), state)

@@ -36,6 +36,7 @@ Each case names:
 from __future__ import annotations
 
 import io
+import pickle
 import struct
 import sys
 import zipfile
@@ -113,7 +114,7 @@ def two_archives(outer: Records, inner: Records) -> bytes:
     return first[:-2] + struct.pack("<H", len(hidden)) + hidden
 
 
-def legacy_then_zip(legacy_state: dict, records: Records) -> bytes:
+def legacy_then_zip(legacy_state: object, records: Records) -> bytes:
     """A legacy torch.save file (its first pickle re-marked as protocol 3, so it no longer
     starts with the usual bytes) followed by a zip whose offsets count from the file start."""
     buf = io.BytesIO()
@@ -122,6 +123,23 @@ def legacy_then_zip(legacy_state: dict, records: Records) -> bytes:
     assert legacy.startswith(b"\x80\x02")
     legacy = b"\x80\x03" + legacy[2:]
     return legacy + stored_zip(records, base=len(legacy))
+
+
+def dcp_checkpoint(directory: Path, name: str, like: torch.Tensor, archive: bytes) -> None:
+    """A one-tensor torch.distributed.checkpoint folder whose only chunk is `archive` (which
+    should hold a tensor of `like`'s dtype and shape), at offset 0 of __0_0.distcp; the
+    .metadata is what DCP's own writer pickles."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
+                                                       TensorProperties, TensorStorageMetadata)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "__0_0.distcp").write_bytes(archive)
+    origin = torch.Size([0] * like.dim())
+    storage = {MetadataIndex(name, origin, 0): _StorageInfo("__0_0.distcp", 0, len(archive))}
+    chunks = [ChunkStorageMetadata(offsets=origin, sizes=like.size())]
+    tensors = {name: TensorStorageMetadata(TensorProperties(dtype=like.dtype), like.size(), chunks)}
+    (directory / ".metadata").write_bytes(pickle.dumps(Metadata(state_dict_metadata=tensors, storage_data=storage)))
 
 
 def cases() -> list[Case]:
