@@ -58,7 +58,8 @@
     X(SS_E_ZIP_TWO_EOCD, 61, "zip has a second end record: torch may read another archive")  \
     X(SS_E_ZIP_CASE, 62, "zip record names differ only in case: torch may load either")      \
     X(SS_E_ZIP_NAME_UTF8, 63, "zip record name is not valid UTF-8: torch refuses it")        \
-    X(SS_E_ZIP_NOT_AT_START, 64, "archive does not start with a zip local header")
+    X(SS_E_ZIP_NOT_AT_START, 64, "archive does not start with a zip local header")          \
+    X(SS_E_ZIP_DIRECTORY, 65, "zip record is marked as a folder: torch reads none of its bytes")
 
 typedef enum {
 #define SS_ENUM_ITEM(name, number, message) name = number,

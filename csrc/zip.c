@@ -55,6 +55,7 @@
 #define FLAG_DATA_DESCRIPTOR 0x0008u   /* bit 3: CRC and sizes follow the data */
 #define FLAG_STRONG_ENCRYPTION 0x0040u /* bit 6 */
 #define FLAG_MASKED_HEADERS 0x2000u    /* bit 13: local headers encrypted (miniz refuses the archive) */
+#define DOS_ATTR_DIRECTORY 0x10u        /* in external_attrs: the entry is a folder */
 
 /* Caps that no real checkpoint approaches but that keep a hostile directory from making us
  * allocate gigabytes: a 1,000-shard optimizer state has a few thousand records per file. */
@@ -102,13 +103,14 @@ static int decode_locator64(const uint8_t *p, locator64_record *r) {
 
 /* ZIP64 end of central directory record (EOCD64_LEN bytes without its extensible data). */
 typedef struct {
+    uint64_t record_size; /* bytes after this field: EOCD64_LEN - 12 and any extensible data */
     uint32_t disk, cd_disk;
     uint64_t entries_on_disk, entries, cd_size, cd_offset;
 } eocd64_record;
 
 static int decode_eocd64(const uint8_t *p, eocd64_record *r) {
     if (le32(p) != SIG_EOCD64) return 0;
-    *r = (eocd64_record){.disk = le32(p + 16), .cd_disk = le32(p + 20), .entries_on_disk = le64(p + 24),
+    *r = (eocd64_record){.record_size = le64(p + 4), .disk = le32(p + 16), .cd_disk = le32(p + 20), .entries_on_disk = le64(p + 24),
                          .entries = le64(p + 32), .cd_size = le64(p + 40), .cd_offset = le64(p + 48)};
     return 1;
 }
@@ -120,13 +122,16 @@ typedef struct {
     uint32_t crc;
     uint64_t csize, usize, local_offset;
     uint16_t name_len, extra_len, comment_len;
+    uint16_t disk_start;     /* the disk the record starts on */
+    uint32_t external_attrs; /* host-specific; the low byte holds MS-DOS attributes */
 } central_entry;
 
 static int decode_central(const uint8_t *p, central_entry *e) {
     if (le32(p) != SIG_CENTRAL) return 0;
     *e = (central_entry){.flags = le16(p + 8), .method = le16(p + 10), .crc = le32(p + 16),
                          .csize = le32(p + 20), .usize = le32(p + 24), .name_len = le16(p + 28),
-                         .extra_len = le16(p + 30), .comment_len = le16(p + 32), .local_offset = le32(p + 42)};
+                         .extra_len = le16(p + 30), .comment_len = le16(p + 32), .disk_start = le16(p + 34),
+                         .external_attrs = le32(p + 38), .local_offset = le32(p + 42)};
     return 1;
 }
 
@@ -326,7 +331,7 @@ static ss_status find_eocd(zip_archive *a, eocd_record *eocd, ss_error *err) {
 /* Reads the ZIP64 end record that `loc` points at; its fields replace the EOCD's. */
 static ss_status read_eocd64(zip_archive *a, const locator64_record *loc, ss_error *err) {
     uint64_t record_end;
-    if (loc->eocd64_disk != 0 || loc->disks > 1)
+    if (loc->eocd64_disk != 0 || loc->disks != 1)
         return ss_fail(err, SS_E_ZIP_CORRUPT, "multi-disk zip archives are not supported");
     if (!ss_add_u64(loc->eocd64_offset, EOCD64_LEN, &record_end) || record_end > a->eocd_offset - LOCATOR64_LEN)
         return ss_fail(err, SS_E_ZIP_CORRUPT, "ZIP64 end record at %llu lies outside the file",
@@ -340,6 +345,9 @@ static ss_status read_eocd64(zip_archive *a, const locator64_record *loc, ss_err
                        (unsigned long long)loc->eocd64_offset);
     if (r.disk != 0 || r.cd_disk != 0 || r.entries_on_disk != r.entries)
         return ss_fail(err, SS_E_ZIP_CORRUPT, "multi-disk zip archives are not supported");
+    if (r.record_size < EOCD64_LEN - 12)
+        return ss_fail(err, SS_E_ZIP_CORRUPT, "ZIP64 end record claims %llu bytes, fewer than its own fields",
+                       (unsigned long long)r.record_size);
     a->entries = r.entries;
     a->cd_size = r.cd_size;
     a->cd_offset = r.cd_offset;
@@ -404,6 +412,9 @@ static ss_status decode_directory_entry(const zip_archive *a, uint64_t n, uint64
     if (a->cd_size - *pos - CENTRAL_LEN < var_len)
         return ss_fail(err, SS_E_ZIP_CORRUPT, "central directory entry %llu runs past the directory",
                        (unsigned long long)n);
+    if (e->disk_start != 0)
+        return ss_fail(err, SS_E_ZIP_CORRUPT, "central directory entry %llu starts on disk %u: multi-disk zip archives are not supported",
+                       (unsigned long long)n, e->disk_start);
     r->name = (const char *)h + CENTRAL_LEN;
     if (e->name_len == 0 || memchr(r->name, 0, e->name_len))
         return ss_fail(err, SS_E_ZIP_CORRUPT, "central directory entry %llu has an empty or NUL-bearing name",
@@ -549,6 +560,10 @@ static ss_status check_torch_record(const zip_archive *a, const zip_record *r, u
         return ss_fail(err, SS_E_ZIP_NAME_UTF8,
                        "record name '%s' is not valid UTF-8: torch cannot list the archive's records", qname);
     }
+    /* miniz extracts nothing from what it takes for a folder: torch would get uninitialised memory. */
+    if ((e->external_attrs & DOS_ATTR_DIRECTORY) || r->name[e->name_len - 1] == '/')
+        return ss_fail(err, SS_E_ZIP_DIRECTORY, "record '%s' is marked as a folder: torch reads none of its bytes",
+                       qname);
     if (e->method != METHOD_STORED)
         return ss_fail(err, SS_E_ZIP_COMPRESSED, "record '%s' is compressed (method %u); torch writes stored records",
                        qname, e->method);

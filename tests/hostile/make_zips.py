@@ -29,7 +29,8 @@ Each case names:
   message      a fragment of the core's message for it
   ours         the state dict held by the records an exact reader resolves (the directory
                our end record describes, records looked up by their exact names)
-  torch_loads  what torch.load(weights_only=True) returns, None where it refuses the file
+  torch_loads  what torch.load(weights_only=True) returns, None where it refuses the file,
+               UNREAD where it returns tensors without reading their record
   cli_message  what `shardscan check` says, where an earlier rule than the core's speaks
 """
 
@@ -47,7 +48,12 @@ from pathlib import Path
 import torch
 
 SIG_LOCAL, SIG_CENTRAL, SIG_EOCD = 0x04034B50, 0x02014B50, 0x06054B50
+SIG_EOCD64, SIG_LOCATOR64 = 0x06064B50, 0x07064B50
+DOS_DIRECTORY = 0x10  # MS-DOS attribute bit in a central entry's external attributes
 Records = list[tuple[bytes, bytes]]
+# torch_loads for a file torch loads without reading the record's bytes: what it returns is
+# whatever memory it allocated, so only "not ours" can be said of it.
+UNREAD = "unread"
 
 
 @dataclass(frozen=True)
@@ -57,25 +63,40 @@ class Case:
     status: str
     message: str
     ours: dict
-    torch_loads: dict | None
+    torch_loads: dict | str | None
     cli_message: str = ""
 
 
 def stored_zip(records: Records, base: int = 0, comment: bytes = b"", comment_len: int | None = None,
-               flags: int = 0) -> bytes:
+               flags: int = 0, folders: frozenset[bytes] = frozenset()) -> bytes:
     """A zip of stored records, offsets counted from `base` (where the archive will sit in
     its file). `comment_len` overrides the end record's comment length field; `flags` is
-    every header's general-purpose bit field."""
+    every header's general-purpose bit field; records named in `folders` carry the MS-DOS
+    directory attribute."""
     body, directory = bytearray(), bytearray()
     for name, data in records:
         offset, crc, n = base + len(body), zlib.crc32(data), len(data)
         body += struct.pack("<IHHHHHIIIHH", SIG_LOCAL, 20, flags, 0, 0, 0, crc, n, n, len(name), 0) + name + data
+        attrs = DOS_DIRECTORY if name in folders else 0
         directory += struct.pack("<IHHHHHHIIIHHHHHII", SIG_CENTRAL, 20, 20, flags, 0, 0, 0, crc, n, n, len(name),
-                                 0, 0, 0, 0, 0, offset) + name
+                                 0, 0, 0, 0, attrs, offset) + name
     count, cd_offset = len(records), base + len(body)
     length = len(comment) if comment_len is None else comment_len
     eocd = struct.pack("<IHHHHIIH", SIG_EOCD, 0, 0, count, count, len(directory), cd_offset, length)
     return bytes(body + directory + eocd + comment)
+
+
+def torch_saved(state: object) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def patched(blob: bytes, signature: int, field: int, fmt: str, value: int) -> bytes:
+    """`blob` with the field at `field` bytes into its last `signature` record set to `value`."""
+    out = bytearray(blob)
+    struct.pack_into(fmt, out, out.rfind(struct.pack("<I", signature)) + field, value)
+    return bytes(out)
 
 
 def torch_records(state: dict) -> Records:
@@ -143,10 +164,12 @@ def dcp_checkpoint(directory: Path, name: str, like: torch.Tensor, archive: byte
 
 
 def cases() -> list[Case]:
-    """Every case, built afresh (deterministic: fixed tensors, in-memory torch.save)."""
+    """Every case, built afresh from fixed tensors; byte for byte the same each time except
+    the legacy file's storage key, which legacy torch.save takes from a memory address."""
     ours = {"w": torch.arange(4, dtype=torch.float32)}
     other = {"w": -torch.arange(4, dtype=torch.float32)}
     hidden = {"evil": torch.arange(4, dtype=torch.float32)}  # same storage size, other names
+    marked = {"w": torch.randn(1024, generator=torch.Generator().manual_seed(12))}
     base, alt = torch_records(ours), torch_records(other)
     data0, pkl, order = b"archive/data/0", b"archive/data.pkl", b"archive/byteorder"
     # A "big" byteorder record makes torch swap each element's bytes: little-endian floats
@@ -173,6 +196,17 @@ def cases() -> list[Case]:
         Case("names_not_utf8", stored_zip(base + [(b"archive/extra/\xff", b"x"), (b"archive/extra/\xfe", b"y")]),
              "SS_E_ZIP_NAME_UTF8", "not valid UTF-8", ours, None),
         Case("masked_local_headers", stored_zip(base, flags=0x2000), "SS_E_ZIP_ENCRYPTED", "is encrypted", ours, None),
+        # Its own 4 KiB of seeded random floats: torch's uninitialised buffer cannot plausibly
+        # hold exactly these bytes.
+        Case("storage_marked_as_folder", stored_zip(torch_records(marked), folders=frozenset({data0})),
+             "SS_E_ZIP_DIRECTORY", "marked as a folder", marked, UNREAD),
+        # torch.save's own ZIP64 end records, one field each set to what miniz refuses.
+        Case("locator_counts_no_disks", patched(torch_saved(ours), SIG_LOCATOR64, 16, "<I", 0), "SS_E_ZIP_CORRUPT",
+             "multi-disk", ours, None),
+        Case("zip64_end_record_too_short", patched(torch_saved(ours), SIG_EOCD64, 4, "<Q", 0), "SS_E_ZIP_CORRUPT",
+             "fewer than its own fields", ours, None),
+        Case("record_on_another_disk", patched(torch_saved(ours), SIG_CENTRAL, 34, "<H", 2), "SS_E_ZIP_CORRUPT",
+             "multi-disk", ours, None),
         # The CLI never gets as far as the zip: by its first bytes the file is no checkpoint.
         Case("legacy_file_before_zip", legacy_then_zip(other, base), "SS_E_ZIP_NOT_AT_START",
              "not a zip local header", ours, other, cli_message="not a safetensors or torch checkpoint"),
