@@ -25,7 +25,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from . import moe
 
 #: The manifest `check` uses automatically when it lies inside the checkpoint directory.
 MANIFEST_NAME = "shardscan.manifest.parquet"
@@ -231,7 +233,13 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int,
     The block container is the one named like a block list (layers, h, blocks, ...) that
     holds the most keys; its expected keys are every present suffix at every index, each
     with the shape most blocks agree on. Keys of blocks numbered N or beyond are `extra`
-    (unexpected); keys outside the container are not judged (the layout is not complete)."""
+    (unexpected); keys outside the container are not judged (the layout is not complete).
+
+    A config that declares routed experts (moe.py) adds what the blocks cannot show: every
+    MoE block holds experts 0..E-1 (each with every per-expert tensor any expert has), or
+    fused expert tensors whose first dimension is E; its shared experts when declared; dense
+    blocks hold no experts (expert tensors there are unexpected); and the multi-token-
+    prediction blocks N.. are allowed, whole when present, never required."""
     count = layer_count(config)
     layout = Layout(kind="config", source=f"{source} (structural)", specs={}, complete=False)
     if count is None:
@@ -252,39 +260,116 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int,
             layout.warnings.append(f"{source}: num_hidden_layers = {count} but no numbered blocks (layers.N, h.N) found")
         return layout
     container = max(by_container, key=lambda c: (sum(len(b) for b in by_container[c].values()), c))
-    blocks = by_container[container]
+    plan = moe.moe_plan(config, count)
+    if plan is None:
+        _expect_blocks(layout, container, by_container[container], count)
+    else:
+        _expect_moe_blocks(layout, container, by_container[container], plan)
+    return layout
+
+
+def _majority_shapes(blocks: Iterable[Mapping[str, tuple[int, ...] | None]],
+                     rename: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """suffix -> the shape most of its tensors have; ties broken by the shape's text so the
+    result is deterministic. `rename` maps a suffix to the one it is counted under."""
     shapes: dict[str, Counter] = {}
-    for block in blocks.values():
+    for block in blocks:
         for suffix, shape in block.items():
-            shapes.setdefault(suffix, Counter())[shape] += 1
-    # most common shape per suffix; ties broken by the shape's text so the result is deterministic
-    shape_of = {suffix: max(c.items(), key=lambda item: (item[1], str(item[0])))[0] for suffix, c in shapes.items()}
+            shapes.setdefault(rename(suffix) if rename else suffix, Counter())[shape] += 1
+    return {suffix: max(c.items(), key=lambda item: (item[1], str(item[0])))[0] for suffix, c in shapes.items()}
+
+
+def _expect_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapping[str, Any]], count: int) -> None:
+    shape_of = _majority_shapes(blocks.values())
     for i, suffixes in block_suffixes(blocks, count).items():
         for suffix in suffixes:
             layout.specs[f"{container}.{i}.{suffix}"] = Spec(shape=shape_of[suffix])
     # blocks the config does not have: a checkpoint of a deeper model, or a wrong config
     layout.extra = {f"{container}.{i}.{suffix}" for i, block in blocks.items() if i >= count for suffix in block}
-    return layout
 
 
-def block_suffixes(blocks: Mapping[int, Mapping[str, Any]], count: int) -> dict[int, frozenset[str]]:
-    """The suffixes each block 0..count-1 must hold.
+def _expect_moe_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapping[str, Any]], plan: moe.MoePlan) -> None:
+    """The structural layout of an MoE config (see structural_layout). Per-expert tensors are
+    compared as one placeholder suffix (mlp.experts.*.w1.weight), so a block's signature does
+    not depend on which of its experts are there; each placeholder is then expanded to
+    experts 0..E-1."""
+    def placeholder(suffix: str) -> str:
+        found = moe.expert_placeholder(suffix) if "experts." in suffix else None
+        return found[0] if found else suffix
+
+    shape_of = _majority_shapes(blocks.values(), placeholder)
+    for suffix, shape in shape_of.items():
+        # fused experts: one tensor of every expert, the experts along the first dimension
+        if shape and moe.is_fused_expert(suffix) and shape[0] != plan.experts:
+            shape_of[suffix] = (plan.experts, *shape[1:])
+    signatures = {i: {placeholder(s) for s in block} for i, block in blocks.items()}
+    kinds = {i: plan.kind(i) for i in set(blocks) | set(range(len(plan.kinds)))}
+    required = block_suffixes(signatures, len(plan.kinds), kinds)
+    moe_suffixes = {s for i, sig in signatures.items() if kinds[i] == moe.MOE for s in sig}
+    expert_suffixes = {s for s in moe_suffixes if "*" in s}
+    shared = _declared_shared_experts(plan, moe_suffixes)
+    for i, suffixes in required.items():
+        kind = kinds[i]
+        if kind == moe.DENSE:
+            suffixes = {s for s in suffixes if "*" not in s and not moe.is_fused_expert(s)}
+        elif kind == moe.MOE:
+            suffixes = set(suffixes) | shared | (expert_suffixes if plan.explicit else set())
+        for suffix in suffixes:
+            if "*" in suffix:
+                for e in range(plan.experts):
+                    layout.specs[f"{container}.{i}.{suffix.replace('*', str(e), 1)}"] = Spec(shape=shape_of[suffix])
+            else:
+                layout.specs[f"{container}.{i}.{suffix}"] = Spec(shape=shape_of.get(suffix))
+    for i, block in blocks.items():
+        kind = kinds[i]
+        for suffix in block:
+            is_expert = placeholder(suffix) != suffix or moe.is_fused_expert(suffix)
+            if kind is None or (kind == moe.DENSE and plan.explicit and is_expert):
+                layout.extra.add(f"{container}.{i}.{suffix}")
+
+
+def _declared_shared_experts(plan: moe.MoePlan, moe_suffixes: set[str]) -> set[str]:
+    """The shared-expert suffixes the config declares, when no MoE block holds any (when some
+    do, the blocks' own signatures already require them of every MoE block)."""
+    if not plan.shared or any("shared_expert" in s for s in moe_suffixes):
+        return set()
+    holders = sorted({s[: s.index("experts.")] for s in moe_suffixes if "experts.*" in s or moe.is_fused_expert(s)})
+    parent = holders[0] if holders else "mlp."
+    return {parent + s for s in plan.shared}
+
+
+def block_suffixes(blocks: Mapping[int, Iterable[str]], count: int,
+                   kinds: Mapping[int, str | None] | None = None) -> dict[int, frozenset[str]]:
+    """The suffixes each block 0..count-1 must hold (and, with `kinds`, each present block
+    whose kind is not None).
 
     A block's set of suffixes is its signature. A partly written block's signature is a strict
     subset of a complete one; hybrid models (attention and Mamba blocks, dense and MoE blocks)
     have several signatures none of which contains another: the maximal ones. A present block
     must hold the smallest maximal signature containing its own; an absent block, whose kind
-    cannot be known, the suffixes common to every maximal signature."""
-    signatures = {frozenset(block) for block in blocks.values()}
-    maximal = [s for s in signatures if not any(s < other for other in signatures)]
-    common = frozenset.intersection(*maximal) if maximal else frozenset()
+    cannot be known, the suffixes common to every maximal signature. With `kinds` (block ->
+    its kind from the config, e.g. MoE or dense) signatures are compared only within a kind,
+    and an absent block gets what every maximal signature of its own kind has."""
+    kind_of = kinds or {}
+    signatures_by_kind: dict[str | None, set[frozenset[str]]] = {}
+    for i, block in blocks.items():
+        signatures_by_kind.setdefault(kind_of.get(i), set()).add(frozenset(block))
+    everything = set().union(*signatures_by_kind.values())
+
+    def maximal(signatures: set[frozenset[str]]) -> list[frozenset[str]]:
+        return [s for s in signatures if not any(s < other for other in signatures)]
+
+    maximal_by_kind = {kind: maximal(sigs) for kind, sigs in signatures_by_kind.items()}
+    all_maximal = maximal(everything)
+    indices = set(range(count)) | {i for i in blocks if kind_of.get(i) is not None}
     out = {}
-    for i in range(count):
+    for i in sorted(indices):
         own = frozenset(blocks.get(i, ()))
+        candidates = maximal_by_kind.get(kind_of.get(i)) or all_maximal
         if not own:
-            out[i] = common
+            out[i] = frozenset.intersection(*candidates) if candidates else frozenset()
             continue
-        containing = [s for s in maximal if own <= s]
+        containing = [s for s in candidates if own <= s]
         out[i] = min(containing, key=lambda s: (len(s), sorted(s))) if containing else own
     return out
 
