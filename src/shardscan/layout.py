@@ -307,17 +307,17 @@ def _expect_moe_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapp
     required = block_suffixes(signatures, len(plan.kinds), kinds)
     moe_suffixes = {s for i, sig in signatures.items() if kinds[i] == moe.MOE for s in sig}
     expert_suffixes = {s for s in moe_suffixes if "*" in s}
-    shared = _declared_shared_experts(plan, moe_suffixes)
+    declared = _declared_moe_tensors(layout, container, plan, moe_suffixes)
     for i, suffixes in required.items():
         kind = kinds[i]
         if kind == moe.DENSE:
             suffixes = {s for s in suffixes if "*" not in s and not moe.is_fused_expert(s)}
         elif kind == moe.MOE:
-            suffixes = set(suffixes) | shared | (expert_suffixes if plan.explicit else set())
+            suffixes = set(suffixes) | declared | (expert_suffixes if plan.explicit else set())
         for suffix in suffixes:
             if "*" in suffix:
                 for e in range(plan.experts):
-                    layout.specs[f"{container}.{i}.{suffix.replace('*', str(e), 1)}"] = Spec(shape=shape_of[suffix])
+                    layout.specs[f"{container}.{i}.{suffix.replace('*', str(e), 1)}"] = Spec(shape=shape_of.get(suffix))
             else:
                 layout.specs[f"{container}.{i}.{suffix}"] = Spec(shape=shape_of.get(suffix))
     for i, block in blocks.items():
@@ -328,14 +328,22 @@ def _expect_moe_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapp
                 layout.extra.add(f"{container}.{i}.{suffix}")
 
 
-def _declared_shared_experts(plan: moe.MoePlan, moe_suffixes: set[str]) -> set[str]:
-    """The shared-expert suffixes the config declares, when no MoE block holds any (when some
-    do, the blocks' own signatures already require them of every MoE block)."""
-    if not plan.shared or any("shared_expert" in s for s in moe_suffixes):
-        return set()
-    holders = sorted({s[: s.index("experts.")] for s in moe_suffixes if "experts.*" in s or moe.is_fused_expert(s)})
-    parent = holders[0] if holders else "mlp."
-    return {parent + s for s in plan.shared}
+def _declared_moe_tensors(layout: Layout, container: str, plan: moe.MoePlan, moe_suffixes: set[str]) -> set[str]:
+    """What every MoE block must hold that no MoE block shows: the shared experts the config
+    declares when no block holds any, and the family's expert tensors (moe.MOE_TENSORS) when
+    no block holds an expert. What the blocks do hold, every MoE block is held to already."""
+    declared = set()
+    holds_experts = any("*" in s or moe.is_fused_expert(s) for s in moe_suffixes)
+    if plan.shared and not any("shared_expert" in s for s in moe_suffixes):
+        holders = sorted({s[: s.index("experts.")] for s in moe_suffixes if "experts.*" in s or moe.is_fused_expert(s)})
+        parent = holders[0] if holders else "mlp."
+        declared |= {parent + s for s in plan.shared}
+    if not holds_experts:
+        declared |= set(plan.tensors)
+        if not plan.tensors and moe.MOE in plan.kinds:
+            layout.warnings.append(f"{layout.source}: {plan.experts} experts per MoE layer declared, "
+                                   f"but no block {container}.N holds an expert tensor")
+    return declared
 
 
 def block_suffixes(blocks: Mapping[int, Iterable[str]], count: int,

@@ -33,6 +33,23 @@ SHARED_EXPERT_SUFFIXES = {
                                         "shared_expert.down_proj.weight", "shared_expert_gate.weight"),
 }
 
+_PER_EXPERT_MLP = ("mlp.experts.*.gate_proj.weight", "mlp.experts.*.up_proj.weight", "mlp.experts.*.down_proj.weight")
+
+#: The MoE module's tensors in each family's hub checkpoints (per expert: `*`), relative to the
+#: block. Expected only when no MoE block holds any expert tensor, so there is nothing to learn
+#: the names from; otherwise the blocks' own names (quantisation scales included) are used.
+MOE_TENSORS = {
+    "deepseek_v2": (*_PER_EXPERT_MLP, "mlp.gate.weight"),
+    "deepseek_v3": (*_PER_EXPERT_MLP, "mlp.gate.weight", "mlp.gate.e_score_correction_bias"),
+    "kimi_k2": (*_PER_EXPERT_MLP, "mlp.gate.weight", "mlp.gate.e_score_correction_bias"),
+    "qwen2_moe": (*_PER_EXPERT_MLP, "mlp.gate.weight"),
+    "qwen3_moe": (*_PER_EXPERT_MLP, "mlp.gate.weight"),
+    "mixtral": ("block_sparse_moe.experts.*.w1.weight", "block_sparse_moe.experts.*.w2.weight",
+                "block_sparse_moe.experts.*.w3.weight", "block_sparse_moe.gate.weight"),
+    "gpt_oss": ("mlp.experts.gate_up_proj", "mlp.experts.gate_up_proj_bias", "mlp.experts.down_proj",
+                "mlp.experts.down_proj_bias", "mlp.router.weight", "mlp.router.bias"),
+}
+
 MOE, DENSE, MTP = "moe", "dense", "mtp"
 
 
@@ -45,13 +62,15 @@ class MoePlan:
     block without experts may be a dense block of a family these rules do not know).
     `mtp_layers`: blocks len(kinds) .. len(kinds) + mtp_layers - 1 are multi-token-prediction
     layers: allowed, and whole when present, but never required. `shared`: the shared-expert
-    tensors every MoE layer holds, relative to the module holding its experts."""
+    tensors every MoE layer holds, relative to the module holding its experts. `tensors`: the
+    family's MoE tensors (MOE_TENSORS), empty for a family not listed there."""
 
     experts: int
     kinds: tuple[str, ...]
     explicit: bool
     mtp_layers: int
     shared: tuple[str, ...]
+    tensors: tuple[str, ...] = ()
 
     def kind(self, index: int) -> str | None:
         """MOE, DENSE or MTP for block `index`; None for a block the config does not have."""
@@ -92,7 +111,9 @@ def moe_plan(config: Mapping[str, Any], layers: int) -> MoePlan | None:
         if (_int(scope.get(name)) or 0) > 0:
             shared = suffixes
             break
-    return MoePlan(experts=experts, kinds=kinds, explicit=explicit, mtp_layers=max(mtp, 0), shared=shared)
+    model_type = scope.get("model_type", config.get("model_type"))
+    return MoePlan(experts=experts, kinds=kinds, explicit=explicit, mtp_layers=max(mtp, 0), shared=shared,
+                   tensors=MOE_TENSORS.get(model_type, ()) if isinstance(model_type, str) else ())
 
 
 def _layer_kinds(scope: Mapping[str, Any], layers: int) -> tuple[tuple[str, ...], bool]:
