@@ -43,6 +43,10 @@ LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 #: Container names whose numbered children are the config's repeated blocks.
 _BLOCK_CONTAINERS = ("layers", "h", "layer", "blocks", "block", "decoder_layers")
 
+#: A key inside a numbered block: (container, block number, suffix), the first block-list
+#: component followed by a number deciding.
+_BLOCK_KEY = re.compile(r"((?:[^.]*\.)*?(?:%s))\.([0-9]+)\.(.*)" % "|".join(_BLOCK_CONTAINERS), re.DOTALL)
+
 _SERIES = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})(?P<ext>\.[^.]+)$")
 
 
@@ -246,44 +250,55 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int,
         layout.warnings.append(f"{source}: no num_hidden_layers (or n_layer, num_layers): no structural check")
         return layout
     by_container: dict[str, dict[int, dict[str, tuple[int, ...] | None]]] = {}
+    match = _BLOCK_KEY.fullmatch
     for key, shape in actual.items():
-        parts = key.split(".")
         # the first block-list component followed by a number decides: model.layers.3.mlp.experts.7.w
         # is block 3 of model.layers with the suffix mlp.experts.7.w
-        for i in range(len(parts) - 2):
-            if parts[i] in _BLOCK_CONTAINERS and parts[i + 1].isdigit():
-                blocks = by_container.setdefault(".".join(parts[: i + 1]), {})
-                blocks.setdefault(int(parts[i + 1]), {})[".".join(parts[i + 2 :])] = shape
-                break
+        found = match(key)
+        if found is not None:
+            container, number, suffix = found.groups()
+            index = int(number)
+            blocks = by_container.get(container)
+            if blocks is None:
+                blocks = by_container[container] = {}
+            block = blocks.get(index)
+            if block is None:
+                block = blocks[index] = {}
+            block[suffix] = shape
     if not by_container:
         if count:
             layout.warnings.append(f"{source}: num_hidden_layers = {count} but no numbered blocks (layers.N, h.N) found")
         return layout
     container = max(by_container, key=lambda c: (sum(len(b) for b in by_container[c].values()), c))
+    blocks = by_container[container]
     plan = moe.moe_plan(config, count)
     if plan is None:
-        _expect_blocks(layout, container, by_container[container], count)
+        _expect_blocks(layout, container, blocks, count)
     else:
-        _expect_moe_blocks(layout, container, by_container[container], plan)
+        _expect_moe_blocks(layout, container, blocks, plan)
     return layout
 
 
-def _majority_shapes(blocks: Iterable[Mapping[str, tuple[int, ...] | None]],
-                     rename: Callable[[str], str] | None = None) -> dict[str, Any]:
-    """suffix -> the shape most of its tensors have; ties broken by the shape's text so the
-    result is deterministic. `rename` maps a suffix to the one it is counted under."""
-    shapes: dict[str, Counter] = {}
+def _majority_specs(blocks: Iterable[Mapping[str, tuple[int, ...] | None]],
+                    rename: Mapping[str, str] | None = None) -> dict[str, Spec]:
+    """suffix -> a Spec with the shape most of its tensors have; ties broken by the shape's
+    text so the result is deterministic. `rename` maps a suffix to the one it is counted
+    under. One Spec per suffix, shared by every block (Specs are frozen)."""
+    counts: Counter = Counter()
     for block in blocks:
-        for suffix, shape in block.items():
-            shapes.setdefault(rename(suffix) if rename else suffix, Counter())[shape] += 1
-    return {suffix: max(c.items(), key=lambda item: (item[1], str(item[0])))[0] for suffix, c in shapes.items()}
+        counts.update(zip(map(rename.__getitem__, block) if rename else block, block.values()))
+    best: dict[str, tuple[int, str, Any]] = {}
+    for (suffix, shape), n in counts.items():
+        rank = (n, str(shape), shape)
+        if suffix not in best or rank[:2] > best[suffix][:2]:
+            best[suffix] = rank
+    return {suffix: Spec(shape=rank[2]) for suffix, rank in best.items()}
 
 
 def _expect_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapping[str, Any]], count: int) -> None:
-    shape_of = _majority_shapes(blocks.values())
+    spec_of = _majority_specs(blocks.values())
     for i, suffixes in block_suffixes(blocks, count).items():
-        for suffix in suffixes:
-            layout.specs[f"{container}.{i}.{suffix}"] = Spec(shape=shape_of[suffix])
+        layout.specs.update((f"{container}.{i}.{suffix}", spec_of[suffix]) for suffix in suffixes)
     # blocks the config does not have: a checkpoint of a deeper model, or a wrong config
     layout.extra = {f"{container}.{i}.{suffix}" for i, block in blocks.items() if i >= count for suffix in block}
 
@@ -292,40 +307,47 @@ def _expect_moe_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapp
     """The structural layout of an MoE config (see structural_layout). Per-expert tensors are
     compared as one placeholder suffix (mlp.experts.*.w1.weight), so a block's signature does
     not depend on which of its experts are there; each placeholder is then expanded to
-    experts 0..E-1."""
-    def placeholder(suffix: str) -> str:
+    experts 0..E-1. Work is per distinct suffix where it can be: an MoE checkpoint has ~100k
+    keys but a few thousand suffixes."""
+    placeholder = {}
+    for suffix in {s for block in blocks.values() for s in block}:
         found = moe.expert_placeholder(suffix) if "experts." in suffix else None
-        return found[0] if found else suffix
-
-    shape_of = _majority_shapes(blocks.values(), placeholder)
-    for suffix, shape in shape_of.items():
+        placeholder[suffix] = found[0] if found else suffix
+    fused = {s for s in set(placeholder.values()) | set(plan.tensors) if moe.is_fused_expert(s)}
+    spec_of = _majority_specs(blocks.values(), placeholder)
+    for suffix in fused & spec_of.keys():
         # fused experts: one tensor of every expert, the experts along the first dimension
-        if shape and moe.is_fused_expert(suffix) and shape[0] != plan.experts:
-            shape_of[suffix] = (plan.experts, *shape[1:])
-    signatures = {i: {placeholder(s) for s in block} for i, block in blocks.items()}
+        shape = spec_of[suffix].shape
+        if shape and shape[0] != plan.experts:
+            spec_of[suffix] = Spec(shape=(plan.experts, *shape[1:]))
+    signatures = {i: set(map(placeholder.__getitem__, block)) for i, block in blocks.items()}
     kinds = {i: plan.kind(i) for i in set(blocks) | set(range(len(plan.kinds)))}
-    required = block_suffixes(signatures, len(plan.kinds), kinds)
     moe_suffixes = {s for i, sig in signatures.items() if kinds[i] == moe.MOE for s in sig}
     expert_suffixes = {s for s in moe_suffixes if "*" in s}
     declared = _declared_moe_tensors(layout, container, plan, moe_suffixes)
-    for i, suffixes in required.items():
+    expanded: dict[str, list[str]] = {}  # placeholder suffix -> its suffix for every expert
+    for i, suffixes in block_suffixes(signatures, len(plan.kinds), kinds).items():
         kind = kinds[i]
         if kind == moe.DENSE:
-            suffixes = {s for s in suffixes if "*" not in s and not moe.is_fused_expert(s)}
+            suffixes = {s for s in suffixes if "*" not in s and s not in fused}
         elif kind == moe.MOE:
             suffixes = set(suffixes) | declared | (expert_suffixes if plan.explicit else set())
+        prefix = f"{container}.{i}."
         for suffix in suffixes:
-            if "*" in suffix:
-                for e in range(plan.experts):
-                    layout.specs[f"{container}.{i}.{suffix.replace('*', str(e), 1)}"] = Spec(shape=shape_of.get(suffix))
-            else:
-                layout.specs[f"{container}.{i}.{suffix}"] = Spec(shape=shape_of.get(suffix))
+            if "*" not in suffix:
+                layout.specs[prefix + suffix] = spec_of.get(suffix) or Spec()
+                continue
+            if suffix not in expanded:
+                expanded[suffix] = [suffix.replace("*", str(e), 1) for e in range(plan.experts)]
+            spec = spec_of.get(suffix) or Spec()
+            layout.specs.update((prefix + one, spec) for one in expanded[suffix])
     for i, block in blocks.items():
         kind = kinds[i]
-        for suffix in block:
-            is_expert = placeholder(suffix) != suffix or moe.is_fused_expert(suffix)
-            if kind is None or (kind == moe.DENSE and plan.explicit and is_expert):
-                layout.extra.add(f"{container}.{i}.{suffix}")
+        if kind is None:  # beyond the blocks and MTP blocks the config declares
+            layout.extra.update(f"{container}.{i}.{suffix}" for suffix in block)
+        elif kind == moe.DENSE and plan.explicit:
+            layout.extra.update(f"{container}.{i}.{suffix}" for suffix in block
+                                if placeholder[suffix] != suffix or suffix in fused)
 
 
 def _declared_moe_tensors(layout: Layout, container: str, plan: moe.MoePlan, moe_suffixes: set[str]) -> set[str]:
