@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -60,11 +61,25 @@ def _config(family: str) -> Any:
         return t.MixtralConfig(**COMMON, intermediate_size=32, num_local_experts=8, num_experts_per_tok=2)
     if family == "gpt_oss":  # every layer MoE, experts fused on disk
         return t.GptOssConfig(**COMMON, head_dim=8, intermediate_size=16, num_local_experts=8, num_experts_per_tok=2)
+    if family == "glm4_moe":  # DeepSeek's dense-layer fields, its own attention
+        return t.Glm4MoeConfig(**COMMON, intermediate_size=32, moe_intermediate_size=8, n_routed_experts=8, n_shared_experts=1,
+                               first_k_dense_replace=1, num_experts_per_tok=2, n_group=1, topk_group=1, head_dim=8,
+                               num_nextn_predict_layers=1)
+    if family == "jamba":  # MoE every second layer from layer 1, Mamba and attention blocks interleaved
+        return t.JambaConfig(**COMMON, intermediate_size=32, num_experts=4, num_experts_per_tok=2, expert_layer_period=2,
+                             expert_layer_offset=1, attn_layer_period=2, attn_layer_offset=1, mamba_d_state=4,
+                             mamba_expand=2, mamba_dt_rank=4)
+    if family == "llama4":  # MoE every second layer, experts fused on disk next to a shared expert
+        return t.Llama4TextConfig(**COMMON, intermediate_size=32, intermediate_size_mlp=32, num_local_experts=4,
+                                  num_experts_per_tok=1, interleave_moe_layer_step=2, head_dim=8)
     raise AssertionError(family)
 
 
 PER_EXPERT = ("deepseek_v3", "kimi_k2", "deepseek_v2", "qwen2_moe", "qwen3_moe", "mixtral")
+#: families with hub names in moe.MOE_TENSORS
 FAMILIES = PER_EXPERT + ("gpt_oss",)
+#: and families whose dense-layer rules are known but not their names
+OTHERS = ("glm4_moe", "jamba", "llama4")
 
 
 class Saved:
@@ -87,7 +102,8 @@ class Saved:
         self.experts = next(getattr(self.config, n) for n in ("n_routed_experts", "num_local_experts", "num_experts")
                             if getattr(self.config, n, None))
         # which layers transformers builds with experts: the oracle for the config's dense-layer rules
-        self.moe_layers = [i for i, block in enumerate(self.model.model.layers) if "mlp.experts" in dict(block.named_modules())]
+        self.moe_layers = [i for i, block in enumerate(self.model.model.layers)
+                           if any(name.rsplit(".", 1)[-1] == "experts" for name, _ in block.named_modules())]
 
     def copy(self, to: Path) -> Path:
         shutil.copytree(self.path, to)
@@ -176,7 +192,7 @@ def layer_of(key: str) -> int:
 # ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + OTHERS)
 def test_intact_checkpoint_is_expected_exactly(saved: Callable[[str], Saved], family: str) -> None:
     """The structural layout of a whole checkpoint is exactly the block keys transformers
     wrote: every expert of every MoE layer, no experts in dense layers; and the config's
@@ -186,7 +202,8 @@ def test_intact_checkpoint_is_expected_exactly(saved: Callable[[str], Saved], fa
     plan = moe.moe_plan(raw, LAYERS)
     assert plan is not None and plan.experts == s.experts
     assert [i for i, kind in enumerate(plan.kinds) if kind == moe.MOE] == s.moe_layers
-    assert len(s.moe_layers) not in (0, LAYERS) or family in ("mixtral", "gpt_oss")  # a dense layer where the family has one
+    if family not in ("mixtral", "gpt_oss"):  # each tiny config has a dense layer where its family can
+        assert 0 < len(s.moe_layers) < LAYERS
     shapes = {}
     for shard in sorted(set(json.loads((s.path / INDEX).read_text())["weight_map"].values())):
         with safe_open(s.path / shard, "pt") as handle:
@@ -199,7 +216,7 @@ def test_intact_checkpoint_is_expected_exactly(saved: Callable[[str], Saved], fa
     assert "config.json (structural)" in report.layouts
 
 
-@pytest.mark.parametrize("family", PER_EXPERT)
+@pytest.mark.parametrize("family", PER_EXPERT + ("glm4_moe", "jamba"))
 def test_last_expert_missing_in_every_layer_fails(saved: Callable[[str], Saved], family: str, tmp_path: Path) -> None:
     """The index is consistent (the keys are gone from it too); only config.json can tell."""
     s = saved(family)
@@ -235,16 +252,16 @@ def _fused_checkpoint(s: Saved, path: Path) -> None:
     _write_index(path, {"weight_map": {k: "a.safetensors" if i < len(keys) // 2 else "b.safetensors" for i, k in enumerate(keys)}})
 
 
-@pytest.mark.parametrize("family", ["gpt_oss", "mixtral", "deepseek_v3"])
+@pytest.mark.parametrize("family", ["gpt_oss", "llama4", "mixtral", "deepseek_v3"])
 def test_fused_experts_one_short_are_mismatched(saved: Callable[[str], Saved], family: str, tmp_path: Path) -> None:
     s = saved(family)
-    if family == "gpt_oss":
-        path = s.copy(tmp_path / family)  # save_pretrained writes GPT-OSS fused
+    if family in ("gpt_oss", "llama4"):
+        path = s.copy(tmp_path / family)  # save_pretrained writes these fused
     else:
         path = tmp_path / family
         _fused_checkpoint(s, path)
     assert shardscan.check(path, hash=False).ok
-    fused = lambda key: ".mlp.experts." in key and not key.split(".mlp.experts.")[1][0].isdigit()  # noqa: E731
+    fused = lambda key: re.search(r"\.experts\.[^0-9]", key) is not None  # noqa: E731
     rewrite(path, lambda key, tensor: tensor[:-1].clone() if fused(key) else tensor)
     report = shardscan.check(path, hash=False)
     shape_mismatches = {m.key for m in report.mismatched if m.field == "shape"}

@@ -10,7 +10,9 @@ config.json, in fields each family names its own way:
 * dense layers: `first_k_dense_replace` and `moe_layer_freq` (DeepSeek: layer i is MoE when
   i >= first_k_dense_replace and i % moe_layer_freq == 0), `decoder_sparse_step` and
   `mlp_only_layers` (Qwen: MoE when i is not in mlp_only_layers and (i + 1) % step == 0);
-  a config with neither makes every layer MoE, as Mixtral and GPT-OSS are;
+  `expert_layer_period` and `expert_layer_offset` (Jamba: MoE when i % period == offset),
+  `moe_layers` or `interleave_moe_layer_step` (Llama 4: the listed layers, else every step-th
+  from step - 1); a config with none of these makes every layer MoE, as Mixtral and GPT-OSS are;
 * shared experts: `n_shared_experts` (DeepSeek: one MLP, `mlp.shared_experts.*`),
   `shared_expert_intermediate_size` (Qwen2-MoE: `mlp.shared_expert.*` and its gate);
 * multi-token-prediction layers: `num_nextn_predict_layers`, which DeepSeek-V3 checkpoints
@@ -127,6 +129,20 @@ def _layer_kinds(scope: Mapping[str, Any], layers: int) -> tuple[tuple[str, ...]
         listed = scope.get("mlp_only_layers")
         dense = {i for i in listed if _int(i) is not None} if isinstance(listed, list) else set()
         return tuple(MOE if i not in dense and (i + 1) % step == 0 else DENSE for i in range(layers)), True
+    if "expert_layer_period" in scope or "expert_layer_offset" in scope:
+        every = _int(scope.get("expert_layer_period")) or 2
+        offset = _int(scope.get("expert_layer_offset"))
+        offset = 1 if offset is None else offset
+        many = (_int(scope.get("num_experts")) or 0) > 1  # Jamba's one expert is a dense MLP
+        return tuple(MOE if many and i % every == offset else DENSE for i in range(layers)), True
+    if isinstance(scope.get("moe_layers"), list) or "interleave_moe_layer_step" in scope:
+        listed = scope.get("moe_layers")
+        if isinstance(listed, list):
+            chosen = {i for i in listed if _int(i) is not None}
+        else:
+            step = _int(scope.get("interleave_moe_layer_step")) or 1
+            chosen = set(range(step - 1, layers, step))
+        return tuple(MOE if i in chosen else DENSE for i in range(layers)), True
     return (MOE,) * layers, False
 
 
