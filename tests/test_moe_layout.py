@@ -72,6 +72,9 @@ def _config(family: str) -> Any:
     if family == "llama4":  # MoE every second layer, experts fused on disk next to a shared expert
         return t.Llama4TextConfig(**COMMON, intermediate_size=32, intermediate_size_mlp=32, num_local_experts=4,
                                   num_experts_per_tok=1, interleave_moe_layer_step=2, head_dim=8)
+    if family == "ernie4_5_moe":  # MoE from layer 2 to the last, on every layer
+        return t.Ernie4_5_MoeConfig(**COMMON, intermediate_size=32, moe_num_experts=4, moe_k=2, moe_intermediate_size=8,
+                                    moe_layer_start_index=2, moe_layer_end_index=-1)
     raise AssertionError(family)
 
 
@@ -79,7 +82,7 @@ PER_EXPERT = ("deepseek_v3", "kimi_k2", "deepseek_v2", "qwen2_moe", "qwen3_moe",
 #: families with hub names in moe.MOE_TENSORS
 FAMILIES = PER_EXPERT + ("gpt_oss",)
 #: and families whose dense-layer rules are known but not their names
-OTHERS = ("glm4_moe", "jamba", "llama4")
+OTHERS = ("glm4_moe", "jamba", "llama4", "ernie4_5_moe")
 
 
 class Saved:
@@ -99,11 +102,12 @@ class Saved:
                        auto_map={"AutoConfig": "configuration_deepseek.DeepseekV3Config",
                                  "AutoModelForCausalLM": "modeling_deepseek.DeepseekV3ForCausalLM"})
             (self.path / "config.json").write_text(json.dumps(raw, indent=2))
-        self.experts = next(getattr(self.config, n) for n in ("n_routed_experts", "num_local_experts", "num_experts")
-                            if getattr(self.config, n, None))
-        # which layers transformers builds with experts: the oracle for the config's dense-layer rules
-        self.moe_layers = [i for i, block in enumerate(self.model.model.layers)
-                           if any(name.rsplit(".", 1)[-1] == "experts" for name, _ in block.named_modules())]
+        # which layers transformers builds with experts, and how many (it holds them fused, experts
+        # along the first dimension): the oracle for what the config's fields mean
+        experts = {i: module for i, block in enumerate(self.model.model.layers)
+                   for name, module in block.named_modules() if name.rsplit(".", 1)[-1] == "experts"}
+        self.moe_layers = sorted(experts)
+        self.experts = next(experts[self.moe_layers[0]].parameters()).shape[0]
 
     def copy(self, to: Path) -> Path:
         shutil.copytree(self.path, to)
@@ -216,7 +220,7 @@ def test_intact_checkpoint_is_expected_exactly(saved: Callable[[str], Saved], fa
     assert "config.json (structural)" in report.layouts
 
 
-@pytest.mark.parametrize("family", PER_EXPERT + ("glm4_moe", "jamba"))
+@pytest.mark.parametrize("family", PER_EXPERT + ("glm4_moe", "jamba", "ernie4_5_moe"))
 def test_last_expert_missing_in_every_layer_fails(saved: Callable[[str], Saved], family: str, tmp_path: Path) -> None:
     """The index is consistent (the keys are gone from it too); only config.json can tell."""
     s = saved(family)

@@ -6,10 +6,13 @@ shared experts of every layer) or which blocks are meant to be dense. That is wr
 config.json, in fields each family names its own way:
 
 * routed experts per MoE layer: `n_routed_experts` (DeepSeek V2/V3, Kimi K2, GLM-4 MoE),
-  `num_local_experts` (Mixtral, GPT-OSS, PhiMoE), `num_experts` (Qwen2/Qwen3-MoE, OLMoE);
+  `num_local_experts` (Mixtral, GPT-OSS, PhiMoE), `num_experts` (Qwen2/Qwen3-MoE, OLMoE),
+  `moe_num_experts` (ERNIE 4.5);
 * dense layers: `first_k_dense_replace` and `moe_layer_freq` (DeepSeek: layer i is MoE when
   i >= first_k_dense_replace and i % moe_layer_freq == 0), `decoder_sparse_step` and
   `mlp_only_layers` (Qwen: MoE when i is not in mlp_only_layers and (i + 1) % step == 0);
+  `moe_layer_start_index`, `moe_layer_end_index` and `moe_layer_interval` (ERNIE 4.5: MoE from
+  start to end, -1 meaning the last layer, when (i + 1) % interval == 0),
   `expert_layer_period` and `expert_layer_offset` (Jamba: MoE when i % period == offset),
   `moe_layers` or `interleave_moe_layer_step` (Llama 4: the listed layers, else every step-th
   from step - 1); a config with none of these makes every layer MoE, as Mixtral and GPT-OSS are;
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 #: config.json fields that give the number of routed experts per MoE layer, in the order tried.
-EXPERT_COUNT_FIELDS = ("n_routed_experts", "num_local_experts", "num_experts")
+EXPERT_COUNT_FIELDS = ("n_routed_experts", "num_local_experts", "num_experts", "moe_num_experts")
 
 #: Shared-expert tensors, relative to the module holding the experts (`mlp`), per declaring field.
 SHARED_EXPERT_SUFFIXES = {
@@ -129,6 +132,13 @@ def _layer_kinds(scope: Mapping[str, Any], layers: int) -> tuple[tuple[str, ...]
         listed = scope.get("mlp_only_layers")
         dense = {i for i in listed if _int(i) is not None} if isinstance(listed, list) else set()
         return tuple(MOE if i not in dense and (i + 1) % step == 0 else DENSE for i in range(layers)), True
+    if any(name in scope for name in ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval")):
+        first = _int(scope.get("moe_layer_start_index"))
+        last = _int(scope.get("moe_layer_end_index"))
+        every = _int(scope.get("moe_layer_interval")) or 1
+        first = 1 if first is None else first
+        last = layers - 1 if last is None or last == -1 else last
+        return tuple(MOE if first <= i <= last and (i + 1) % every == 0 else DENSE for i in range(layers)), True
     if "expert_layer_period" in scope or "expert_layer_offset" in scope:
         every = _int(scope.get("expert_layer_period")) or 2
         offset = _int(scope.get("expert_layer_offset"))
