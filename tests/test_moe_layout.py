@@ -377,6 +377,10 @@ def test_mtp_layers_are_allowed_whole_and_bounded(saved: Callable[[str], Saved],
         ({"num_local_experts": 8}, "MMMMMM", 0),  # Mixtral, GPT-OSS
         ({"text_config": {"num_experts": 8, "mlp_only_layers": [0]}}, "DMMMMM", 0),  # a multimodal config's language model
         ({"intermediate_size": 8}, None, 0),  # dense
+        ({"num_experts": 16, "expert_layer_period": 2, "expert_layer_offset": 1}, "DMDMDM", 0),  # Jamba
+        ({"num_experts": 1, "expert_layer_period": 2, "expert_layer_offset": 1}, "DDDDDD", 0),  # Jamba's one expert: an MLP
+        ({"num_local_experts": 16, "moe_layers": [0, 5], "interleave_moe_layer_step": 2}, "MDDDDM", 0),  # Llama 4: the list wins
+        ({"moe_num_experts": 64, "moe_layer_start_index": 1, "moe_layer_end_index": -1, "moe_layer_interval": 2}, "DMDMDM", 0),
     ],
 )
 def test_moe_plan_rules(config: dict, kinds: str | None, mtp: int) -> None:

@@ -8,14 +8,17 @@ config.json, in fields each family names its own way:
 * routed experts per MoE layer: `n_routed_experts` (DeepSeek V2/V3, Kimi K2, GLM-4 MoE),
   `num_local_experts` (Mixtral, GPT-OSS, PhiMoE), `num_experts` (Qwen2/Qwen3-MoE, OLMoE),
   `moe_num_experts` (ERNIE 4.5);
-* dense layers: `first_k_dense_replace` and `moe_layer_freq` (DeepSeek: layer i is MoE when
-  i >= first_k_dense_replace and i % moe_layer_freq == 0), `decoder_sparse_step` and
-  `mlp_only_layers` (Qwen: MoE when i is not in mlp_only_layers and (i + 1) % step == 0);
-  `moe_layer_start_index`, `moe_layer_end_index` and `moe_layer_interval` (ERNIE 4.5: MoE from
-  start to end, -1 meaning the last layer, when (i + 1) % interval == 0),
-  `expert_layer_period` and `expert_layer_offset` (Jamba: MoE when i % period == offset),
-  `moe_layers` or `interleave_moe_layer_step` (Llama 4: the listed layers, else every step-th
-  from step - 1); a config with none of these makes every layer MoE, as Mixtral and GPT-OSS are;
+* which layers are MoE (the others are dense):
+  - `first_k_dense_replace`, `moe_layer_freq` (DeepSeek, GLM-4 MoE): i >= first_k_dense_replace
+    and i % moe_layer_freq == 0;
+  - `decoder_sparse_step`, `mlp_only_layers` (Qwen): i not in mlp_only_layers and
+    (i + 1) % decoder_sparse_step == 0;
+  - `moe_layer_start_index`, `moe_layer_end_index`, `moe_layer_interval` (ERNIE 4.5): start <= i
+    <= end (-1: the last layer) and (i + 1) % interval == 0;
+  - `expert_layer_period`, `expert_layer_offset` (Jamba): i % period == offset;
+  - `moe_layers`, else `interleave_moe_layer_step` (Llama 4): the listed layers, else every
+    step-th layer from step - 1;
+  - none of these: every layer, as in Mixtral and GPT-OSS;
 * shared experts: `n_shared_experts` (DeepSeek: one MLP, `mlp.shared_experts.*`),
   `shared_expert_intermediate_size` (Qwen2-MoE: `mlp.shared_expert.*` and its gate);
 * multi-token-prediction layers: `num_nextn_predict_layers`, which DeepSeek-V3 checkpoints
