@@ -106,6 +106,8 @@ def _scope(config: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def moe_plan(config: Mapping[str, Any], layers: int) -> MoePlan | None:
     """The expert structure of a config with `layers` decoder blocks, or None when it
     declares no routed experts (a dense model, or `num_experts` = 0)."""
+    if config.get("is_encoder_decoder") is True:
+        return None  # Switch, NLLB-MoE: two block stacks, and their sparse-step fields mean other things
     scope = _scope(config)
     if scope is None:
         return None
@@ -180,5 +182,7 @@ def expert_placeholder(suffix: str) -> tuple[str, int] | None:
 def is_fused_expert(suffix: str) -> bool:
     """Whether `suffix` is a tensor of all experts at once ("mlp.experts.gate_up_proj",
     GPT-OSS and transformers' in-memory layout), whose first dimension counts the experts."""
+    # a parameter of the experts module itself; Switch and NLLB-MoE's experts.expert_0.wi.weight
+    # are per-expert modules under names of their own
     parts = suffix.split(".")
-    return any(part == "experts" and not (parts[i + 1].isdigit() or parts[i + 1] == "*") for i, part in enumerate(parts[:-1]))
+    return len(parts) >= 2 and parts[-2] == "experts" and not parts[-1].isdigit()
