@@ -379,11 +379,18 @@ def block_suffixes(blocks: Mapping[int, Iterable[str]], count: int,
     must hold the smallest maximal signature containing its own; an absent block, whose kind
     cannot be known, the suffixes common to every maximal signature. With `kinds` (block ->
     its kind from the config, e.g. MoE or dense) signatures are compared only within a kind,
-    and an absent block gets what every maximal signature of its own kind has."""
+    and an absent block gets what every maximal signature of its own kind has.
+
+    Block 0 may hold what no other block does (T5's relative_attention_bias): when two or more
+    other blocks are present and none holds such a suffix, it is block 0's own, required of
+    block 0 alone."""
     kind_of = kinds or {}
+    first_only: frozenset[str] = frozenset()
+    if 0 in blocks and len(blocks) >= 3:
+        first_only = frozenset(blocks[0]).difference(*(block for i, block in blocks.items() if i != 0))
     signatures_by_kind: dict[str | None, set[frozenset[str]]] = {}
     for i, block in blocks.items():
-        signatures_by_kind.setdefault(kind_of.get(i), set()).add(frozenset(block))
+        signatures_by_kind.setdefault(kind_of.get(i), set()).add(frozenset(block) - first_only if i == 0 else frozenset(block))
     everything = set().union(*signatures_by_kind.values())
 
     def maximal(signatures: set[frozenset[str]]) -> list[frozenset[str]]:
@@ -394,13 +401,15 @@ def block_suffixes(blocks: Mapping[int, Iterable[str]], count: int,
     indices = set(range(count)) | {i for i in blocks if kind_of.get(i) is not None}
     out = {}
     for i in sorted(indices):
-        own = frozenset(blocks.get(i, ()))
+        own = frozenset(blocks.get(i, ())) - first_only if i == 0 else frozenset(blocks.get(i, ()))
         candidates = maximal_by_kind.get(kind_of.get(i)) or all_maximal
         if not own:
             out[i] = frozenset.intersection(*candidates) if candidates else frozenset()
             continue
         containing = [s for s in candidates if own <= s]
         out[i] = min(containing, key=lambda s: (len(s), sorted(s))) if containing else own
+    if 0 in out:
+        out[0] |= first_only
     return out
 
 
