@@ -401,3 +401,22 @@ def test_expert_suffix_forms() -> None:
     assert moe.expert_placeholder("mlp.shared_experts.gate_proj.weight") is None
     assert moe.is_fused_expert("mlp.experts.gate_up_proj_bias") and not moe.is_fused_expert("mlp.experts.3.w1.weight")
     assert not moe.is_fused_expert("mlp.shared_experts.down_proj.weight")
+    assert not moe.is_fused_expert("mlp.experts.expert_0.wi.weight")  # Switch, NLLB-MoE: per-expert modules
+    assert moe.moe_plan({"is_encoder_decoder": True, "num_experts": 8, "decoder_sparse_step": 2}, 6) is None
+
+
+@pytest.mark.parametrize("family", ["switch_transformers", "nllb_moe"])
+def test_encoder_decoder_moe_checks_clean(family: str, tmp_path: Path) -> None:
+    """Encoder-decoder MoE models keep two block stacks and name experts expert_N; their
+    sparse-step fields mean something else than Qwen's and must not invent findings."""
+    t = transformers
+    if family == "switch_transformers":
+        config = t.SwitchTransformersConfig(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=4, num_decoder_layers=4,
+                                            num_heads=2, num_experts=4, encoder_sparse_step=2, decoder_sparse_step=2)
+    else:
+        config = t.NllbMoeConfig(vocab_size=64, d_model=16, encoder_layers=4, decoder_layers=4, encoder_attention_heads=2,
+                                 decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_experts=4,
+                                 encoder_sparse_step=2, decoder_sparse_step=2, max_position_embeddings=64)
+    t.AutoModelForSeq2SeqLM.from_config(config).save_pretrained(tmp_path, max_shard_size="30KB")
+    report = shardscan.check(tmp_path, hash=False)
+    assert report.ok, render_report(report)
