@@ -251,9 +251,10 @@ def _fused_checkpoint(s: Saved, path: Path) -> None:
     keys = sorted(state)
     path.mkdir()
     s.model.config.save_pretrained(path)
-    save_file({k: state[k].contiguous() for k in keys[: len(keys) // 2]}, path / "a.safetensors", metadata={"format": "pt"})
-    save_file({k: state[k].contiguous() for k in keys[len(keys) // 2 :]}, path / "b.safetensors", metadata={"format": "pt"})
-    _write_index(path, {"weight_map": {k: "a.safetensors" if i < len(keys) // 2 else "b.safetensors" for i, k in enumerate(keys)}})
+    halves = {"a.safetensors": keys[: len(keys) // 2], "b.safetensors": keys[len(keys) // 2 :]}
+    for name, half in halves.items():
+        save_file({k: state[k].contiguous() for k in half}, path / name, metadata={"format": "pt"})
+    _write_index(path, {"weight_map": {k: name for name, half in halves.items() for k in half}})
 
 
 @pytest.mark.parametrize("family", ["gpt_oss", "llama4", "mixtral", "deepseek_v3"])
@@ -342,7 +343,8 @@ def _mtp_layer(s: Saved, root: Path) -> dict[str, Any]:
         tensors.update({k: t for k, t in load_file(root / "deeper" / shard).items() if k.startswith(prefix)})
     hidden, vocab = s.config.hidden_size, s.config.vocab_size
     own = {"embed_tokens.weight": (vocab, hidden), "enorm.weight": (hidden,), "hnorm.weight": (hidden,),
-           "eh_proj.weight": (hidden, 2 * hidden), "shared_head.norm.weight": (hidden,), "shared_head.head.weight": (vocab, hidden)}
+           "eh_proj.weight": (hidden, 2 * hidden), "shared_head.norm.weight": (hidden,),
+           "shared_head.head.weight": (vocab, hidden)}
     tensors.update({prefix + name: torch.zeros(shape) for name, shape in own.items()})
     return tensors
 
