@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Seque
 from . import formats
 from . import layout as layouts
 from ._typing import PathLike
+from .discover import markers
 from .layout import Layout, Spec
 from .resume import MODEL, OBJECTS, STATE, resume_set, role_of
 from .report import Diff, FileError, Mismatch, Report, families, natural_sorted
@@ -424,6 +425,9 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
         out.warnings.append("checksums not compared (--no-hash)")
     for key, files in sorted(actual.duplicates.items()):
         out.errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
+    # The markers discovery reads (trainer_state.json written last, DCP's .metadata): check and
+    # audit give one directory one verdict.
+    out.errors += [FileError(path, marker) for marker in markers(root)]
     if actual.files == 0 and not actual.errors and not any(layout.kind == "index" for layout in found):
         # an interrupted save can leave config.json and nothing else: that is not "OK"
         out.errors.append(FileError(path, "no tensor files found"))
