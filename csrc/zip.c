@@ -10,7 +10,10 @@
  *     length and offset inside the archive, with overflow-checked arithmetic).
  *  3. The torch rules (check_torch_archive): what torch.save always writes and torch.load
  *     relies on without checking: stored records, no encryption, one top-level folder, unique
- *     names, local headers agreeing with the directory, records overlapping nothing.
+ *     names, local headers agreeing with the directory, records overlapping nothing. And
+ *     wherever torch's reader (miniz) would resolve the archive differently from us, a
+ *     refusal: a second end-record candidate, names equal ignoring case, names that are not
+ *     UTF-8, records miniz takes for folders, an archive not starting with a local header.
  *
  * Everything read from the file is hostile. The central directory is copied into a malloc'd
  * buffer once (so parsing never touches the mapping and cannot fault); the local headers are
