@@ -111,6 +111,36 @@ def _not_a_checkpoint(records: dict[str, ZipRecord], path: str) -> NotACheckpoin
     return None
 
 
+#: The archive format versions torch's reader accepts (caffe2/serialize/versions.h).
+_VERSIONS = range(1, 11)
+
+
+def _small_record(file: NativeFile, records: dict[str, ZipRecord], name: str) -> bytes | None:
+    rec = records.get(name)
+    if rec is None or not rec.intact:
+        return None
+    if rec.size > 64:
+        raise FormatError(f"{name} record of {rec.size} bytes", path=file.path)
+    return file.read(rec.offset, rec.size)
+
+
+def check_records(file: NativeFile, records: dict[str, ZipRecord], truncated: bool) -> None:
+    """The records torch's reader insists on before reading any tensor: a `version` it
+    supports, written as a decimal number, and a `.storage_alignment` that is one."""
+    version = _small_record(file, records, "version")
+    if version is None:
+        if not truncated:  # a cut archive is reported as cut; the record may be lost with it
+            raise FormatError("no version record: torch refuses the archive", path=file.path)
+        return
+    digits = version.strip()
+    if not digits.isdigit() or int(digits) not in _VERSIONS:
+        raise FormatError(f"archive format version {version[:16]!r} is not one torch reads "
+                          f"({_VERSIONS.start}..{_VERSIONS.stop - 1})", path=file.path)
+    alignment = _small_record(file, records, ".storage_alignment")
+    if alignment is not None and not alignment.strip().isdigit():
+        raise FormatError(f".storage_alignment record {alignment[:16]!r} is not a number", path=file.path)
+
+
 def byteorder_is_big(file: NativeFile, records: dict[str, ZipRecord]) -> bool:
     """True for big-endian files. An absent record means little (torch < 1.10 wrote none)."""
     rec = records.get("byteorder")
@@ -169,6 +199,7 @@ def read(file: NativeFile, name: str, policy: pickle_reader.Policy = TORCH_POLIC
     refusal = _not_a_checkpoint(records, file.path)
     if refusal is not None:
         raise refusal
+    check_records(file, records, truncated)
     pkl = records["data.pkl"]
     if not pkl.intact:
         raise FormatError("truncated inside data.pkl: no tensor can be named", path=file.path)
