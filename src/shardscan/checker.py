@@ -298,10 +298,12 @@ def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: 
     found: list[Layout] = list(own_indexes)
     notes: list[str] = []
     config: tuple[Path, bool] | None = None  # (config.json, named by `against`)
-    if against is None and root.is_dir():
+    if against is None:
         manifest = layouts.find_manifest(root)
         if manifest is not None:
-            found.append(_resume_manifest(layouts.manifest_layout(manifest)))
+            layout = layouts.manifest_layout(manifest, root)
+            found.append(_resume_manifest(layout) if root.is_dir() else layout)
+    if against is None and root.is_dir():
         if (root / "config.json").is_file():
             config = (root / "config.json", False)
     elif against is not None:
@@ -343,7 +345,7 @@ def _named_layout(kind: str, against: Path, root: Path, options: CheckOptions) -
     if kind == "manifest":
         manifest = layouts.find_manifest(against) if against.is_dir() else against
         assert manifest is not None, "classify() says the directory holds a manifest"
-        layout = layouts.manifest_layout(manifest)
+        layout = layouts.manifest_layout(manifest, root)
         return _resume_manifest(layout) if root.is_dir() else layout
     return _reference_layout(against, options)
 

@@ -137,7 +137,11 @@ def series_gaps(names: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def find_manifest(directory: Path) -> Path | None:
-    """The manifest inside a checkpoint directory (MANIFEST_NAMES), or None."""
+    """The manifest inside a checkpoint directory (MANIFEST_NAMES), or beside a checkpoint
+    file (`<file name>.shardscan.manifest.parquet`), or None."""
+    if not directory.is_dir():
+        beside = directory.with_name(f"{directory.name}.{MANIFEST_NAME}")
+        return beside if beside.is_file() else None
     for name in MANIFEST_NAMES:
         candidate = directory / name
         if candidate.is_file():
@@ -198,9 +202,17 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def manifest_layout(path: Path) -> Layout:
-    """Keys, dtypes, shapes and checksums from a manifest (checksums compared when present)."""
-    return Layout(kind="manifest", source=f"manifest {path.name}", specs=table_specs(read_manifest(path), checksums=True))
+def manifest_layout(path: Path, checkpoint: Path | None = None) -> Layout:
+    """Keys, dtypes, shapes and checksums from a manifest (checksums compared when present);
+    with `checkpoint`, the files the manifest lists by size and digest are verified too
+    (shardscan.manifest), each mismatch an error of the layout."""
+    from .manifest import verify_files
+
+    table = read_manifest(path)
+    layout = Layout(kind="manifest", source=f"manifest {path.name}", specs=table_specs(table, checksums=True))
+    if checkpoint is not None:
+        layout.errors += verify_files(table, checkpoint)
+    return layout
 
 
 # ----------------------------------------------------------------------------------------
