@@ -37,17 +37,19 @@ MODEL, STATE, OBJECTS = "model", "state", "objects"
 # relative to the checkpoint directory.
 _STATE = re.compile(
     r"^(?:optimizer|scheduler|scaler)(?:_\d+)?\.(?:pt|bin)$"  # Trainer, accelerate
-    r"|^(?:bf16_)?zero_pp_rank_\d+_mp_rank_\d+_optim_states\.pt$"  # DeepSpeed ZeRO shards
-    r"|^mp_rank_\d+_model_states\.pt$"  # DeepSpeed module states (beside the HF weights)
     r"|^model_\d+\.(?:safetensors|bin)$"  # accelerate: the second and later prepared models
 )
 _OBJECTS = re.compile(
     r"^rng_state(?:_\d+)?\.pth$|^training_args\.bin$"  # Trainer
     r"|^(?:random_states|custom_checkpoint)_\d+\.pkl$|^sampler(?:_\d+)?\.bin$"  # accelerate
+    # DeepSpeed pickles its own classes (loss scaler, ZeRO stage enum) and loads with
+    # weights_only=False: module states and ZeRO optimizer shards.
+    r"|^mp_rank_\d+_model_states\.pt$|^(?:bf16_)?zero_pp_rank_\d+_mp_rank_\d+_optim_states\.pt$"
 )
 _STATE_DIRS = re.compile(r"^optimizer(?:_\d+)?$")  # FSDP sharded optimizer state (DCP)
 _TRAINER = re.compile(r"^checkpoint-(\d+)$")
 _RANKED = re.compile(r"^(rng_state|random_states)_(\d+)\.(pth|pkl)$")
+_ZERO_SHARD = re.compile(r"^((?:bf16_)?zero_pp_rank_)(\d+)(_mp_rank_(\d+)_optim_states\.pt)$")
 #: Files whose absence a sibling checkpoint can reveal (trainer_state.json's absence is
 #: discovery's finding: the Trainer writes it last).
 _EXPECTED = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth", "optimizer.bin", "scheduler.bin")
@@ -57,9 +59,11 @@ def role_of(name: str) -> str:
     """The role of a file of a checkpoint directory, by its name relative to the directory."""
     parts = name.split("/")
     if len(parts) > 1:
-        # Inside a subdirectory: DeepSpeed's global_stepN/, FSDP's optimizer_0/ are state;
-        # FSDP's pytorch_model_fsdp_0/ is the model.
-        return MODEL if parts[0].startswith("pytorch_model_fsdp") else STATE
+        # Inside a subdirectory: DeepSpeed's global_stepN/ files by their own names, FSDP's
+        # optimizer_0/ is state, FSDP's pytorch_model_fsdp_0/ the model.
+        if parts[0].startswith("pytorch_model_fsdp"):
+            return MODEL
+        return OBJECTS if _OBJECTS.match(parts[-1]) else STATE
     if _OBJECTS.match(name):
         return OBJECTS
     if _STATE.match(name) or _STATE_DIRS.match(name):
@@ -109,6 +113,10 @@ def resume_set(path: Path, index_shards: list[str] | None = None) -> ResumeSet:
             (model if member.role == MODEL else members).append(member)
     chosen, skipped = _one_family(model, index_shards)
     problems = _absent(path, set(names)) + _rank_gaps(names) + _trainer_state(path, set(names))
+    problems += _zero_shards(path, names)
+    for name in names:
+        if name.startswith("global_step") and (path / name).is_dir():
+            problems += _zero_shards(path / name, sorted(os.listdir(path / name)), f"{name}/")
     return ResumeSet(tuple(chosen + members), tuple(problems), tuple(skipped))
 
 
@@ -118,9 +126,36 @@ def _directory_members(entry: Path, name: str) -> list[Member]:
     if formats.directory_format(entry):
         return [Member(entry, name, role_of(f"{name}/"))]
     if name.startswith("global_step"):
-        return [Member(entry / f, f"{name}/{f}", STATE) for f in sorted(os.listdir(entry))
+        return [Member(entry / f, f"{name}/{f}", role_of(f"{name}/{f}")) for f in sorted(os.listdir(entry))
                 if formats.is_tensor_file_name(f)]
     return []
+
+
+def _zero_shards(path: Path, names: list[str], under: str = "") -> list[tuple[str, str]]:
+    """DeepSpeed ZeRO: one optimizer shard per data-parallel rank, as many as the module
+    states record (`dp_world_size`); DeepSpeed itself only warns when one is missing."""
+    from ._core import NativeFile
+    from .errors import ShardscanError
+    from .formats.torch_zip import load_objects
+
+    shards: dict[tuple[str, str, int], set[int]] = {}
+    for m in filter(None, map(_ZERO_SHARD.match, names)):
+        shards.setdefault((m.group(1), m.group(3), int(m.group(4))), set()).add(int(m.group(2)))
+    problems = []
+    for (head, tail, mp_rank), ranks in sorted(shards.items()):
+        world = max(ranks) + 1
+        states = path / f"mp_rank_{mp_rank:02d}_model_states.pt"
+        try:
+            with NativeFile(states) as file:
+                recorded = load_objects(file)
+            size = recorded.get("dp_world_size") if isinstance(recorded, dict) else None
+            world = max(world, size) if isinstance(size, int) and 0 < size <= 1 << 20 else world
+        except (ShardscanError, OSError):
+            pass  # an unreadable module states file is its own problem, reported when read
+        for rank in sorted(set(range(world)) - ranks):
+            problems.append((f"{under}{head}{rank}{tail}",
+                             f"absent: the checkpoint records {world} data-parallel ranks, rank {rank} saved no shard"))
+    return problems
 
 
 def _one_family(model: list[Member], index_shards: list[str] | None) -> tuple[list[Member], list[str]]:

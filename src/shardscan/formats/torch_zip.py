@@ -271,6 +271,17 @@ def _report(listing: Listing, name: str, path: str, truncated: bool, found: _Fou
         listing.problems.append(FileProblem(name, FormatError(message, path=path)))
 
 
+def load_objects(file: NativeFile) -> object:
+    """The description of a torch.save file's whole pickle (every global described, none
+    called), for reading a framework's bookkeeping values such as a world size."""
+    zl, _ = _directory(file)
+    records = zl.by_name()
+    refusal = _not_a_checkpoint(records, file.path)
+    if refusal is not None:
+        raise refusal
+    return read_pickle(file, records["data.pkl"], OBJECTS_POLICY)
+
+
 def read_objects(file: NativeFile, name: str) -> Listing:
     """read() for a file its framework unpickles in full: any global is described, none
     refused (and none imported or called); the archive and every CRC are checked the same."""
