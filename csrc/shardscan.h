@@ -170,7 +170,13 @@ void ss_st_listing_free(ss_st_listing *listing);
  * run of `nbytes`. Strided views are walked in row-major order, so the digest equals that of
  * the contiguous tensor. Elements are `itemsize` bytes; SS_JOB_BYTESWAP reverses each element
  * (big-endian sources) so a digest always means little-endian row-major bytes. SS_JOB_CRC32
- * also computes the zlib CRC32 of the bytes as stored (contiguous runs only).
+ * also computes the zlib CRC32 of the bytes as stored, in the order read (before any swap).
+ * ss_hash_batch validates every job before it runs any: unknown flags, a segment count with no
+ * list, BYTESWAP with an itemsize other than 2, 4, 8 or 16, a strided segment with itemsize 0
+ * or more than SS_MAX_DIMS dimensions, a negative shape or stride, a contiguous run that is
+ * not a whole number of itemsize elements (itemsize 0 or 1: any length), a file index out of
+ * range and every overflow fail that job with SS_E_ARGUMENT (SS_E_RANGE for bytes outside the
+ * file) and a message; the job reads nothing.
  * ------------------------------------------------------------------------------------------ */
 #define SS_MAX_DIMS 16
 

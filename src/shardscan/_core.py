@@ -209,7 +209,8 @@ def hash_jobs(
         if cjob.status == lib.SS_OK:
             results.append(HashResult(blob[32 * i : 32 * i + 32], cjob.crc32 if jobs[i].crc32 else None, 0, ""))
         else:
-            results.append(HashResult(None, None, cjob.status, _message(cjob, files[cjob.failed_file].path)))
+            culprit = files[cjob.failed_file].path if cjob.failed_file < len(files) else "<no file>"
+            results.append(HashResult(None, None, cjob.status, _message(cjob, culprit)))
     return results
 
 
