@@ -47,21 +47,19 @@ typedef struct {
     int with_crc;
     uint8_t *gather;
     size_t gathered;
+    ss_values values;
 } stream;
 
-#define CRC_CHUNK (128u << 10) /* hash then CRC each chunk while it is still in L2 */
+#define CHUNK (128u << 10) /* hash, then CRC and count each chunk while it is still in L2 */
 
-/* Hashes n bytes of the logical stream (and CRCs them when the CRC is taken on this side of
- * the gather buffer, i.e. for plain contiguous runs). */
+/* Hashes and counts n bytes of the logical stream (and CRCs them when the CRC is taken on
+ * this side of the gather buffer, i.e. for plain contiguous runs). */
 static void stream_bytes(stream *st, const uint8_t *p, size_t n, int with_crc) {
-    if (!with_crc) {
-        if (n) hash_update(&st->state, p, n);
-        return;
-    }
     while (n) {
-        size_t len = n < CRC_CHUNK ? n : CRC_CHUNK;
+        size_t len = n < CHUNK ? n : CHUNK;
         hash_update(&st->state, p, len);
-        st->crc = libdeflate_crc32(st->crc, p, len);
+        if (with_crc) st->crc = libdeflate_crc32(st->crc, p, len);
+        ss_values_add(&st->values, p, len);
         p += len;
         n -= len;
     }
@@ -176,6 +174,8 @@ static ss_status check_job_fields(ss_job *job) {
     /* The swap loop reverses whole elements of these sizes only. */
     if ((job->flags & SS_JOB_BYTESWAP) && size != 2 && size != 4 && size != 8 && size != 16)
         return reject(job, SS_E_ARGUMENT, "byte-swapped job has %u-byte elements; must be 2, 4, 8 or 16", size);
+    if (job->value_kind >= SS_VALUE_KIND_COUNT)
+        return reject(job, SS_E_ARGUMENT, "job has unknown value kind %u", job->value_kind);
     return SS_OK;
 }
 
@@ -234,6 +234,10 @@ static ss_status check_job(const batch *b, ss_job *job, uint64_t *size) {
         if (status) return status;
         if (!ss_add_u64(*size, bytes, size)) return reject(job, SS_E_ARGUMENT, "job length overflows 64 bits");
     }
+    uint32_t width = ss_value_width(job->value_kind);
+    if (width > 1 && *size % width)
+        return reject(job, SS_E_ARGUMENT, "%llu bytes is not a whole number of %u-byte %s values",
+                      (unsigned long long)*size, width, ss_value_kind_name(job->value_kind));
     return SS_OK;
 }
 
@@ -281,6 +285,7 @@ static void run_job(const batch *b, ss_job *job, uint8_t *gather) {
     st.with_crc = (job->flags & SS_JOB_CRC32) != 0;
     st.crc = 0; /* libdeflate_crc32's initial value */
     st.gather = gather;
+    ss_values_start(&st.values, job->value_kind);
     sigjmp_buf jump;
     if (sigsetjmp(jump, 0)) {
         ss_guard_jump = NULL;
@@ -296,6 +301,9 @@ static void run_job(const batch *b, ss_job *job, uint8_t *gather) {
     XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(&st.state));
     memcpy(job->digest, canonical.digest, 16);
     job->crc32 = st.crc;
+    job->nan_count = st.values.nan;
+    job->inf_count = st.values.inf;
+    job->all_zero = !st.values.nonzero;
     job->status = SS_OK;
 }
 

@@ -191,6 +191,31 @@ typedef struct {
 
 enum { SS_JOB_BYTESWAP = 1, SS_JOB_CRC32 = 2 };
 
+/* What a job's elements are, for its value counts: X(name, number, torch dtype name). A kind
+ * is counted on the bytes as hashed (little-endian, after any swap). NaN and Inf are counted
+ * for IEEE kinds and F8_E5M2; F8_E4M3FN has NaN (S.1111.111) and no Inf; a complex kind
+ * counts each part as its own float. Numbers are stable. */
+#define SS_VALUE_KIND_LIST(X)                  \
+    X(SS_VALUES_NONE, 0, "none")               \
+    X(SS_VALUES_F64, 1, "float64")             \
+    X(SS_VALUES_F32, 2, "float32")             \
+    X(SS_VALUES_F16, 3, "float16")             \
+    X(SS_VALUES_BF16, 4, "bfloat16")           \
+    X(SS_VALUES_F8_E5M2, 5, "float8_e5m2")     \
+    X(SS_VALUES_F8_E4M3FN, 6, "float8_e4m3fn") \
+    X(SS_VALUES_C64, 7, "complex64")           \
+    X(SS_VALUES_C128, 8, "complex128")
+
+typedef enum {
+#define SS_KIND_ITEM(name, number, torch_name) name = number,
+    SS_VALUE_KIND_LIST(SS_KIND_ITEM)
+#undef SS_KIND_ITEM
+    SS_VALUE_KIND_COUNT
+} ss_value_kind;
+
+/* The torch dtype name of a kind ("none" for SS_VALUES_NONE); NULL when out of range. */
+const char *ss_value_kind_name(uint32_t kind);
+
 typedef struct {
     /* The contiguous case, used when nsegments == 0. */
     uint32_t file;
@@ -201,10 +226,14 @@ typedef struct {
     uint32_t nsegments;
     uint32_t itemsize;        /* bytes per element: needed for BYTESWAP and strided views */
     uint32_t flags;
+    uint32_t value_kind;      /* ss_value_kind; the job's length must be whole elements of it */
     /* Outputs. */
     ss_status status;
     uint32_t crc32;
     uint8_t digest[16];       /* XXH3-128, canonical (big-endian) byte order */
+    uint64_t nan_count;       /* NaN elements (parts, for complex); 0 for SS_VALUES_NONE */
+    uint64_t inf_count;       /* +-Inf elements likewise */
+    uint32_t all_zero;        /* 1 when every byte is zero (also for an empty job), else 0 */
     uint32_t failed_file;     /* on failure: the batch index of the file at fault */
     char message[256];        /* on failure: what went wrong (the file is failed_file) */
 } ss_job;

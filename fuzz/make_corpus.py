@@ -67,13 +67,15 @@ def _hash_jobs(out: Path) -> None:
     strided = lambda offset, dims: struct.pack("<BH", len(dims), offset) + b"".join(  # noqa: E731
         struct.pack("<bh", d, s) for d, s in dims)
     contiguous = lambda offset, n: struct.pack("<BHH", 0, offset, n)  # noqa: E731
+    # Per job: flags (1 swap, 2 CRC), itemsize, value kind (1 F64, 2 F32, 3 F16, 4 BF16, 5 E5M2,
+    # 6 E4M3FN, 7 C64), segment count.
     seeds = {
         # a transposed 3x4 float32 view, swapped, with a CRC of the stored bytes
-        "transpose-swapped": bytes([0, 3, 4, 1]) + strided(16, [(4, 4), (3, 16)]),
-        # a big-endian run of float64 and a plain run, on two threads
-        "runs": bytes([4 | 1, 1, 8, 0]) + run(8, 64) + bytes([2, 1, 0]) + run(100, 33),
-        # a job of three segments: an expanded view, a run, a 3-d slice
-        "mixed": bytes([0, 1, 2, 3]) + strided(0, [(5, 0)]) + contiguous(32, 16) + strided(64, [(2, 48), (3, 8), (2, 2)]),
+        "transpose-swapped": bytes([0, 3, 4, 2, 1]) + strided(16, [(4, 4), (3, 16)]),
+        # a big-endian run of float64 and a plain run of float8, on two threads
+        "runs": bytes([4 | 1, 1, 8, 1, 0]) + run(8, 64) + bytes([2, 1, 5, 0]) + run(100, 33),
+        # a bfloat16 job of three segments: an expanded view, a run, a 3-d slice
+        "mixed": bytes([0, 1, 2, 4, 3]) + strided(0, [(5, 0)]) + contiguous(32, 16) + strided(64, [(2, 48), (3, 8), (2, 2)]),
     }
     for name, jobs in seeds.items():
         (out / name).write_bytes(jobs + file)

@@ -22,6 +22,15 @@ DTYPE_NAMES: tuple[str, ...] = tuple(ffi.string(lib.ss_dtype_name(i)).decode() f
 ST_DTYPE_NAMES: dict[str, str] = {
     ffi.string(lib.ss_dtype_st_name(i)).decode(): DTYPE_NAMES[i] for i in range(lib.SS_DTYPE_COUNT)
 }
+#: dtype name -> the C core's value kind, for every dtype whose NaN/Inf it counts.
+VALUE_KINDS: dict[str, int] = {
+    ffi.string(lib.ss_value_kind_name(i)).decode(): i for i in range(1, lib.SS_VALUE_KIND_COUNT)
+}
+
+
+def value_kind_for(dtype: str) -> str | None:
+    """`dtype` when the engine counts its NaN/Inf (a HashJob's `value_kind`), else None."""
+    return dtype if dtype in VALUE_KINDS else None
 
 
 def error_for(status: int, message: str, path: str | None, key: str | None = None) -> Exception:
@@ -143,7 +152,10 @@ class Segment:
 
 @dataclass(frozen=True)
 class HashJob:
-    """The bytes of one tensor: one contiguous run (file, offset, nbytes) or `segments`."""
+    """The bytes of one tensor: one contiguous run (file, offset, nbytes) or `segments`.
+    `value_kind` is a dtype name of VALUE_KINDS ("float32", "bfloat16", "float8_e4m3fn",
+    "complex64", ...) to count its NaN and Inf values while hashing; None counts nothing but
+    whether every byte is zero."""
 
     file: int
     offset: int = 0
@@ -152,14 +164,22 @@ class HashJob:
     itemsize: int = 1
     byteswap: bool = False
     crc32: bool = False
+    value_kind: str | None = None
 
 
 @dataclass(frozen=True)
 class HashResult:
+    """One job's outcome. On failure (status != 0) every value is None and `message` says why.
+    `nan_count` / `inf_count` count elements (each part of a complex one) and are None when
+    the job had no value_kind; `all_zero` is True when every byte is zero (an empty job too)."""
+
     checksum: str | None  # 32 lowercase hex digits, None on failure
     crc32: int | None
     status: int
     message: str
+    nan_count: int | None = None
+    inf_count: int | None = None
+    all_zero: bool | None = None
 
 
 def hash_jobs(
@@ -183,6 +203,11 @@ def hash_jobs(
         cjob.nbytes = job.nbytes
         cjob.itemsize = job.itemsize
         cjob.flags = (lib.SS_JOB_BYTESWAP if job.byteswap else 0) | (lib.SS_JOB_CRC32 if job.crc32 else 0)
+        if job.value_kind is not None:
+            try:
+                cjob.value_kind = VALUE_KINDS[job.value_kind]
+            except KeyError:
+                raise ValueError(f"no value counts for dtype {job.value_kind!r}; use value_kind_for()") from None
         if job.segments:
             segs = ffi.new("ss_segment[]", len(job.segments))
             for cseg, seg in zip(segs, job.segments):
@@ -207,7 +232,13 @@ def hash_jobs(
     results = []
     for i, cjob in enumerate(cjobs):
         if cjob.status == lib.SS_OK:
-            results.append(HashResult(blob[32 * i : 32 * i + 32], cjob.crc32 if jobs[i].crc32 else None, 0, ""))
+            counted = jobs[i].value_kind is not None
+            results.append(HashResult(
+                blob[32 * i : 32 * i + 32], cjob.crc32 if jobs[i].crc32 else None, 0, "",
+                nan_count=cjob.nan_count if counted else None,
+                inf_count=cjob.inf_count if counted else None,
+                all_zero=bool(cjob.all_zero),
+            ))
         else:
             culprit = files[cjob.failed_file].path if cjob.failed_file < len(files) else "<no file>"
             results.append(HashResult(None, None, cjob.status, _message(cjob, culprit)))
