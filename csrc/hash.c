@@ -93,11 +93,7 @@ static void gather_bytes(stream *st, const uint8_t *p, size_t n, uint32_t swap) 
 }
 
 /* Drops our mapping of the whole pages inside [p, p + n): they are hashed, keep RSS flat. */
-static void release_pages(const batch *b, const uint8_t *p, size_t n) {
-    uintptr_t lo = ((uintptr_t)p + b->page - 1) & ~(uintptr_t)(b->page - 1);
-    uintptr_t hi = ((uintptr_t)p + n) & ~(uintptr_t)(b->page - 1);
-    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
-}
+static void release_pages(const batch *b, const uint8_t *p, size_t n) { ss_release_pages(p, n, b->page); }
 
 static void stream_contiguous(const batch *b, stream *st, const uint8_t *p, uint64_t n, uint32_t swap) {
     while (n) {

@@ -4,6 +4,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <sys/mman.h>
 
 #include "shardscan.h"
 
@@ -41,6 +42,14 @@ typedef struct {
 uint32_t ss_value_width(uint32_t kind);
 void ss_values_start(ss_values *v, uint32_t kind);
 void ss_values_add(ss_values *v, const uint8_t *p, size_t n);
+
+/* Drops our mapping of the whole pages inside [p, p + n) once they are read: the page cache
+ * keeps the data, resident memory stays flat. */
+static inline void ss_release_pages(const uint8_t *p, size_t n, size_t page) {
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t hi = ((uintptr_t)p + n) & ~(uintptr_t)(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
 
 /* Overflow-checked arithmetic: return 0 on overflow. */
 static inline int ss_add_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_add_overflow(a, b, out); }

@@ -252,6 +252,28 @@ ss_status ss_hash_batch(ss_file *const *files, uint32_t nfiles, ss_job *jobs, ui
 void ss_hex_digests(const ss_job *jobs, uint32_t njobs, char *out);
 
 /* ------------------------------------------------------------------------------------------
+ * Whole-file digests (digest.c): SHA-256 (OpenSSL libcrypto, EVP_sha256) and XXH3-128 of
+ * every byte of each file, as the hub and sha256sum publish them. Files are digested in
+ * parallel, one per worker thread, largest first; memory stays bounded as in ss_hash_batch.
+ * ------------------------------------------------------------------------------------------ */
+typedef struct {
+    /* Outputs. */
+    ss_status status;         /* SS_OK, or SS_E_CHANGED for a file that shrank while read */
+    uint64_t size;            /* bytes digested: the size measured when the file was opened */
+    uint8_t sha256[32];
+    uint8_t xxh3[16];         /* XXH3-128, canonical (big-endian) byte order */
+    char message[256];        /* on failure: what went wrong (never the path) */
+} ss_file_digest;
+
+/* Digests every file of `files` into out[i] (the caller's array of nfiles entries) on
+ * `threads` threads (0 = online CPUs). A NULL file fails its own entry with SS_E_ARGUMENT.
+ * Each entry's outcome is in its own status; returns SS_OK when the batch ran, SS_E_NOMEM or
+ * SS_E_ARGUMENT when it could not start. `progress`, if not NULL, receives the bytes read so
+ * far, added atomically. */
+ss_status ss_digest_files(ss_file *const *files, uint32_t nfiles, ss_file_digest *out, uint32_t threads,
+                          uint64_t *progress);
+
+/* ------------------------------------------------------------------------------------------
  * ZIP archives written by torch.save (zip.c). ss_zip_parse reads the end record (ZIP64-aware)
  * and the central directory of an opened file and checks what torch.load never does: every
  * record stored (not compressed, not encrypted), under one top-level folder, names unique,

@@ -38,7 +38,7 @@ run_target() { # name, command...: one bounded run; a crash leaves its input in 
 for target in "$HERE"/fuzz_*.c; do
     name="$(basename "$target" .c)"; name="${name#fuzz_}"
     clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
-        -I"$ROOT/csrc" "$target" "$ROOT"/csrc/*.c -pthread -lxxhash -ldeflate -lm -o "$WORK/fuzz_$name"
+        -I"$ROOT/csrc" "$target" "$ROOT"/csrc/*.c -pthread -lxxhash -ldeflate -lcrypto -lm -o "$WORK/fuzz_$name"
     ASAN_OPTIONS=detect_leaks=1 run_target "$name" "$WORK/fuzz_$name"
 done
 

@@ -246,13 +246,19 @@ def hash_jobs(
 
 
 def _run_batch(handles, nfiles: int, cjobs, njobs: int, threads: int, progress: Callable[[int], None] | None) -> int:
+    return _with_progress(lambda counter: lib.ss_hash_batch(handles, nfiles, cjobs, njobs, threads, counter), progress)
+
+
+def _with_progress(call: Callable[[object], int], progress: Callable[[int], None] | None) -> int:
+    """call(counter) -> status, with counter NULL when there is no `progress`; otherwise the
+    call runs on a helper thread while this one reports the counter about ten times a second."""
     if progress is None:
-        return lib.ss_hash_batch(handles, nfiles, cjobs, njobs, threads, ffi.NULL)
+        return call(ffi.NULL)
     counter = ffi.new("uint64_t *")
     outcome: list[int] = []
     # cffi drops the GIL for the call, so this thread is free to poll the counter.
     worker = threading.Thread(
-        target=lambda: outcome.append(lib.ss_hash_batch(handles, nfiles, cjobs, njobs, threads, counter)),
+        target=lambda: outcome.append(call(counter)),
         name="shardscan-hash",
         daemon=True,
     )
@@ -262,6 +268,71 @@ def _run_batch(handles, nfiles: int, cjobs, njobs: int, threads: int, progress: 
         progress(counter[0])
     progress(counter[0])
     return outcome[0]
+
+
+# ---- whole-file digests (csrc/digest.c) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """SHA-256 and XXH3-128 (lowercase hex) of every byte of one file and its size at open time.
+    On failure the digests (and, when the file could not be opened, the size) are None and
+    `error` is the exception: OSError for the OS, IntegrityError for a file that shrank while
+    it was read."""
+
+    path: str
+    sha256: str | None
+    xxh3: str | None
+    size: int | None
+    error: Exception | None = None
+
+
+def file_digests(
+    files: Sequence[str | os.PathLike[str] | NativeFile],
+    threads: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[FileDigest]:
+    """Digests every file in one parallel batch (one file per thread, largest first); one
+    result per file, in order. Paths are opened (and closed) here, and a file that cannot be
+    opened gets its error in its own result; NativeFiles stay open. `progress` as for hash_jobs."""
+    opened: list[NativeFile | None] = []
+    results: list[FileDigest | None] = []
+    owned: list[NativeFile] = []
+    try:
+        for item in files:
+            if isinstance(item, NativeFile):
+                opened.append(item)
+                results.append(None)
+                continue
+            path = os.fspath(item)
+            try:
+                native = NativeFile(path)
+            except (OSError, FormatError) as exc:
+                opened.append(None)
+                results.append(FileDigest(path, None, None, None, exc))
+                continue
+            owned.append(native)
+            opened.append(native)
+            results.append(None)
+        todo = [i for i, f in enumerate(opened) if f is not None]
+        if todo:
+            handles = ffi.new("ss_file *[]", [opened[i].handle for i in todo])
+            out = ffi.new("ss_file_digest[]", len(todo))
+            status = _with_progress(lambda counter: lib.ss_digest_files(handles, len(todo), out, threads or 0, counter),
+                                    progress)
+            if status != lib.SS_OK:
+                raise MemoryError(ffi.string(lib.ss_strerror(status)).decode())
+            for slot, i in zip(out, todo):
+                path = opened[i].path
+                if slot.status == lib.SS_OK:
+                    results[i] = FileDigest(path, bytes(ffi.buffer(slot.sha256, 32)).hex(),
+                                            bytes(ffi.buffer(slot.xxh3, 16)).hex(), slot.size)
+                else:
+                    results[i] = FileDigest(path, None, None, slot.size, error_for(slot.status, _message(slot, path), path))
+    finally:
+        for native in owned:
+            native.close()
+    return results  # type: ignore[return-value]
 
 
 # ---- torch zip archives (csrc/zip.c) ---------------------------------------------------------
