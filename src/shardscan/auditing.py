@@ -60,6 +60,7 @@ class AuditRow:
     problem: str | None
     problems: tuple[str, ...] = ()
     markers: tuple[str, ...] = ()
+    nonfinite: int = 0  # tensors holding NaN or Inf
 
     def to_dict(self) -> dict[str, Any]:
         """The row as it appears in `audit --json` under "checkpoints"."""
@@ -77,6 +78,7 @@ class AuditRow:
             "errors": self.errors,
             "problem": self.problem,
             "problems": list(self.problems),
+            "nonfinite": self.nonfinite,
         }
 
 
@@ -106,6 +108,12 @@ class AuditResult:
         return bool(self.rows) and all(row.ok for row in self.rows)
 
     @property
+    def first_nonfinite(self) -> str | None:
+        """The path of the oldest checkpoint holding NaN or Inf values (where training
+        diverged), or None."""
+        return next((row.path for row in self.rows if row.nonfinite), None)
+
+    @property
     def latest_ok(self) -> str | None:
         """The path of the newest checkpoint that checks clean, or None."""
         return next((row.path for row in reversed(self.rows) if row.ok), None)
@@ -133,6 +141,7 @@ class AuditResult:
             "ok": self.ok,
             "checkpoints": [row.to_dict() for row in self.rows],
             "latest_ok": self.latest_ok,
+            "first_nonfinite": self.first_nonfinite,
             "frozen": list(self.frozen),
             "frozen_across": self.frozen_across,
             "identical": [{"path": a, "same_as": b} for a, b in self.identical],
@@ -244,6 +253,9 @@ def _row(checkpoint: Checkpoint, report: "Report") -> AuditRow:
         if keys:
             noun = "tensor" if len(keys) == 1 else "tensors"
             words.append(f"{label} {len(keys)} {noun}: {', '.join(families(keys))}")
+    if report.nonfinite:
+        noun = "tensor holds" if len(report.nonfinite) == 1 else "tensors hold"
+        words.append(f"{len(report.nonfinite)} {noun} NaN or Inf: {', '.join(families(n.key for n in report.nonfinite))}")
     if report.mismatched:
         fields = sorted({m.field for m in report.mismatched})
         words.append(f"{len(report.mismatched)} mismatched ({', '.join(fields)}): "
@@ -255,6 +267,7 @@ def _row(checkpoint: Checkpoint, report: "Report") -> AuditRow:
         missing=len(report.missing), unexpected=len(report.unexpected), mismatched=len(report.mismatched),
         errors=len({e.error for e in report.errors} | set(checkpoint.problems)),
         problem=words[0] if words and not ok else None, problems=tuple(words), markers=checkpoint.problems,
+        nonfinite=len(report.nonfinite),
     )
 
 
@@ -364,6 +377,8 @@ def render_audit(result: AuditResult, *, colour: bool = False) -> str:
         lines.append("identical: " + "; ".join(f"{shown(a)} = {shown(b)}" for a, b in result.identical))
     for path, reason in result.skipped:
         lines.append(f"skipped {shown(path)}: {reason}")
+    if result.first_nonfinite:
+        lines.append(f"non-finite values (NaN/Inf) first appear in {shown(result.first_nonfinite)}")
     if not result.rows:
         lines.append(f"{result.root}: no checkpoints found")
     good = sum(r.ok for r in result.rows)

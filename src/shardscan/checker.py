@@ -33,7 +33,7 @@ from ._typing import PathLike
 from .discover import markers
 from .layout import Layout, Spec
 from .resume import MODEL, OBJECTS, STATE, resume_set, role_of
-from .report import Diff, FileError, Mismatch, Report, families, natural_sorted
+from .report import Diff, FileError, Mismatch, NonFinite, Report, families, natural_sorted
 
 if TYPE_CHECKING:
     from .scanner import ScanResult
@@ -54,6 +54,8 @@ class _Actual:
     duplicates: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     state_specs: dict[str, Spec] = field(default_factory=dict)  # other files' tensors, by qualified key
+    nonfinite: list[NonFinite] = field(default_factory=list)
+    zeros: list[str] = field(default_factory=list)  # all-zero tensors of rank >= 2, by qualified key
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class CheckOptions:
     model: str | None = None
     hf: bool | None = None
     progress: Callable[[int, int], None] | None = None
+    strict: bool = False
 
     @staticmethod
     def prefixes(strip_prefix: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -142,6 +145,11 @@ def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = ()
     return actual
 
 
+#: Keys of a Lightning checkpoint that hold the trainer's bookkeeping, not the model or its
+#: optimizer: ModelCheckpoint keeps `kth_value = inf` until a score exists.
+_BOOKKEEPING = ("callbacks.", "loops.")
+
+
 def _qualifier(file: str, role: str) -> Callable[[str], str]:
     """How keys of a file of this role are named in findings: weights by their own key, other
     files' tensors under the file ("optimizer.pt:state.0.exp_avg"), since their keys repeat."""
@@ -153,15 +161,21 @@ def _collect_rows(actual: _Actual, result: ScanResult, name_of: Callable[[str], 
     """Specs of the scanned rows: the weights' by key (a key in two weight files is a
     duplicate), the other files' by qualified key."""
     columns = result.columns
-    for key, dtype, shape, checksum, raw, nbytes in zip(
-        columns.key, columns.dtype, columns.shape, columns.checksum, columns.file, columns.nbytes
+    for key, dtype, shape, checksum, raw, nbytes, nan, inf, zero in zip(
+        columns.key, columns.dtype, columns.shape, columns.checksum, columns.file, columns.nbytes,
+        columns.nan_count, columns.inf_count, columns.all_zero,
     ):
         name = name_of(raw)
         actual.bytes_by_file[name] = actual.bytes_by_file.get(name, 0) + nbytes
         spec = Spec(dtype=dtype, shape=tuple(shape), checksum=checksum, file=name)
         file_role = role(name)
+        shown = _qualifier(name, file_role)(key)
+        if (nan or inf) and not key.startswith(_BOOKKEEPING):
+            actual.nonfinite.append(NonFinite(shown, name, nan or 0, inf or 0))
+        if zero and len(shape) >= 2 and nbytes:
+            actual.zeros.append(shown)
         if file_role != MODEL:
-            actual.state_specs.setdefault(_qualifier(name, file_role)(key), spec)
+            actual.state_specs.setdefault(shown, spec)
         elif key in actual.specs:
             actual.duplicates.setdefault(key, [actual.specs[key].file or ""]).append(name)
         else:
@@ -425,6 +439,13 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
                 out.notes.append(note)
     if (compared_checksums or options.checksums) and not options.hash:
         out.warnings.append("checksums not compared (--no-hash)")
+    if actual.zeros:
+        # LoRA's B matrices start at zero, so alone this is no proof of damage; --strict makes it one.
+        zeros = f"all-zero tensors (rank >= 2, as preallocated or sparse files leave them): {', '.join(families(actual.zeros))}"
+        if options.strict:
+            out.errors.append(FileError(path, zeros))
+        else:
+            out.warnings.append(zeros)
     for key, files in sorted(actual.duplicates.items()):
         out.errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
     # The markers discovery reads (trainer_state.json written last, DCP's .metadata): check and
@@ -448,6 +469,7 @@ def check(
     hf: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     scan: ScanResult | None = None,
+    strict: bool = False,
 ) -> Report:
     """Checks the checkpoint at `path` (a tensor file or directory) against its expected
     layouts and returns a Report; problems in the checkpoint are findings, never raised.
@@ -458,6 +480,7 @@ def check(
     `checksums`: also compare checksums with a reference checkpoint.
     `model`: "module:factory" of a torch.nn.Module to build on the meta device.
     `hf`: build config layouts with transformers (None: only for a config named by `against`).
+    `strict`: all-zero tensors of rank >= 2 are problems, not warnings (NaN and Inf always are).
     `scan`: a scan the caller made of exactly `files_to_scan(path)` (with `hash` saying
     whether it hashed; ScanResult.select cuts one out of a larger scan), used instead of
     scanning again; its file names may be relative to `path` or carry `path` as their prefix.
@@ -467,7 +490,7 @@ def check(
     package that is not installed."""
     started = time.perf_counter()
     options = CheckOptions(hash=hash, threads=threads, strip_prefix=CheckOptions.prefixes(strip_prefix),
-                           checksums=checksums, model=model, hf=hf, progress=progress)
+                           checksums=checksums, model=model, hf=hf, progress=progress, strict=strict)
     for given in (path, against):
         if given is not None and not Path(given).exists():
             raise FileNotFoundError(f"{given}: no such file or directory")
@@ -496,6 +519,7 @@ def check(
         layouts=tuple(layout.source for layout in found),
         strip_prefix=options.strip_prefix,
         elapsed=time.perf_counter() - started,
+        nonfinite=tuple(actual.nonfinite),
     )
 
 

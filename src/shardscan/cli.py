@@ -163,14 +163,15 @@ def check(
     no_hash: NoHash = False,
     threads: Threads = None,
     json_output: Json = False,
+    strict: Annotated[bool, typer.Option("--strict", help="All-zero tensors of rank >= 2 are problems, not warnings.")] = False,
 ) -> None:
-    """Find what is missing, unexpected, changed or unreadable against the expected layout."""
+    """Find what is missing, unexpected, changed, unreadable or non-finite against the expected layout."""
     from .checker import check as run_check
     from .report import render_report
 
     report = run_check(
         path, against, hash=not no_hash, threads=threads, strip_prefix=strip_prefix, checksums=checksums,
-        model=model, hf=hf, progress=None if json_output else _progress_reporter(),
+        model=model, hf=hf, progress=None if json_output else _progress_reporter(), strict=strict,
     )
     if json_output:
         typer.echo(json.dumps(report.to_dict()))

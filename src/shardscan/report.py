@@ -52,9 +52,23 @@ class FileError:
 
 
 @dataclass(frozen=True)
+class NonFinite:
+    """A tensor holding NaN or +-Inf values: `key` as findings name it (qualified by its file
+    outside the weights), `file` the file it is in, and how many of each."""
+
+    key: str
+    file: str
+    nan: int
+    inf: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "file": self.file, "nan": self.nan, "inf": self.inf}
+
+
+@dataclass(frozen=True)
 class Report:
     """The result of `shardscan.check`. `ok` is true when nothing is missing, unexpected,
-    mismatched or unreadable; `warnings` (advisory, e.g. an index's total_size) and `notes`
+    mismatched, unreadable or non-finite (NaN/Inf, found while hashing); `warnings` (advisory, e.g. an index's total_size) and `notes`
     (e.g. a detected key prefix) never make it false. Lists are kept sorted."""
 
     path: str
@@ -71,10 +85,11 @@ class Report:
     layouts: tuple[str, ...] = ()
     strip_prefix: tuple[str, ...] = ()
     elapsed: float = 0.0
+    nonfinite: tuple[NonFinite, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.mismatched or self.errors)
+        return not (self.missing or self.unexpected or self.mismatched or self.errors or self.nonfinite)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract documented in docs/report-json.md. Keys may be added, never removed."""
@@ -94,6 +109,7 @@ class Report:
             "layouts": sorted(self.layouts),
             "strip_prefix": list(self.strip_prefix),
             "elapsed": round(self.elapsed, 6),
+            "nonfinite": [n.to_dict() for n in sorted(self.nonfinite, key=lambda n: natural_key(n.key))],
         }
 
 
@@ -357,6 +373,7 @@ def render_report(report: Report, *, colour: bool = False) -> str:
         lines += _family_lines("unexpected", report.unexpected)
     lines += _mismatch_lines(report.mismatched, "expected", "found")
     lines += _error_lines(report.errors, paint)
+    lines += _nonfinite_lines(report.nonfinite, paint)
     lines += [paint(f"warning: {w}", _YELLOW) for w in sorted(report.warnings)]
     lines += [f"note: {n}" for n in sorted(report.notes)]
     against = f" against {', '.join(report.layouts)}" if report.layouts else ""
@@ -371,11 +388,20 @@ def render_report(report: Report, *, colour: bool = False) -> str:
                 (len(report.unexpected), "unexpected"),
                 (len(report.mismatched), "mismatched"),
                 (len(report.errors), "file errors" if len(report.errors) != 1 else "file error"),
+                (len(report.nonfinite), "non-finite"),
             )
             if n
         ]
         lines.append(f"{report.path}: {paint('FAILED', _RED + _BOLD)} {', '.join(counts)} ({size})")
     return "\n".join(lines)
+
+
+def _nonfinite_lines(items: Sequence[NonFinite], paint: "_Paint") -> list[str]:
+    lines = []
+    for n in sorted(items, key=lambda n: natural_key(n.key)):
+        counts = ", ".join(f"{count} {label}" for count, label in ((n.nan, "NaN"), (n.inf, "Inf")) if count)
+        lines.append(f"{paint('non-finite', _RED)}: {n.key} ({counts})")
+    return lines
 
 
 def render_diff(result: Diff, *, colour: bool = False) -> str:

@@ -18,7 +18,7 @@ from ._core import HashJob, HashResult, NativeFile, error_for, hash_jobs
 from ._typing import PathLike
 from .errors import FormatError, ShardscanError
 from .formats import FileProblem, Listing
-from .schema import NAMES
+from .schema import HASHED, NAMES
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -209,12 +209,12 @@ def scan_paths(
         listings.append(listing)
         problems += listing.problems
 
-    checksums: list[str | None] = []
+    hashed: list[HashResult] | None = None
     if hash:
-        checksums, hash_problems = _hash_all(listings, threads, progress)
+        hashed, hash_problems = _hash_all(listings, threads, progress)
         problems += hash_problems
     return ScanResult(
-        columns=_columns(listings, checksums if hash else None),
+        columns=_columns(listings, hashed),
         problems=tuple(problems),
         files=tuple(name for listing in listings for name in listing.names[:1]),
         non_tensor_leaves=sum(listing.non_tensor_leaves for listing in listings),
@@ -225,7 +225,7 @@ def scan_paths(
 
 def _hash_all(
     listings: list[Listing], threads: int | None, progress: Callable[[int, int], None] | None
-) -> tuple[list[str | None], list[FileProblem]]:
+) -> tuple[list[HashResult], list[FileProblem]]:
     """One batch for every job of every listing (row jobs, then the checks that produce no
     row), file indices rebased onto one list; then each listing's results are judged."""
     files: list[NativeFile] = []
@@ -251,7 +251,7 @@ def _hash_all(
         verified += formats.verify(listing, mine, checks[check_at : check_at + len(listing.checks)])
         row_at += len(listing)
         check_at += len(listing.checks)
-    return [r.checksum for r in rows], problems + verified
+    return rows, problems + verified
 
 
 def _unreadable(listing: Listing, result: HashResult) -> FileProblem:
@@ -268,14 +268,16 @@ def _rebase(job: HashJob, base: int) -> HashJob:
     return replace(job, file=job.file + base, segments=tuple(replace(s, file=s.file + base) for s in job.segments))
 
 
-def _columns(listings: list[Listing], checksums: list[str | None] | None) -> Columns:
+def _columns(listings: list[Listing], hashed: list[HashResult] | None) -> Columns:
     lists: dict[str, list] = {name: [] for name in NAMES}
     for listing in listings:
         lists["file"].extend(listing.names[i] for i in listing.row_file)
         for name, values in listing.columns.items():
             lists[name].extend(values)
         lists["format"].extend([listing.format] * len(listing))
-    lists["checksum"] = list(checksums) if checksums is not None else [None] * len(lists["key"])
+    rows = len(lists["key"])
+    for name in HASHED:
+        lists[name] = [getattr(r, name) for r in hashed] if hashed is not None else [None] * rows
     return Columns(lists)
 
 

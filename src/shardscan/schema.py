@@ -17,6 +17,11 @@ checksum  string        XXH3-128 of the tensor's bytes in row-major order, littl
 storage   string        the storage the bytes live in (torch: the zip record, e.g. "data/3");
                         rows sharing a storage are tied. Null for safetensors
 format    string        the reader's name: "safetensors", "torch" or "dcp"
+nan_count uint64        NaN elements (floating dtypes; complex parts counted apart). Null when
+                        not hashed or not floating
+inf_count uint64        +-Inf elements, as nan_count (float8_e4m3fn has no infinity: 0)
+all_zero  bool          every byte of the tensor is zero (what preallocated or sparse files
+                        leave behind a crash). Null when not hashed
 
 The columns are declared once, in COLUMNS, as (name, Arrow type, nullable). Building the
 pyarrow schema costs the pyarrow import, so SCHEMA is made on first use; code that only
@@ -40,8 +45,13 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("checksum", "string", True),
     ("storage", "string", True),
     ("format", "string", False),
+    ("nan_count", "uint64", True),
+    ("inf_count", "uint64", True),
+    ("all_zero", "bool", True),
 )
 NAMES: tuple[str, ...] = tuple(name for name, _, _ in COLUMNS)
+#: The columns the hashing pass fills (null without it).
+HASHED: tuple[str, ...] = ("checksum", "nan_count", "inf_count", "all_zero")
 
 _schema: "pa.Schema | None" = None
 
@@ -51,7 +61,7 @@ def _arrow_type(name: str) -> "pa.DataType":
 
     if name.startswith("list<") and name.endswith(">"):
         return pa.list_(_arrow_type(name[5:-1]))
-    return getattr(pa, name)()
+    return pa.bool_() if name == "bool" else getattr(pa, name)()
 
 
 def __getattr__(name: str) -> Any:

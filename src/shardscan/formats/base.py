@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Mapping
 
 from ..errors import IntegrityError, message_of
-from ..schema import NAMES
+from ..schema import HASHED, NAMES
 
 if TYPE_CHECKING:
     from .._core import HashJob, HashResult, NativeFile
 
-#: The columns a reader fills; the scanner adds `file` (from the row's file index), `checksum`
-#: (from hashing) and `format` (the listing's).
-ROW_COLUMNS: tuple[str, ...] = tuple(name for name in NAMES if name not in ("file", "checksum", "format"))
+#: The columns a reader fills; the scanner adds `file` (from the row's file index), `format`
+#: (the listing's) and the HASHED ones.
+ROW_COLUMNS: tuple[str, ...] = tuple(name for name in NAMES if name not in ("file", "format", *HASHED))
 
 #: How many leading bytes `Format.sniff` is shown.
 HEAD = 64
@@ -136,12 +136,14 @@ class Listing:
         self.jobs.append(job)
 
     def row_jobs(self) -> list["HashJob"]:
-        """The read of every row, in row order."""
-        if self.jobs is not None:
-            return [job.read for job in self.jobs]
-        from .._core import HashJob
+        """The read of every row, in row order, counting NaN/Inf for floating dtypes."""
+        from .._core import HashJob, value_kind_for
 
-        return [HashJob(file=0, offset=o, nbytes=n) for o, n in zip(self.columns["offset"], self.columns["nbytes"])]
+        kinds = [value_kind_for(dtype) for dtype in self.columns["dtype"]]
+        if self.jobs is not None:
+            return [replace(job.read, value_kind=kind) if kind else job.read for job, kind in zip(self.jobs, kinds)]
+        return [HashJob(file=0, offset=o, nbytes=n, value_kind=kind)
+                for o, n, kind in zip(self.columns["offset"], self.columns["nbytes"], kinds)]
 
 
 def verify(listing: Listing, row_results: list["HashResult"], check_results: list["HashResult"]) -> list[FileProblem]:
