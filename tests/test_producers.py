@@ -334,6 +334,16 @@ def test_deepspeed_resumes_intact_and_refuses_a_cut_optimizer_shard(deepspeed_ze
     assert 1 in outcome.tracebacks and "PytorchStreamReader failed" in outcome.tracebacks[1], outcome.tracebacks
 
 
+@pytest.mark.slow
+def test_deepspeed_refuses_a_missing_optimizer_shard(deepspeed_zero_checkpoint: Path, tmp_path: Path) -> None:
+    """Rank 1 reads its own shard only; without it, that rank fails (DeepSpeed 0.19)."""
+    missing = producers.copy_checkpoint(deepspeed_zero_checkpoint, tmp_path / "missing")
+    producers.delete(missing / "global_step2" / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    outcome = producers.deepspeed_zero_resume([missing])
+    assert outcome.loaded == [] and outcome.failed == missing
+    assert "FileNotFoundError" in outcome.tracebacks[1], outcome.tracebacks
+
+
 # ---------------------------------------------------------------------------------------------
 # the damage helpers themselves
 # ---------------------------------------------------------------------------------------------
