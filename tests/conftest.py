@@ -75,3 +75,14 @@ def deepspeed_zero_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not producers.deepspeed_available():
         pytest.skip("deepspeed is not importable")
     return producers.deepspeed_zero_save(tmp_path_factory.mktemp("deepspeed") / "run")
+
+
+@pytest.fixture(scope="session")
+def hf_deepspeed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Trainer output_dir trained under DeepSpeed ZeRO-2 on one CPU process: checkpoint-2, -4."""
+    pytest.importorskip("transformers")
+    import producers
+
+    if not producers.deepspeed_available():
+        pytest.skip("deepspeed is not importable")
+    return producers.hf_deepspeed_run(tmp_path_factory.mktemp("hf-deepspeed") / "run")

@@ -71,14 +71,17 @@ def token_dataset(rows: int = 32) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def _training_arguments(output_dir: Path, max_steps: int):
+def _training_arguments(output_dir: Path, max_steps: int, **overrides: Any):
+    """TrainingArguments of every Trainer run here; `overrides` must be given at construction
+    (__post_init__ acts on some, e.g. `deepspeed`)."""
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    settings: dict[str, Any] = dict(
         output_dir=str(output_dir), max_steps=max_steps, save_steps=HF_SAVE_STEPS,
         per_device_train_batch_size=2, learning_rate=1e-3, report_to=[], use_cpu=True,
         logging_steps=1, disable_tqdm=True, seed=SEED, dataloader_num_workers=0,
     )
+    return TrainingArguments(**(settings | overrides))
 
 
 def _quiet_transformers() -> None:
@@ -118,8 +121,7 @@ def hf_trainer_resume(checkpoint: Path, scratch: Path, *, extra_steps: int = 2) 
     _quiet_transformers()
     resumed_at = TrainerState.load_from_json(str(checkpoint / "trainer_state.json")).global_step \
         if (checkpoint / "trainer_state.json").is_file() else 0
-    args = _training_arguments(scratch, resumed_at + extra_steps)
-    args.save_strategy = "no"
+    args = _training_arguments(scratch, resumed_at + extra_steps, save_strategy="no")
     trainer = Trainer(model=tiny_llama(), args=args, train_dataset=token_dataset())
     trainer.train(resume_from_checkpoint=str(checkpoint))
     return Resumed(resumed_at=resumed_at, final_step=trainer.state.global_step)
@@ -153,8 +155,7 @@ def peft_trainer_resume(checkpoint: Path, scratch: Path, *, extra_steps: int = 2
 
     _quiet_transformers()
     resumed_at = TrainerState.load_from_json(str(checkpoint / "trainer_state.json")).global_step
-    args = _training_arguments(scratch, resumed_at + extra_steps)
-    args.save_strategy = "no"
+    args = _training_arguments(scratch, resumed_at + extra_steps, save_strategy="no")
     trainer = Trainer(model=_lora_model(), args=args, train_dataset=token_dataset())
     trainer.train(resume_from_checkpoint=str(checkpoint))
     return Resumed(resumed_at=resumed_at, final_step=trainer.state.global_step)
@@ -581,6 +582,58 @@ def deepspeed_zero_resume(directories: list[Path]) -> MultiRankResume:
     """`engine.load_checkpoint(directory)` (which follows directory/latest) for each directory in
     turn on the same 2 gloo ranks; the first failure stops every rank."""
     return _spawn_ranks(_deepspeed_rank, DEEPSPEED_WORLD, (_free_port(),), "load", directories)
+
+
+# --------------------------------------------------------------------------------------------
+# transformers.Trainer with DeepSpeed ZeRO-2 (one rank, CPU)
+# --------------------------------------------------------------------------------------------
+
+HF_DEEPSPEED_MAX_STEPS = 4
+
+
+def _hf_deepspeed_arguments(output_dir: str, max_steps: int, **overrides: Any):
+    config = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+              "zero_optimization": {"stage": DEEPSPEED_STAGE}, "zero_allow_untested_optimizer": True}
+    return _training_arguments(Path(output_dir), max_steps, deepspeed=config, optim="adamw_torch", **overrides)
+
+
+def _hf_deepspeed_rank(rank: int, port: int, mode: str, directories: list[str], results: str) -> None:
+    """The Trainer under DeepSpeed, as `deepspeed train.py` or `accelerate launch` starts it with
+    one process: a save run into directories[0], or a resume from each directory in turn."""
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    import deepspeed
+    from transformers import Trainer
+    from transformers.trainer_callback import TrainerState
+
+    _quiet_transformers()
+    deepspeed.ops.__compatible_ops__ = {}  # see _deepspeed_rank
+    if mode == "save":
+        args = _hf_deepspeed_arguments(directories[0], HF_DEEPSPEED_MAX_STEPS)
+        Trainer(model=tiny_llama(), args=args, train_dataset=token_dataset()).train()
+        return
+    for index, directory in enumerate(directories):
+        state = Path(directory) / "trainer_state.json"
+        resumed_at = TrainerState.load_from_json(str(state)).global_step if state.is_file() else 0
+        args = _hf_deepspeed_arguments(str(Path(results) / f"resumed-{index}"), resumed_at + 2, save_strategy="no")
+        trainer = Trainer(model=tiny_llama(), args=args, train_dataset=token_dataset())
+        _record_outcome(results, rank, index, lambda: trainer.train(resume_from_checkpoint=directory))
+
+
+def hf_deepspeed_run(output_dir: Path) -> Path:
+    """`Trainer.train()` with a DeepSpeed ZeRO-2 config on one CPU process, saving every
+    HF_SAVE_STEPS: checkpoint-N/ holds model.safetensors, scheduler.pt, rng_state.pth,
+    trainer_state.json, training_args.bin, config files, and DeepSpeed's `latest`,
+    global_stepN/mp_rank_00_model_states.pt and global_stepN/zero_pp_rank_0_mp_rank_00_optim_states.pt
+    in place of optimizer.pt."""
+    _spawn_ranks(_hf_deepspeed_rank, 1, (_free_port(),), "save", [output_dir])
+    return output_dir
+
+
+def hf_deepspeed_resume(directories: list[Path]) -> MultiRankResume:
+    """`Trainer.train(resume_from_checkpoint=...)` under the same DeepSpeed config, each
+    directory in turn in one process (the first failure stops it)."""
+    return _spawn_ranks(_hf_deepspeed_rank, 1, (_free_port(),), "load", directories)
 
 
 # --------------------------------------------------------------------------------------------

@@ -334,6 +334,16 @@ def test_deepspeed_resumes_intact_and_refuses_a_cut_optimizer_shard(deepspeed_ze
     assert 1 in outcome.tracebacks and "PytorchStreamReader failed" in outcome.tracebacks[1], outcome.tracebacks
 
 
+@pytest.mark.slow
+def test_deepspeed_refuses_a_missing_optimizer_shard(deepspeed_zero_checkpoint: Path, tmp_path: Path) -> None:
+    """Rank 1 reads its own shard only; without it, that rank fails (DeepSpeed 0.19)."""
+    missing = producers.copy_checkpoint(deepspeed_zero_checkpoint, tmp_path / "missing")
+    producers.delete(missing / "global_step2" / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    outcome = producers.deepspeed_zero_resume([missing])
+    assert outcome.loaded == [] and outcome.failed == missing
+    assert "FileNotFoundError" in outcome.tracebacks[1], outcome.tracebacks
+
+
 # ---------------------------------------------------------------------------------------------
 # the damage helpers themselves
 # ---------------------------------------------------------------------------------------------
@@ -355,3 +365,41 @@ def test_flip_tensor_byte_changes_exactly_one_byte_of_that_tensor(tmp_path: Path
     assert [i for i in range(len(before)) if before[i] != after[i]] == [offset]
     loaded = torch.load(path, weights_only=True)["t"]
     assert (loaded != tensor).sum() == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers.Trainer under DeepSpeed ZeRO-2
+# ---------------------------------------------------------------------------------------------
+
+HF_DEEPSPEED_FILES = {"config.json", "generation_config.json", "model.safetensors", "scheduler.pt", "rng_state.pth",
+                      "trainer_state.json", "training_args.bin", "latest", "zero_to_fp32.py", "zero_to_torch.py"}
+
+
+@pytest.mark.slow
+def test_hf_deepspeed_checkpoint_layout(hf_deepspeed_run: Path) -> None:
+    for step in (2, 4):
+        checkpoint = hf_deepspeed_run / f"checkpoint-{step}"
+        # DeepSpeed's engine saves the optimizer: no optimizer.pt, a global_stepN/ tag instead.
+        assert producers.files_under(checkpoint) == HF_DEEPSPEED_FILES | {
+            f"global_step{step}/mp_rank_00_model_states.pt",
+            f"global_step{step}/zero_pp_rank_0_mp_rank_00_optim_states.pt"}
+        assert (checkpoint / "latest").read_text().strip() == f"global_step{step}"
+
+
+@pytest.mark.slow
+def test_hf_deepspeed_resumes_intact_and_refuses_a_cut_zero_shard(hf_deepspeed_run: Path, tmp_path: Path) -> None:
+    cut = producers.copy_checkpoint(hf_deepspeed_run / "checkpoint-2", tmp_path / "checkpoint-2")
+    producers.truncate_at(cut / "global_step2" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", 0.5)
+    outcome = producers.hf_deepspeed_resume([hf_deepspeed_run / "checkpoint-2", cut])
+    assert outcome.loaded == [hf_deepspeed_run / "checkpoint-2"] and outcome.failed == cut
+    assert "PytorchStreamReader failed" in outcome.tracebacks[0], outcome.tracebacks
+
+
+@pytest.mark.slow
+def test_hf_deepspeed_needs_scheduler_pt(hf_deepspeed_run: Path, tmp_path: Path) -> None:
+    """Unlike a plain Trainer checkpoint, where a missing scheduler.pt only skips the optimizer,
+    under DeepSpeed the Trainer loads it without looking first."""
+    missing = producers.copy_checkpoint(hf_deepspeed_run / "checkpoint-2", tmp_path / "checkpoint-2")
+    producers.delete(missing / "scheduler.pt")
+    outcome = producers.hf_deepspeed_resume([missing])
+    assert outcome.failed == missing and "FileNotFoundError" in outcome.tracebacks[0], outcome.tracebacks
