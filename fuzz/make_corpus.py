@@ -3,8 +3,9 @@
     python fuzz/make_corpus.py [OUT_DIR]      (default: fuzz/corpus)
 
 One folder per target: safetensors/, zip/ (torch.save archives), pickle/ (their data.pkl),
-dcp/ (a torch.distributed.checkpoint .metadata). Deterministic, a few KiB in all, so it can
-be regenerated and kept in the repository.
+legacy/ (legacy torch.save files, whole and cut), dcp/ (a torch.distributed.checkpoint
+.metadata). Deterministic, a few KiB in all, so it can be regenerated and kept in the
+repository.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def state_dicts() -> dict[str, dict]:
 
 
 def main(out: Path) -> None:
-    dirs = {name: out / name for name in ("safetensors", "zip", "pickle", "dcp")}
+    dirs = {name: out / name for name in ("safetensors", "zip", "pickle", "legacy", "dcp")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     (dirs["safetensors"] / "valid").write_bytes(VALID)
@@ -52,8 +53,32 @@ def main(out: Path) -> None:
         with zipfile.ZipFile(io.BytesIO(blob)) as z:
             pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
             (dirs["pickle"] / name).write_bytes(z.read(pkl))
+        legacy = _legacy_file(sd)
+        (dirs["legacy"] / name).write_bytes(legacy)
+        (dirs["legacy"] / f"{name}-cut").write_bytes(legacy[:-3])  # inside the last storage
     (dirs["pickle"] / "ordered").write_bytes(_plain_pickle())
     _dcp_metadata(dirs["dcp"])
+
+
+def _legacy_file(sd: dict) -> bytes:
+    """sd saved in the legacy layout, its storage keys (memory addresses) renamed by rank to
+    digits of the same length, so the file is the same on every run."""
+    import pickletools
+
+    buf = io.BytesIO()
+    torch.save(sd, buf, _use_new_zipfile_serialization=False)
+    blob = buf.getvalue()
+    buf.seek(0)
+    for _ in range(5):  # magic, version, sys_info, object, key list
+        for _op in pickletools.genops(buf):
+            pass
+    pickles, data = blob[: buf.tell()], blob[buf.tell() :]
+    keys = sorted({str(t.untyped_storage()._cdata) for t in sd.values()})
+    assert len({len(k) for k in keys}) == 1, "keys of one length keep their order when renamed"
+    for rank, key in enumerate(keys):
+        size = len(key).to_bytes(4, "little")
+        pickles = pickles.replace(b"X" + size + key.encode(), b"X" + size + f"{rank:0{len(key)}d}".encode())
+    return pickles + data
 
 
 def _plain_pickle() -> bytes:

@@ -14,9 +14,11 @@ checksum  string        XXH3-128 of the tensor's bytes in row-major order, littl
                         lowercase hex digits: equal to xxhash.xxh3_128_hexdigest(bytes) whatever
                         format or layout (view, transpose, big-endian) the tensor is stored in.
                         Null when hashing is off or the bytes could not be read
-storage   string        the storage the bytes live in (torch: the zip record, e.g. "data/3");
-                        rows sharing a storage are tied. Null for safetensors
-format    string        the reader's name: "safetensors", "torch" or "dcp"
+storage   string        the storage the bytes live in (torch: the zip record, e.g. "data/3"; a
+                        legacy torch.save file: the storage key its pickle names, e.g.
+                        "94260327238848"); rows sharing a storage are tied. Null for safetensors
+format    string        the reader's name: "safetensors", "torch" (every torch.save file, zip or
+                        legacy pre-1.6 layout: torch.load reads both) or "dcp"
 
 The columns are declared once, in COLUMNS, as (name, Arrow type, nullable). Building the
 pyarrow schema costs the pyarrow import, so SCHEMA is made on first use; code that only
