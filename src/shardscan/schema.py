@@ -1,7 +1,8 @@
 """The columns of a scan: one row per tensor. Columns may be added, never removed.
 
 file      string        the tensor file as it was given, or relative to a directory given;
-                        for DCP, the .distcp file holding the first chunk
+                        for DCP, the .distcp file holding the first element (the checkpoint
+                        directory for a tensor without elements, which has no bytes anywhere)
 key       string        the tensor's name; in torch files, the path through nested
                         containers joined with "." (state_dict.model.layers.0.weight)
 dtype     string        torch's name without "torch." (float32, bfloat16, float8_e4m3fn, ...).
