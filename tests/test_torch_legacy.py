@@ -237,6 +237,21 @@ def test_cut_inside_the_pickles_names_no_tensor(tmp_path, where):
         scan(path)
 
 
+def test_every_truncation_length(tmp_path):
+    sd = {"w": torch.randn(3, 4), "h": torch.arange(6, dtype=torch.int16), "t": None, "flag": torch.tensor(True)}
+    sd["t"] = sd["w"].t()
+    src = tmp_path / "whole.pt"
+    legacy_save(sd, src)
+    blob, expected = src.read_bytes(), oracle(sd)
+    path = tmp_path / "cut.pt"
+    for length in range(len(blob)):
+        path.write_bytes(blob[:length])
+        result = scan_paths(path)
+        assert len(result.problems) == 1, length
+        for row in result.table.to_pylist():  # whatever survives is exactly what was saved
+            assert (row["dtype"], row["shape"], row["checksum"]) == expected[row["key"]], length
+
+
 def test_a_count_that_disagrees_with_the_pickle(tmp_path):
     path, blob, spans, order, by_key = _three_storages(tmp_path)
     patched = bytearray(blob)
