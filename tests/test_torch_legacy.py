@@ -386,3 +386,27 @@ def test_a_module_persistent_id_is_refused(tmp_path):
     path.write_bytes(_hand_built(("module", torch.FloatStorage, "0", "cpu", 4, None), b""))
     with pytest.raises(FormatError, match="not a storage"):
         scan(path)
+
+
+# ---- the verdict matches the resume ------------------------------------------------------------
+
+
+def test_the_producers_legacy_checkpoint_resumes_and_checks_clean(legacy_torch_checkpoint):
+    import producers
+    import shardscan
+
+    assert producers.legacy_torch_resume(legacy_torch_checkpoint) == 3
+    assert shardscan.check(legacy_torch_checkpoint).ok
+    check_against_torch(legacy_torch_checkpoint)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.99])
+def test_a_cut_legacy_checkpoint_fails_like_its_resume(legacy_torch_checkpoint, tmp_path, fraction):
+    import producers
+    import shardscan
+
+    copy = producers.copy_checkpoint(legacy_torch_checkpoint, tmp_path / "checkpoint.pt")
+    producers.truncate_at(copy, fraction)
+    assert isinstance(producers.run_raises(lambda: producers.legacy_torch_resume(copy)), RuntimeError)
+    report = shardscan.check(copy)
+    assert not report.ok and [e.file for e in report.errors] == [str(copy)]
