@@ -410,3 +410,29 @@ def test_a_cut_legacy_checkpoint_fails_like_its_resume(legacy_torch_checkpoint, 
     assert isinstance(producers.run_raises(lambda: producers.legacy_torch_resume(copy)), RuntimeError)
     report = shardscan.check(copy)
     assert not report.ok and [e.file for e in report.errors] == [str(copy)]
+
+
+def test_a_file_its_framework_unpickles_in_full(tmp_path):
+    """An RNG-state file keeps numpy objects: the objects role describes them (nothing is
+    imported or called), the weights role refuses them as torch's weights-only load does."""
+    import numpy as np
+
+    from shardscan import formats
+    from shardscan._core import NativeFile
+
+    canary = tmp_path / "canary"
+
+    class Payload:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {canary}",))
+
+    path = tmp_path / "rng_state.pth"
+    legacy_save({"numpy": np.random.RandomState(0).get_state(), "cpu": torch.get_rng_state(), "p": Payload()}, path)
+    with NativeFile(path) as file:
+        listing = formats.read_file(file, path.name, objects=True)
+        assert listing.keys == ["cpu"] and not listing.problems
+        with pytest.raises(UnsafePickleError, match="numpy"):
+            formats.read_file(file, path.name)
+    assert not canary.exists()

@@ -33,7 +33,7 @@ from ..errors import FormatError
 from ..pickle_reader import Policy, StorageClass, StorageRef, TensorRef, expect, is_int
 from . import torch_zip
 from .base import FileProblem, Format, Job, Listing
-from .torch_pickle import ITEMSIZE, TORCH_POLICY
+from .torch_pickle import ITEMSIZE, OBJECTS_POLICY, TORCH_POLICY
 
 NAME = torch_zip.NAME
 
@@ -81,9 +81,10 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-def _legacy_policy() -> tuple[Policy, dict[str, LegacyStorageRef]]:
-    """torch's weights-only policy with the legacy persistent ids, and the storages they name
-    by key (first id wins, as in torch's `persistent_load`), filled while the pickle is read."""
+def _legacy_policy(base: Policy) -> tuple[Policy, dict[str, LegacyStorageRef]]:
+    """`base` (torch's weights-only policy, or the objects one) with the legacy persistent ids,
+    and the storages they name by key (first id wins, as in torch's `persistent_load`), filled
+    while the pickle is read."""
     roots: dict[str, LegacyStorageRef] = {}
     views: dict[str, LegacyStorageRef] = {}
 
@@ -109,7 +110,7 @@ def _legacy_policy() -> tuple[Policy, dict[str, LegacyStorageRef]]:
         expect(is_int(offset) and offset >= 0 and is_int(size) and size >= 0, "storage view is not two counts")
         return views.setdefault(view_key, replace(root, view_offset=offset, view_numel=size))
 
-    return replace(TORCH_POLICY, name="torch-legacy", persistent_id=decode), roots
+    return replace(base, name=f"{base.name}-legacy", persistent_id=decode), roots
 
 
 def _itemsize(ref: StorageRef) -> int:
@@ -269,15 +270,15 @@ def _list_tensors(listing: Listing, obj: Any, storages: _Storages) -> _Found:
     return found
 
 
-def read(file: NativeFile, name: str) -> Listing:
+def read(file: NativeFile, name: str, policy: Policy = TORCH_POLICY) -> Listing:
     """Rows for every tensor of a legacy torch.save file. Raises FormatError for a damaged or
     cut header or object pickle (no tensor can be named) and UnsafePickleError for a global
-    outside torch's weights-only allowlist; a file cut or damaged among its storages still
-    yields the tensors located before the damage, with a FileProblem."""
+    outside `policy` (torch's weights-only allowlist); a file cut or damaged among its
+    storages still yields the tensors located before the damage, with a FileProblem."""
     try:
         pos = _read_header(file)
-        policy, roots = _legacy_policy()
-        obj, pos = _next_pickle(file, pos, policy)
+        legacy_policy, roots = _legacy_policy(policy)
+        obj, pos = _next_pickle(file, pos, legacy_policy)
     except _Cut:
         raise FormatError("truncated inside the pickle: no tensor can be named", path=file.path) from None
     listing = Listing(format=NAME, files=[file], names=[name])
@@ -298,4 +299,10 @@ def read(file: NativeFile, name: str) -> Listing:
     return listing
 
 
-FORMAT = Format(name=NAME, sniff=sniff, read=read)
+def read_objects(file: NativeFile, name: str) -> Listing:
+    """read() for a file its framework unpickles in full: any global is described, none
+    refused (and none imported or called); the layout and every storage are checked the same."""
+    return read(file, name, OBJECTS_POLICY)
+
+
+FORMAT = Format(name=NAME, sniff=sniff, read=read, read_objects=read_objects)
