@@ -4,9 +4,10 @@
 
 One folder per target: safetensors/, zip/ (torch.save archives, and the archives of
 tests/hostile/make_zips.py that torch would read differently), pickle/ (their data.pkl),
-dcp/ (a torch.distributed.checkpoint .metadata), hash/ (hashing jobs over a small file, in the
-encoding fuzz/fuzz_hash.c describes). Deterministic, a few KiB in all, so it can
-be regenerated and kept in the repository.
+legacy/ (legacy torch.save files, whole and cut), dcp/ (a torch.distributed.checkpoint
+.metadata), hash/ (hashing jobs over a small file, in the encoding fuzz/fuzz_hash.c
+describes). Deterministic, a few KiB in all, so it can be regenerated and kept in the
+repository.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def state_dicts() -> dict[str, dict]:
 
 
 def main(out: Path) -> None:
-    dirs = {name: out / name for name in ("safetensors", "zip", "pickle", "dcp", "hash")}
+    dirs = {name: out / name for name in ("safetensors", "zip", "pickle", "legacy", "dcp", "hash")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     (dirs["safetensors"] / "valid").write_bytes(VALID)
@@ -55,6 +56,9 @@ def main(out: Path) -> None:
         with zipfile.ZipFile(io.BytesIO(blob)) as z:
             pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
             (dirs["pickle"] / name).write_bytes(z.read(pkl))
+        legacy = _legacy_file(sd)
+        (dirs["legacy"] / name).write_bytes(legacy)
+        (dirs["legacy"] / f"{name}-cut").write_bytes(legacy[:-3])  # inside the last storage
     for case in zip_differentials():  # archives torch would read differently: seeds near those rules
         (dirs["zip"] / f"differential-{case.name}").write_bytes(case.data)
     (dirs["pickle"] / "ordered").write_bytes(_plain_pickle())
@@ -83,6 +87,27 @@ def _hash_jobs(out: Path) -> None:
     }
     for name, jobs in seeds.items():
         (out / name).write_bytes(jobs + file)
+
+
+def _legacy_file(sd: dict) -> bytes:
+    """sd saved in the legacy layout, its storage keys (memory addresses) renamed by rank to
+    digits of the same length, so the file is the same on every run."""
+    import pickletools
+
+    buf = io.BytesIO()
+    torch.save(sd, buf, _use_new_zipfile_serialization=False)
+    blob = buf.getvalue()
+    buf.seek(0)
+    for _ in range(5):  # magic, version, sys_info, object, key list
+        for _op in pickletools.genops(buf):
+            pass
+    pickles, data = blob[: buf.tell()], blob[buf.tell() :]
+    keys = sorted({str(t.untyped_storage()._cdata) for t in sd.values()})
+    assert len({len(k) for k in keys}) == 1, "keys of one length keep their order when renamed"
+    for rank, key in enumerate(keys):
+        size = len(key).to_bytes(4, "little")
+        pickles = pickles.replace(b"X" + size + key.encode(), b"X" + size + f"{rank:0{len(key)}d}".encode())
+    return pickles + data
 
 
 def _plain_pickle() -> bytes:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shardscan import pickle_reader
-from shardscan.formats import dcp
+from shardscan.formats import dcp, torch_legacy
 from shardscan.formats.torch_pickle import TORCH_POLICY
 from shardscan._core import NativeFile, ffi, lib
 from shardscan.errors import FormatError
@@ -70,7 +70,16 @@ def test_dcp_inputs(path, tmp_path):
         pass
 
 
+@pytest.mark.parametrize("path", inputs("legacy"), ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_legacy_inputs(path):
+    try:
+        with NativeFile(path) as file:
+            torch_legacy.read(file, path.name)
+    except FormatError:
+        pass
+
+
 def test_corpus_present():
     # make_corpus.py output is kept in the repo; an empty folder would make the fuzzers blind.
-    for target in ("safetensors", "zip", "pickle", "dcp"):
+    for target in ("safetensors", "zip", "pickle", "legacy", "dcp"):
         assert list((FUZZ / "corpus" / target).iterdir()), target

@@ -204,13 +204,6 @@ def test_directory_of_bin_shards(tmp_path):
 # ---- refusals ------------------------------------------------------------------------------
 
 
-def test_legacy_file_is_named(tmp_path):
-    path = tmp_path / "old.pt"
-    torch.save({"a": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
-    with pytest.raises(FormatError, match="legacy torch.save file"):
-        scan(path)
-
-
 def test_torchscript_archive_is_named(tmp_path):
     path = tmp_path / "script.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)

@@ -36,7 +36,9 @@ __all__ = [
     "StorageClass",
     "Policy",
     "Limits",
+    "PickleTruncated",
     "load",
+    "load_prefix",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +149,11 @@ def fail(msg: str) -> FormatError:
     return FormatError(f"pickle: {msg}")
 
 
+class PickleTruncated(FormatError):
+    """The data ended before the pickle's STOP: a cut file, or a window too short to hold it
+    (load_prefix callers read a longer one)."""
+
+
 def expect(cond: bool, msg: str) -> None:
     if not cond:
         raise fail(msg)
@@ -234,8 +241,10 @@ class _Machine:
     # -- input --------------------------------------------------------------------------------
     def read(self, n: int) -> bytes:
         end = self.pos + n
-        if n < 0 or end > len(self.data):
-            raise fail("truncated: ran past the end of the data")
+        if n < 0:
+            raise fail("negative length")
+        if end > len(self.data):
+            raise PickleTruncated("pickle: truncated: ran past the end of the data")
         out = self.data[self.pos : end].tobytes()
         self.pos = end
         return out
@@ -243,6 +252,8 @@ class _Machine:
     def readline(self) -> bytes:
         # GLOBAL arguments are newline-terminated; cap them so a missing newline cannot scan far.
         end = bytes(self.data[self.pos : self.pos + 1024]).find(b"\n")
+        if end < 0 and self.pos + 1024 > len(self.data):
+            raise PickleTruncated("pickle: truncated inside a GLOBAL name")
         if end < 0:
             raise fail("unterminated GLOBAL name")
         out = self.data[self.pos : self.pos + end].tobytes()
@@ -357,7 +368,7 @@ class _Machine:
         push, pop = self.push, self.pop
         while True:
             if self.pos >= n:
-                raise fail("truncated: no STOP opcode")
+                raise PickleTruncated("pickle: truncated: no STOP opcode")
             op = data[self.pos]
             self.pos += 1
             if op == 0x80:  # PROTO
@@ -545,8 +556,16 @@ class SetValue:
 def load(data: bytes, policy: Policy, limits: Limits = Limits()) -> Any:
     """Describes the object `data` pickles. Raises UnsafePickleError for a global outside the
     policy and FormatError for anything malformed or over a limit; never imports or calls."""
+    return load_prefix(data, policy, limits)[0]
+
+
+def load_prefix(data: bytes, policy: Policy, limits: Limits = Limits()) -> tuple[Any, int]:
+    """Describes the pickle that starts `data`, which may go on with other bytes (a legacy
+    torch.save file is five pickles, then raw storages): the description and the offset just
+    past its STOP. Raises as load does; PickleTruncated when `data` ends before the STOP."""
+    machine = _Machine(data, policy, limits)
     try:
-        return _Machine(data, policy, limits).run()
+        return machine.run(), machine.pos
     except RecursionError:
         raise fail("nesting too deep") from None
     except (struct.error, IndexError, ValueError, TypeError, OverflowError, MemoryError) as e:

@@ -1,7 +1,8 @@
 """The columns of a scan: one row per tensor. Columns may be added, never removed.
 
 file      string        the tensor file as it was given, or relative to a directory given;
-                        for DCP, the .distcp file holding the first chunk
+                        for DCP, the .distcp file holding the first element (the checkpoint
+                        directory for a tensor without elements, which has no bytes anywhere)
 key       string        the tensor's name; in torch files, the path through nested
                         containers joined with "." (state_dict.model.layers.0.weight)
 dtype     string        torch's name without "torch." (float32, bfloat16, float8_e4m3fn, ...).
@@ -14,9 +15,11 @@ checksum  string        XXH3-128 of the tensor's bytes in row-major order, littl
                         lowercase hex digits: equal to xxhash.xxh3_128_hexdigest(bytes) whatever
                         format or layout (view, transpose, big-endian) the tensor is stored in.
                         Null when hashing is off or the bytes could not be read
-storage   string        the storage the bytes live in (torch: the zip record, e.g. "data/3");
-                        rows sharing a storage are tied. Null for safetensors
-format    string        the reader's name: "safetensors", "torch" or "dcp"
+storage   string        the storage the bytes live in (torch: the zip record, e.g. "data/3"; a
+                        legacy torch.save file: the storage key its pickle names, e.g.
+                        "94260327238848"); rows sharing a storage are tied. Null for safetensors
+format    string        the reader's name: "safetensors", "torch" (every torch.save file, zip or
+                        legacy pre-1.6 layout: torch.load reads both) or "dcp"
 nan_count uint64        NaN elements (floating dtypes; complex parts counted apart). Null when
                         not hashed or not floating
 inf_count uint64        +-Inf elements, as nan_count (float8_e4m3fn has no infinity: 0)

@@ -207,9 +207,10 @@ def cases() -> list[Case]:
              "fewer than its own fields", ours, None),
         Case("record_on_another_disk", patched(torch_saved(ours), SIG_CENTRAL, 34, "<H", 2), "SS_E_ZIP_CORRUPT",
              "multi-disk", ours, None),
-        # The CLI never gets as far as the zip: by its first bytes the file is no checkpoint.
+        # The CLI never gets as far as the zip: by its first bytes the file is a legacy torch.save,
+        # read as torch.load reads it, and failed for the zip that follows its last storage.
         Case("legacy_file_before_zip", legacy_then_zip(other, base), "SS_E_ZIP_NOT_AT_START",
-             "not a zip local header", ours, other, cli_message="not a safetensors or torch checkpoint"),
+             "not a zip local header", ours, other, cli_message="bytes follow the last storage"),
     ]
 
 

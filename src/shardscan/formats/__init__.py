@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Collection
 
 from ..errors import NotACheckpointError
-from . import dcp, safetensors, torch_zip
+from . import dcp, safetensors, torch_legacy, torch_zip
 from .base import HEAD, FileProblem, Format, Job, Listing, verify
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ __all__ = [
 
 #: Every format, in order of preference: a loader that finds several families of tensor files
 #: in one directory reads the first (safetensors before torch .bin).
-FORMATS: list[Format] = [safetensors.FORMAT, torch_zip.FORMAT, dcp.FORMAT]
+FORMATS: list[Format] = [safetensors.FORMAT, torch_zip.FORMAT, torch_legacy.FORMAT, dcp.FORMAT]
 
 #: Files in a checkpoint directory that carry tensor-file suffixes but hold no tensors: the HF
 #: Trainer's pickled TrainingArguments and RNG states (numpy objects), which any weights-only
@@ -128,7 +128,7 @@ def read_file(file: "NativeFile", name: str, objects: bool = False) -> Listing:
     fmt = next((f for f in readers if f.sniff is not None and f.sniff(head)), None)
     fmt = fmt or next((f for f in readers if f.by_name and name.endswith(f.suffixes)), None)
     if fmt is None or fmt.read is None:
-        known = " or ".join(f.name for f in readers)
+        known = " or ".join(dict.fromkeys(f.name for f in readers))  # two readers share "torch"
         raise NotACheckpointError(f"not a {known} checkpoint file", path=file.path)
     if objects and fmt.read_objects is not None:
         return fmt.read_objects(file, name)

@@ -9,12 +9,15 @@ One row per logical tensor, with its full shape. The checksum covers the whole l
 row-major order however it was split: the chunks are streamed as segments in the order the
 tensor's elements come (for a split along rows that is chunk after chunk; for a split along
 columns, row pieces of each chunk interleave). A row's `file` is the .distcp file holding the
-first element and `offset` that element's position there.
+first element and `offset` that element's position there; a tensor without elements has no
+bytes anywhere, and its row names the checkpoint directory, at offset 0.
 
 Validated here, since DCP checks it only at save time: chunks lie inside the tensor, do not
-overlap and their volumes add up to it; every referenced file exists and every byte range lies
-inside its file; each chunk's archive holds a tensor of the chunk's dtype and shape. A directory
-without `.metadata` is an incomplete save (the coordinator writes it last).
+overlap and their volumes add up to it; every file a chunk with elements references exists and
+every byte range lies inside its file; each such chunk's archive holds a tensor of the chunk's
+dtype and shape. A chunk without elements (a rank holding an empty shard) needs no bytes and
+DCP's loader never reads it, so its storage entry, file and record may be missing. A
+directory without `.metadata` is an incomplete save (the coordinator writes it last).
 """
 
 from __future__ import annotations
@@ -235,14 +238,16 @@ def read_dir(path: Path, name: str) -> Listing:
     return listing
 
 
-def _read_tensor(listing: Listing, key: str, entry: Instance, index: dict, open_file: Any, name: str) -> None:
+def _chunk_layout(key: str, entry: Instance, name: str) -> tuple[str, tuple[int, ...], list[_Chunk]]:
+    """The tensor's dtype, size and chunks, checked to tile it: inside its bounds, disjoint
+    (chunks without elements overlap nothing), their volumes adding up to it."""
     dtype = _dtype_of(entry.get("properties"), name, key)
-    itemsize = itemsize_of(dtype)
     size = _ints(entry.get("size"), "size", name, key)
     raw_chunks = entry.get("chunks")
     if type(raw_chunks) is not list or not raw_chunks:
         raise _fail(name, f"{key}: no chunks", key)
-    numel = _views.numel(size)
+    if len(raw_chunks) > 4096:
+        raise _fail(name, f"{key}: {len(raw_chunks)} chunks (limit 4096)", key)
     chunks: list[_Chunk] = []
     volume = 0
     for rc in raw_chunks:
@@ -256,74 +261,86 @@ def _read_tensor(listing: Listing, key: str, entry: Instance, index: dict, open_
             raise _fail(name, f"{key}: chunk at {offsets} of size {sizes} lies outside the tensor's {size}", key)
         volume += _views.numel(sizes)
         chunks.append(_Chunk(offsets, sizes))
-    if len(chunks) <= 4096:
-        boxes = [(c.offsets, c.sizes) for c in chunks]
-        for i in range(len(boxes)):
-            for j in range(i + 1, len(boxes)):
-                if _overlaps(boxes[i], boxes[j]) and all(s > 0 for s in boxes[i][1] + boxes[j][1]):
-                    raise _fail(name, f"{key}: chunks at {boxes[i][0]} and {boxes[j][0]} overlap", key)
-    else:
-        raise _fail(name, f"{key}: {len(chunks)} chunks (limit 4096)", key)
+    boxes = [(c.offsets, c.sizes) for c in chunks]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            if _overlaps(boxes[i], boxes[j]) and all(s > 0 for s in boxes[i][1] + boxes[j][1]):
+                raise _fail(name, f"{key}: chunks at {boxes[i][0]} and {boxes[j][0]} overlap", key)
     # Inside the bounds and disjoint, the volumes add up exactly when the chunks tile the tensor.
-    if volume != numel:
-        raise _fail(name, f"{key}: chunks hold {volume} elements, the tensor {numel}", key)
+    if volume != _views.numel(size):
+        raise _fail(name, f"{key}: chunks hold {volume} elements, the tensor {_views.numel(size)}", key)
+    return dtype, size, chunks
 
+
+def _locate_chunk(listing: Listing, key: str, c: _Chunk, dtype: str, index: dict, open_file: Any, name: str) -> None:
+    """Finds the chunk's bytes: its storage entry, file, archive and storage record, each
+    checked against the metadata; fills the chunk's placement."""
+    info = index.get((key, c.offsets))
+    if info is None:
+        raise _fail(name, f"{key}: no storage entry for the chunk at {c.offsets}", key)
+    rel, offset, length = info.get("relative_path"), info.get("offset"), info.get("length")
+    if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
+        raise _fail(name, f"{key}: chunk at {c.offsets} has no valid byte range", key)
+    if info.get("transform_descriptors"):
+        raise _fail(name, f"{key}: chunk at {c.offsets} is stored through transforms "
+                    f"({info.get('transform_descriptors')!r:.60}); not supported", key)
+    fi = open_file(rel, key)
+    file = listing.files[fi]
+    if offset + length > file.size:
+        raise _fail(name, f"{key}: chunk at {c.offsets} is bytes {offset}..{offset + length} of {rel}, "
+                    f"which has only {file.size}", key)
+    records = parse_zip(file, offset, length).by_name()
+    if "data.pkl" not in records:
+        raise _fail(name, f"{key}: chunk at {c.offsets} in {rel} holds no torch.save archive", key)
+    t = read_pickle(file, records["data.pkl"])
+    if not isinstance(t, TensorRef) or t.storage is None:
+        raise _fail(name, f"{key}: chunk at {c.offsets} in {rel} does not hold a tensor", key)
+    if t.dtype != dtype or t.shape != c.sizes:
+        raise _fail(name, f"{key}: chunk at {c.offsets} holds {t.dtype}{list(t.shape)}, "
+                    f"expected {dtype}{list(c.sizes)}", key)
+    rec = records.get(f"data/{t.storage.key}")
+    if rec is None:
+        raise _fail(name, f"{key}: chunk at {c.offsets} in {rel} lacks its storage record", key)
+    if rec.size != storage_nbytes(t.storage):
+        raise _fail(name, f"{key}: chunk at {c.offsets}: record holds {rec.size} bytes, the pickle says "
+                    f"{storage_nbytes(t.storage)}", key)
+    c.big = byteorder_is_big(file, records)
+    placed = place_tensor(t, rec, fi, c.big)  # validates the view against the record
+    c.file_index, c.base = fi, placed.offset
+    c.strides = tuple(s * itemsize_of(dtype) for s in t.stride)
+    c.record, c.whole = f"{rel}:{rec.name}@{rec.offset}", placed.whole_record
+    c.record_offset, c.record_size, c.record_crc = rec.offset, rec.size, rec.crc32
+
+
+def _read_tensor(listing: Listing, key: str, entry: Instance, index: dict, open_file: Any, name: str) -> None:
+    dtype, size, chunks = _chunk_layout(key, entry, name)
+    itemsize = itemsize_of(dtype)
+    # A chunk without elements (a rank holding an empty shard) has no bytes to find, and DCP's
+    # loader never reads it: its entry, file or record may be absent without loss.
+    chunks = [c for c in chunks if _views.numel(c.sizes) > 0]
+    if not chunks:  # the tensor has no elements: a row with no bytes, at the checkpoint itself
+        listing.add(Job(HashJob(file=0, offset=0, nbytes=0, itemsize=itemsize)), key=key, dtype=dtype,
+                    shape=list(size), offset=0, nbytes=0)
+        return
     for c in chunks:
-        info = index.get((key, c.offsets))
-        if info is None:
-            raise _fail(name, f"{key}: no storage entry for the chunk at {c.offsets}", key)
-        rel, offset, length = info.get("relative_path"), info.get("offset"), info.get("length")
-        if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
-            raise _fail(name, f"{key}: chunk at {c.offsets} has no valid byte range", key)
-        if info.get("transform_descriptors"):
-            raise _fail(name, f"{key}: chunk at {c.offsets} is stored through transforms "
-                        f"({info.get('transform_descriptors')!r:.60}); not supported", key)
-        fi = open_file(rel, key)
-        file = listing.files[fi]
-        if offset + length > file.size:
-            raise _fail(name, f"{key}: chunk at {c.offsets} is bytes {offset}..{offset + length} of {rel}, "
-                        f"which has only {file.size}", key)
-        zl = parse_zip(file, offset, length)
-        records = zl.by_name()
-        if "data.pkl" not in records:
-            raise _fail(name, f"{key}: chunk at {c.offsets} in {rel} holds no torch.save archive", key)
-        t = read_pickle(file, records["data.pkl"])
-        if not isinstance(t, TensorRef) or t.storage is None:
-            raise _fail(name, f"{key}: chunk at {c.offsets} in {rel} does not hold a tensor", key)
-        if t.dtype != dtype or t.shape != c.sizes:
-            raise _fail(name, f"{key}: chunk at {c.offsets} holds {t.dtype}{list(t.shape)}, "
-                        f"expected {dtype}{list(c.sizes)}", key)
-        rec = records.get(f"data/{t.storage.key}")
-        if rec is None:
-            raise _fail(name, f"{key}: chunk at {c.offsets} in {rel} lacks its storage record", key)
-        if rec.size != storage_nbytes(t.storage):
-            raise _fail(name, f"{key}: chunk at {c.offsets}: record holds {rec.size} bytes, the pickle says "
-                        f"{storage_nbytes(t.storage)}", key)
-        c.big = byteorder_is_big(file, records)
-        placed = place_tensor(t, rec, fi, c.big)  # validates the view against the record
-        c.file_index, c.base = fi, placed.offset
-        c.strides = tuple(s * itemsize for s in t.stride)
-        c.record, c.whole = f"{rel}:{rec.name}@{rec.offset}", placed.whole_record
-        c.record_offset, c.record_size, c.record_crc = rec.offset, rec.size, rec.crc32
+        _locate_chunk(listing, key, c, dtype, index, open_file, name)
     if len({c.big for c in chunks}) > 1:
         raise _fail(name, f"{key}: chunks disagree on byte order", key)
     big = chunks[0].big and itemsize > 1
 
     unit = itemsize // 2 if dtype in COMPLEX else itemsize  # complex: swap each real part
     segments = _row_major_segments(size, chunks, itemsize, unit if big else None, name, key)
-    first = min(chunks, key=lambda c: c.offsets)
-    origin = next((c for c in chunks if all(o == 0 for o in c.offsets)), first)
+    origin = min(chunks, key=lambda c: c.offsets)  # holds element 0: the others are empty or after it
     read = HashJob(file=origin.file_index, segments=tuple(segments), itemsize=unit if big else itemsize, byteswap=big)
     single_whole = len(chunks) == 1 and chunks[0].whole and chunks[0].record_crc != 0
     job = Job.checked(read, chunks[0].record_crc, chunks[0].record) if single_whole else Job(read)
     listing.add(job, file=origin.file_index, key=key, dtype=dtype, shape=list(size), offset=origin.base,
-                nbytes=numel * itemsize)
+                nbytes=_views.numel(size) * itemsize)
     if not single_whole:
         for c in chunks:
             if c.record_crc:
                 check = HashJob(file=c.file_index, offset=c.record_offset, nbytes=c.record_size)
                 listing.checks.append(Job.checked(check, c.record_crc, c.record))
-
 
 
 def is_directory(entry_names: Collection[str]) -> bool:

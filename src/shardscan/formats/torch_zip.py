@@ -34,15 +34,13 @@ from .torch_pickle import COMPLEX, ITEMSIZE, OBJECTS_POLICY, TORCH_POLICY
 
 NAME = "torch"
 
-#: The pickle of a legacy (pre-1.6) torch.save file starts with protocol 2 and this magic number.
-_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_PICKLE = 1 << 30
 
 
 def sniff(head: bytes) -> bool:
-    """A zip archive, or a legacy torch pickle (which read() then refuses by name)."""
-    return head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_MAGIC)
+    """A zip archive (legacy torch.save files are shardscan.formats.torch_legacy's)."""
+    return head.startswith(_ZIP_MAGIC)
 
 
 @dataclass(frozen=True)
@@ -188,12 +186,9 @@ def _directory(file: NativeFile) -> tuple[ZipListing, bool]:
 
 
 def read(file: NativeFile, name: str, policy: pickle_reader.Policy = TORCH_POLICY) -> Listing:
-    """Rows for every tensor of a torch.save file. Raises FormatError for a legacy file, a
-    TorchScript archive, a damaged directory or an unsafe pickle (UnsafePickleError: a global
-    outside `policy`); a truncated archive still yields the tensors whose records survived,
-    with a FileProblem."""
-    if file.read(0, min(file.size, len(_LEGACY_MAGIC))).startswith(_LEGACY_MAGIC):
-        raise FormatError("a legacy torch.save file (torch < 1.6, not a zip archive); not supported", path=file.path)
+    """Rows for every tensor of a torch.save file. Raises FormatError for a TorchScript archive,
+    a damaged directory or an unsafe pickle (UnsafePickleError: a global outside `policy`); a
+    truncated archive still yields the tensors whose records survived, with a FileProblem."""
     zl, truncated = _directory(file)
     records = zl.by_name()
     refusal = _not_a_checkpoint(records, file.path)
