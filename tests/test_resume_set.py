@@ -126,3 +126,24 @@ def test_deepspeed_zero_every_rank_or_fail(deepspeed_zero_checkpoint: Path, tmp_
     producers.delete(run / "global_step2" / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
     report = shardscan.check(run / "global_step2")
     assert [e.file for e in report.errors] == ["zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+
+
+def test_the_trainer_ignores_an_optimizer_without_its_scheduler(hf_trainer_run: Path, tmp_path: Path) -> None:
+    checkpoint = producers.copy_checkpoint(hf_trainer_run / "checkpoint-2", tmp_path / "checkpoint-2")
+    producers.delete(checkpoint / "scheduler.pt")
+    report = shardscan.check(checkpoint)
+    assert [e.file for e in report.errors] == ["scheduler.pt"] and "fresh optimizer" in report.errors[0].error
+
+
+@pytest.mark.slow
+def test_a_trainer_deepspeed_checkpoint(hf_deepspeed_run: Path, tmp_path: Path) -> None:
+    checkpoint = hf_deepspeed_run / "checkpoint-2"
+    assert names(checkpoint)["global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt"] == "objects"
+    assert shardscan.check(checkpoint).ok
+    missing = producers.copy_checkpoint(checkpoint, tmp_path / "checkpoint-2")
+    producers.delete(missing / "scheduler.pt")
+    assert [e.file for e in shardscan.check(missing).errors] == ["scheduler.pt"]
+    # the framework agrees (test_producers: FileNotFoundError on resume)
+    cut = producers.copy_checkpoint(checkpoint, tmp_path / "cut" / "checkpoint-2")
+    producers.truncate_at(cut / "global_step2" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", 0.5)
+    assert [e.file for e in shardscan.check(cut).errors] == ["global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt"]

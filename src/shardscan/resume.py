@@ -113,6 +113,7 @@ def resume_set(path: Path, index_shards: list[str] | None = None) -> ResumeSet:
             (model if member.role == MODEL else members).append(member)
     chosen, skipped = _one_family(model, index_shards)
     problems = _absent(path, set(names)) + _rank_gaps(names) + _trainer_state(path, set(names))
+    problems += [p for p in _trainer_rules(path, set(names)) if p[0] not in {q[0] for q in problems}]
     problems += _zero_shards(path, names)
     for name in names:
         if name.startswith("global_step") and (path / name).is_dir():
@@ -187,6 +188,24 @@ def _absent(path: Path, names: set[str]) -> list[tuple[str, str]]:
         if name not in names and all(name in have for _, have in siblings):
             shown = ", ".join(sorted(s for s, _ in siblings)[:3])
             problems.append((name, f"absent: every other checkpoint of the run has it ({shown})"))
+    return problems
+
+
+def _trainer_rules(path: Path, names: set[str]) -> list[tuple[str, str]]:
+    """What the Trainer's own loading demands of a checkpoint-N directory: it restores the
+    optimizer only when optimizer.pt and scheduler.pt are both there (one alone is silently
+    ignored: a fresh optimizer), and under DeepSpeed (a global_stepN/ inside) scheduler.pt is
+    required outright."""
+    if not _TRAINER.match(path.name):
+        return []
+    problems = []
+    deepspeed = any(n.startswith("global_step") and (path / n).is_dir() for n in names)
+    if deepspeed:  # the engine restores its own optimizer from global_stepN/
+        if "scheduler.pt" not in names:
+            problems.append(("scheduler.pt", "absent: the Trainer under DeepSpeed requires it to resume"))
+    elif ("optimizer.pt" in names) != ("scheduler.pt" in names):
+        have, lacking = ("optimizer.pt", "scheduler.pt") if "optimizer.pt" in names else ("scheduler.pt", "optimizer.pt")
+        problems.append((lacking, f"absent beside {have}: the Trainer then ignores both and resumes with a fresh optimizer"))
     return problems
 
 
