@@ -32,8 +32,20 @@ app = typer.Typer(
 
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"shardscan {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """Check model checkpoints for missing, truncated and corrupt tensors, without loading them.
 
     Exit codes: 0 clean, 1 problems found, 2 usage error or unreadable input.
