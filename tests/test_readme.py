@@ -1,0 +1,37 @@
+"""The README's promises that can drift from the code: its first screen has exactly the two
+set-up commands, and its Install section names the packages the build really needs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def console_blocks(text: str) -> list[list[str]]:
+    return [block.splitlines() for block in re.findall(r"```console\n(.*?)```", text, re.S)]
+
+
+def test_the_first_screen_has_exactly_the_two_set_up_commands():
+    first = console_blocks(README)[0]
+    assert [line.split("#")[0].strip() for line in first] == ["./scripts/demo", "./scripts/test"]
+
+
+def test_install_names_the_packages_the_build_needs():
+    install = README.split("## Install", 1)[1].split("\n## ", 1)[0]
+    [apt_line] = [line for block in console_blocks(install) for line in block if "apt-get install" in line]
+    named = apt_line.split("apt-get install", 1)[1].split()
+    needed = subprocess.run(["bash", "-c", f"source {ROOT}/scripts/bootstrap.sh && core_build_packages"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert set(named) == set(needed) - {"python3-venv"}
+
+
+def test_install_pins_the_cpu_torch_and_shows_the_wheel():
+    install = README.split("## Install", 1)[1].split("\n## ", 1)[0]
+    lines = [line for block in console_blocks(install) for line in block]
+    assert any(line.startswith("./scripts/wheel") for line in lines)
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in lines
+    assert lines.index("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu") < lines.index("pip install 'shardscan[hf]'")
