@@ -266,6 +266,7 @@ def latest(
     root: Annotated[Path, typer.Argument(metavar="ROOT", help="A training run's output directory.", show_default=False)],
     no_hash: NoHash = False,
     threads: Threads = None,
+    json_output: Json = False,
 ) -> None:
     """Print the path of the newest checkpoint under ROOT that checks clean (for
     --resume_from_checkpoint "$(shardscan latest out/)"); exit 1 with the reason on stderr
@@ -273,6 +274,15 @@ def latest(
     from .auditing import pick_latest
 
     pick = pick_latest(root, hash=not no_hash, threads=threads)
+    if json_output:
+        typer.echo(json.dumps({
+            "ok": pick.path is not None,
+            "root": os.fspath(root),
+            "path": None if pick.path is None else os.fspath(pick.path),
+            "reason": pick.reason,
+            "rejected": [{"path": path, "problem": problem} for path, problem in pick.rejected],
+        }))
+        raise typer.Exit(EXIT_OK if pick.path is not None else EXIT_PROBLEMS)
     if pick.path is None:
         typer.echo(f"shardscan: {pick.reason}", err=True)
         raise typer.Exit(EXIT_PROBLEMS)
