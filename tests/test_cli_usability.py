@@ -4,6 +4,9 @@ the files written, Ctrl-C, and hints for what is not installed."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 import subprocess
 import sys
 import tomllib
@@ -58,3 +61,60 @@ def test_latest_json_without_a_clean_checkpoint_is_exit_1_and_still_one_object(t
     assert result.exit_code == 1
     payload = json.loads(result.stdout)
     assert payload == {"ok": False, "root": str(tmp_path), "path": None, "reason": f"{tmp_path}: no checkpoints found", "rejected": []}
+
+
+def test_scan_list_keeps_stdout_for_the_rows(one_file):
+    proc = run_cli("scan", str(one_file), "--list")
+    assert proc.returncode == 0
+    [row] = proc.stdout.splitlines()
+    assert row.endswith("model.safetensors:w") and row.split()[1:3] == ["float32", "[2,3]"]
+    assert re.match(r"1 files?, 1 tensors?, 24 B", proc.stderr)
+
+
+def test_output_dash_writes_csv_on_stdout_and_everything_else_on_stderr(one_file, tmp_path):
+    import pyarrow.csv as csv
+    import pyarrow.parquet as pq
+
+    proc = subprocess.run([sys.executable, "-m", "shardscan", "scan", str(one_file), "-o", "-"], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    streamed = csv.read_csv(pa_buffer(proc.stdout))
+    run_cli("scan", str(one_file), "-o", str(tmp_path / "t.parquet"))
+    written = pq.read_table(tmp_path / "t.parquet")
+    assert streamed.column("key").to_pylist() == written.column("key").to_pylist() == ["w"]
+    assert streamed.column("checksum").to_pylist() == written.column("checksum").to_pylist()
+    assert re.match(r"1 files?, 1 tensors?", proc.stderr.decode())
+    assert not (tmp_path / "-").exists()
+
+
+def pa_buffer(data: bytes):
+    import pyarrow as pa
+
+    return pa.BufferReader(data)
+
+
+@pytest.mark.parametrize("other", ["--json", "--list"])
+def test_output_dash_with_another_stdout_writer_is_a_usage_error(one_file, other):
+    result = runner.invoke(app, ["scan", str(one_file), "-o", "-", other])
+    assert result.exit_code == 2 and "cannot go with --json or --list" in result.output
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_honour_the_umask(one_file, tmp_path, umask, mode):
+    out = tmp_path / "manifest.parquet"
+    proc = subprocess.run([sys.executable, "-m", "shardscan", "scan", str(one_file), "-o", str(out)],
+                          capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(umask))
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_a_replaced_file_keeps_its_mode_and_is_swapped_whole(one_file, tmp_path):
+    out = tmp_path / "manifest.csv"
+    out.write_text("old\n")
+    out.chmod(0o640)
+    with open(out) as old_reader:  # a reader of the old file keeps it: the new one is renamed over
+        result = runner.invoke(app, ["scan", str(one_file), "-o", str(out)])
+        assert result.exit_code == 0
+        assert old_reader.read() == "old\n"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert out.read_text().startswith('"file","key"')

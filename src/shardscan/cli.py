@@ -98,26 +98,46 @@ def _summary(result: ScanResult) -> str:
     )
 
 
+def _table_on_stdout(output: Path | None, *others_on_stdout: bool) -> bool:
+    """Whether `-o -` asks for the table on stdout; a usage error when --json or --list
+    would print there too."""
+    if output is None or os.fspath(output) != "-":
+        return False
+    if any(others_on_stdout):
+        raise typer.BadParameter("`-o -` writes the table on stdout, so it cannot go with --json or --list", param_hint="'-o'")
+    return True
+
+
+def _write_table(table, output: Path | None) -> None:
+    if output is None:
+        return
+    from .output import write_atomic, write_stdout
+
+    if os.fspath(output) == "-":
+        write_stdout(table)
+    else:
+        write_atomic(table, output)
+
+
 @app.command()
 def scan(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Tensor files or checkpoint directories.", show_default=False)],
     output: Annotated[
         Optional[Path],
-        typer.Option("--output", "-o", help="Write the table: .parquet, .arrow/.feather or .csv (atomically)."),
+        typer.Option("--output", "-o", help="Write the table: .parquet, .arrow/.feather or .csv (atomically); "
+                                            "`-` writes CSV on stdout."),
     ] = None,
     no_hash: NoHash = False,
     threads: Threads = None,
-    list_tensors: Annotated[bool, typer.Option("--list", help="Print one line per tensor.")] = False,
+    list_tensors: Annotated[bool, typer.Option("--list", help="Print one line per tensor (the count goes to stderr).")] = False,
     json_output: Json = False,
 ) -> None:
     """List every tensor (key, dtype, shape, offset, size, XXH3-128 checksum) of the given files."""
     from .scanner import scan_paths
 
+    table_on_stdout = _table_on_stdout(output, json_output, list_tensors)
     result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
-    if output is not None:
-        from .output import write_atomic
-
-        write_atomic(result.table, output)
+    _write_table(result.table, output)
     rows = result.table.to_pylist() if list_tensors else []  # table only when rows are shown
     if json_output:
         payload = {
@@ -136,8 +156,10 @@ def scan(
             shape = "[" + ",".join(map(str, row["shape"])) + "]"
             typer.echo(f"{row['checksum'] or '-':32}  {row['dtype']:<14} {shape:<20} {row['file']}:{row['key']}")
         for problem in result.problems:
-            typer.echo(f"{problem.file}: FAILED {problem.error}")
-        typer.echo(_summary(result) + ("" if result.ok else f"; {len(result.problems)} files with problems"))
+            typer.echo(f"{problem.file}: FAILED {problem.error}", err=table_on_stdout)
+        # With rows or a table on stdout, the count is not data: it goes to stderr.
+        summary = _summary(result) + ("" if result.ok else f"; {len(result.problems)} files with problems")
+        typer.echo(summary, err=table_on_stdout or list_tensors)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
 
 
@@ -223,7 +245,7 @@ def audit(
     output: Annotated[
         Optional[Path],
         typer.Option("--output", "-o", help="Write every checkpoint's per-tensor table with a `checkpoint` column: "
-                                            ".parquet, .arrow/.feather or .csv (atomically)."),
+                                            ".parquet, .arrow/.feather or .csv (atomically); `-` writes CSV on stdout."),
     ] = None,
     ray: Annotated[
         bool, typer.Option("--ray", help="Run one Ray task per checkpoint (pip install 'shardscan[ray]').")
@@ -239,6 +261,7 @@ def audit(
 ) -> None:
     """Check every checkpoint under ROOT: one row each, frozen tensors, identical checkpoints,
     and the newest clean one."""
+    table_on_stdout = _table_on_stdout(output, json_output)
     progress = None if json_output else _progress_reporter()
     if ray or ray_address is not None:
         from .ray_audit import AUTO, audit_ray
@@ -248,16 +271,13 @@ def audit(
         from .auditing import audit as run_audit
 
         result = run_audit(root, against, hash=not no_hash, threads=threads, progress=progress)
-    if output is not None:
-        from .output import write_atomic
-
-        write_atomic(result.table, output)
+    _write_table(result.table, output)
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
     else:
         from .auditing import render_audit
 
-        typer.echo(render_audit(result, colour=_colour()))
+        typer.echo(render_audit(result, colour=_colour() and not table_on_stdout), err=table_on_stdout)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
 
 
