@@ -3,7 +3,8 @@
 Sources: every csrc/*.c; declarations visible to Python: csrc/shardscan.cdef (checked against
 csrc/shardscan.h by the compiler, since API mode compiles the generated code with the header).
 The system libraries it links are listed once, in SYSTEM_LIBRARIES; scripts/bootstrap.sh and
-scripts/wheel read their Debian packages from here (`python build.py --debian-packages`).
+scripts/wheel read it from here (`python build.py --system-libraries`: one
+"header library package" line each).
 SHARDSCAN_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer for the tests.
 """
 import os
@@ -19,9 +20,9 @@ SYSTEM_LIBRARIES = (
     ("libdeflate.h", "deflate", "libdeflate-dev"),  # CRC32 of torch.save's zip records
 )
 
-if __name__ == "__main__" and sys.argv[1:] == ["--debian-packages"]:
+if __name__ == "__main__" and sys.argv[1:] == ["--system-libraries"]:
     # Before anything else, so that set-up scripts can ask on a machine without cffi or headers.
-    print(" ".join(package for _, _, package in SYSTEM_LIBRARIES))
+    print("\n".join(" ".join(entry) for entry in SYSTEM_LIBRARIES))
     sys.exit(0)
 
 from cffi import FFI

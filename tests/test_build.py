@@ -56,6 +56,6 @@ def test_the_real_build_names_both_libraries_when_the_compiler_sees_no_system_he
     )
 
 
-def test_set_up_scripts_read_the_packages_from_the_same_list():
-    proc = subprocess.run([sys.executable, "build.py", "--debian-packages"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.stdout.split() == [package for _, _, package in BUILD["SYSTEM_LIBRARIES"]]
+def test_set_up_scripts_read_the_same_list():
+    proc = subprocess.run([sys.executable, "build.py", "--system-libraries"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert [tuple(line.split()) for line in proc.stdout.splitlines()] == list(BUILD["SYSTEM_LIBRARIES"])
