@@ -118,3 +118,44 @@ def test_a_replaced_file_keeps_its_mode_and_is_swapped_whole(one_file, tmp_path)
         assert old_reader.read() == "old\n"
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
     assert out.read_text().startswith('"file","key"')
+
+
+def test_plural_agrees_with_the_count():
+    from shardscan.report import plural
+
+    assert [plural(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
+    assert plural(1, "match", "matches") == "1 match" and plural(3, "match", "matches") == "3 matches"
+
+
+def test_one_of_everything_reads_in_the_singular(one_file, tmp_path):
+    proc = run_cli("scan", str(one_file))
+    # A tiny scan shows its time but no rate: at this size the rate would be start-up noise.
+    assert re.fullmatch(r"1 file, 1 tensor, 24 B in \d+\.\d\d s\n", proc.stdout), proc.stdout
+
+    other = tmp_path / "other"
+    other.mkdir()
+    save_file({"w": np.ones((2, 3), np.float32)}, other / "model.safetensors")
+    diff = run_cli("diff", str(one_file), str(other / "model.safetensors"))
+    assert diff.returncode == 1
+    assert "DIFFERENT 1 difference (0 tensors unchanged)" in diff.stdout.splitlines()[-1]
+
+    check = run_cli("check", str(one_file))
+    assert "(1 file, 1 tensor, 24 B" in check.stdout
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(one_file.read_bytes()[:-4])
+    proc = run_cli("scan", str(broken))
+    assert proc.returncode == 1 and proc.stdout.splitlines()[-1].endswith("; 1 file with problems")
+
+
+def test_a_long_enough_scan_shows_its_rate(one_file):
+    import dataclasses
+
+    from shardscan.cli import _summary
+    from shardscan.scanner import scan_paths
+
+    result = scan_paths([one_file])
+    assert "GB/s" not in _summary(dataclasses.replace(result, elapsed=0.01))
+    # 24 bytes in 2 s, as if the disk were that slow: the time now means something.
+    assert _summary(dataclasses.replace(result, elapsed=2.0)).endswith("in 2.00 s, 0.00 GB/s")

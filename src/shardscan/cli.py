@@ -87,15 +87,20 @@ def _progress_reporter() -> Callable[[int, int], None] | None:
     return report
 
 
+#: Below this, a scan's time is mostly start-up and page faults: a rate would mean nothing.
+MIN_SECONDS_FOR_A_RATE = 0.1
+
+
 def _summary(result: ScanResult) -> str:
-    from .report import human_bytes
+    from .report import human_bytes, plural
 
     nbytes = result.nbytes
-    rate = f", {nbytes / result.elapsed / 1e9:.2f} GB/s" if result.elapsed > 0 and nbytes else ""
-    return (
-        f"{len(result.files)} files, {len(result.columns)} tensors, {human_bytes(nbytes)} "
+    rate = f", {nbytes / result.elapsed / 1e9:.2f} GB/s" if result.elapsed >= MIN_SECONDS_FOR_A_RATE and nbytes else ""
+    summary = (
+        f"{plural(len(result.files), 'file')}, {plural(len(result.columns), 'tensor')}, {human_bytes(nbytes)} "
         f"in {result.elapsed:.2f} s{rate}"
     )
+    return summary + ("" if result.ok else f"; {plural(len(result.problems), 'file')} with problems")
 
 
 def _table_on_stdout(output: Path | None, *others_on_stdout: bool) -> bool:
@@ -158,8 +163,7 @@ def scan(
         for problem in result.problems:
             typer.echo(f"{problem.file}: FAILED {problem.error}", err=table_on_stdout)
         # With rows or a table on stdout, the count is not data: it goes to stderr.
-        summary = _summary(result) + ("" if result.ok else f"; {len(result.problems)} files with problems")
-        typer.echo(summary, err=table_on_stdout or list_tensors)
+        typer.echo(_summary(result), err=table_on_stdout or list_tensors)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
 
 
