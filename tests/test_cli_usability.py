@@ -159,3 +159,11 @@ def test_a_long_enough_scan_shows_its_rate(one_file):
     assert "GB/s" not in _summary(dataclasses.replace(result, elapsed=0.01))
     # 24 bytes in 2 s, as if the disk were that slow: the time now means something.
     assert _summary(dataclasses.replace(result, elapsed=2.0)).endswith("in 2.00 s, 0.00 GB/s")
+
+
+def test_dir_shows_the_lazily_loaded_api_without_loading_it():
+    code = ("import sys, shardscan; names = dir(shardscan); "
+            "print(sorted(set(shardscan.__all__) - set(names)), 'shardscan.scanner' in sys.modules, 'pyarrow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["[]", "False", "False"], proc.stdout + proc.stderr
+    assert all(getattr(shardscan, name) is not None for name in shardscan.__all__)

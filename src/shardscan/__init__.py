@@ -63,3 +63,8 @@ def __getattr__(name: str) -> Any:
     from importlib import import_module
 
     return getattr(import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    # The lazily loaded names too, so that completion and help() see the whole API.
+    return sorted({*globals(), *_LAZY, "__version__"})
