@@ -167,3 +167,33 @@ def test_dir_shows_the_lazily_loaded_api_without_loading_it():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.split() == ["[]", "False", "False"], proc.stdout + proc.stderr
     assert all(getattr(shardscan, name) is not None for name in shardscan.__all__)
+
+
+def interrupted_at_import_of(module: str, *args: str) -> subprocess.CompletedProcess:
+    """The console script (`from shardscan.cli import main; main()`) with a real SIGINT
+    delivered the moment `module` starts loading, as a Ctrl-C at that instant would."""
+    code = (
+        "import signal, sys\n"
+        "class CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name == {module!r}:\n"
+        "            sys.meta_path.remove(self)\n"
+        "            signal.raise_signal(signal.SIGINT)\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        f"sys.argv = ['shardscan', *{list(args)!r}]\n"
+        "from shardscan.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(one_file):
+    proc = interrupted_at_import_of("typer", "scan", str(one_file))
+    assert (proc.returncode, proc.stderr, proc.stdout) == (130, "shardscan: interrupted\n", "")
+
+
+def test_ctrl_c_during_a_command_is_exit_130_not_typers_abort(one_file, tmp_path):
+    (tmp_path / "out").mkdir()
+    proc = interrupted_at_import_of("shardscan.output", "scan", str(one_file), "-o", str(tmp_path / "out" / "m.parquet"))
+    assert (proc.returncode, proc.stderr, proc.stdout) == (130, "shardscan: interrupted\n", "")
+    assert list((tmp_path / "out").iterdir()) == []

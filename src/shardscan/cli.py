@@ -7,19 +7,30 @@ Start-up stays light: pyarrow and the native core load inside the commands, neve
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
-import typer
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _interrupted() -> None:
+    sys.stderr.write("shardscan: interrupted\n")
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+try:  # Ctrl-C while Python is still loading (typer is most of the start-up) is no crash either
+    import json
+    import os
+    import signal
+    import time
+    from pathlib import Path
+    from typing import TYPE_CHECKING, Annotated, Callable, Optional
+
+    import typer
+except KeyboardInterrupt:
+    _interrupted()
 
 if TYPE_CHECKING:
     from .scanner import ScanResult
-
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 app = typer.Typer(
     name="shardscan",
@@ -314,21 +325,34 @@ def latest(
     raise typer.Exit(EXIT_OK)
 
 
+class _Interrupt(BaseException):
+    """Ctrl-C during a command; a BaseException so that no `except Exception` swallows it."""
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise _Interrupt()
+
+
 def main() -> None:
     """Entry point: every failure becomes one line on stderr and an exit code; a traceback
     only with SHARDSCAN_DEBUG=1."""
+    # Typer turns a KeyboardInterrupt into "Aborted!" and exit 1, which here means "problems
+    # found"; Ctrl-C raises this instead, which only main() catches. Temporary files are still
+    # removed on the way out (write_atomic cleans up on any BaseException).
+    previous = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         app()
     except SystemExit:
         raise
-    except KeyboardInterrupt:
-        sys.stderr.write("shardscan: interrupted\n")
-        sys.exit(130)
+    except (KeyboardInterrupt, _Interrupt):
+        _interrupted()
     except Exception as exc:  # the one funnel: everything else is a one-line error
         if os.environ.get("SHARDSCAN_DEBUG") == "1":
             raise
         sys.stderr.write(f"shardscan: {_describe(exc)}\n")
         sys.exit(EXIT_USAGE)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _describe(exc: Exception) -> str:
