@@ -197,3 +197,13 @@ def test_ctrl_c_during_a_command_is_exit_130_not_typers_abort(one_file, tmp_path
     proc = interrupted_at_import_of("shardscan.output", "scan", str(one_file), "-o", str(tmp_path / "out" / "m.parquet"))
     assert (proc.returncode, proc.stderr, proc.stdout) == (130, "shardscan: interrupted\n", "")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_check_model_without_torch_names_the_extra(one_file):
+    # torch made unimportable in this process only, as on a machine without the extra.
+    code = ("import sys; sys.modules['torch'] = None\n"
+            f"sys.argv = ['shardscan', 'check', {str(one_file)!r}, '--model', 'mymodels:build']\n"
+            "from shardscan.cli import main\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == "shardscan: torch is not installed: pip install 'shardscan[torch]' (or drop --model)\n"
