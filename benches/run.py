@@ -710,7 +710,7 @@ def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows,
              "header-only command's); > 1 means shardscan wins. \"By its own clock\" = the elapsed time shardscan "
              "reports in --json, i.e. without interpreter start-up and imports.\n")
 
-    L.append("## Targets (issue 6)\n")
+    L.append("## Targets\n")
     L.append("| target | bar | measured (medians) | fastest runs | |")
     L.append("|---|---|---|---|---|")
     # The verdict is on medians; the fastest-run column shows what the noise of a shared machine hides.
@@ -818,7 +818,7 @@ def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows,
 
 
 def targets(cfg: Config, benches: list[Bench], help_b: Bench, size_rows, stat=statistics.median) -> list[Target]:
-    """The issue's bars, each judged on medians; stat=min gives the fastest-run view of the same."""
+    """The bars the project set, each judged on medians; stat=min gives the fastest-run view of the same."""
     by = {b.label: b for b in benches}
     scan = by["shardscan scan (XXH3-128)"]
     why = scan.note or scan.failure.get("warm", "") or "no successful run"

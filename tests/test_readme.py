@@ -35,3 +35,11 @@ def test_install_pins_the_cpu_torch_and_shows_the_wheel():
     assert any(line.startswith("./scripts/wheel") for line in lines)
     assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in lines
     assert lines.index("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu") < lines.index("pip install 'shardscan[hf]'")
+
+
+def test_user_docs_cite_no_issue_numbers():
+    # Readers outside the project cannot see its issue tracker.
+    docs = [ROOT / "README.md", ROOT / "benches" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for doc in docs:
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            assert not re.search(r"\bissues? #?\d+|(?<![\w&])#\d+\b", line, re.I), f"{doc.name}:{number}: {line}"
