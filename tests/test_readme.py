@@ -43,3 +43,26 @@ def test_user_docs_cite_no_issue_numbers():
     for doc in docs:
         for number, line in enumerate(doc.read_text().splitlines(), 1):
             assert not re.search(r"\bissues? #?\d+|(?<![\w&])#\d+\b", line, re.I), f"{doc.name}:{number}: {line}"
+
+
+def synopsis() -> dict[str, list[str]]:
+    block = README.split("## Commands", 1)[1].split("```", 2)[1]
+    lines = [line.split() for line in block.strip().splitlines()]
+    return {words[1]: words[2:] for words in lines if len(words) > 1 and not words[1].startswith("-")}
+
+
+def test_the_synopsis_shows_every_option_of_every_command_and_no_other():
+    import typer
+
+    from shardscan.cli import app
+
+    group = typer.main.get_command(app)
+    shown = synopsis()
+    assert set(shown) == set(group.commands)
+    for name, command in group.commands.items():
+        tokens = {t for word in shown[name] for t in re.findall(r"(?<![\w-])--?[a-z][a-z-]*", word)}
+        options = [p for p in command.params if p.param_type_name == "option" and p.name != "help"]
+        for option in options:
+            assert tokens & set(option.opts + option.secondary_opts), f"{name}: {option.opts} missing from the README synopsis"
+        known = {o for option in options for o in option.opts + option.secondary_opts}
+        assert tokens <= known, f"{name}: {tokens - known} is no option"
