@@ -68,7 +68,7 @@ def demo_run(tmp_path_factory) -> tuple[Path, list[str]]:
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
     subprocess.run(["cp", "--parents", "-t", str(copy), *[f.decode() for f in files if f and (ROOT / f.decode()).exists()]],
                    cwd=ROOT, check=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "LD_PRELOAD", "LD_LIBRARY_PATH")}
     proc = subprocess.run([str(copy / "scripts" / "demo")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, env=env, cwd=copy, timeout=900)
     assert proc.returncode == 0, proc.stdout
