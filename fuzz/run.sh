@@ -17,7 +17,7 @@ if [ "${1:-}" = --build-only ]; then BUILD_ONLY=1; shift; fi
 SECONDS_EACH="${1:-12}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"  # made by scripts/bootstrap.sh, with clang and atheris
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"  # made by scripts/test's set-up, with clang and atheris
 WORK="$(mktemp -d -t shardscan-fuzz.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 failed=0
