@@ -87,3 +87,14 @@ def test_the_demo_prints_the_readme_transcript(demo_run):
     start = next(i for i, line in enumerate(lines) if line.startswith("demo checkpoint:"))
     shown = readme_transcript()
     assert lines[start : start + len(shown)] == shown
+
+
+def test_the_source_install_links_the_system_libraries(demo_run):
+    copy, _ = demo_run
+    code = "import shardscan._native as n; print(n.__file__)"
+    core = subprocess.run([str(copy / ".venv" / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                          check=True, cwd=copy).stdout.strip()
+    ldd = subprocess.run(["ldd", core], capture_output=True, text=True, check=True).stdout
+    for soname in ("libxxhash.so", "libdeflate.so"):
+        [line] = [line for line in ldd.splitlines() if soname in line]
+        assert "=> /usr/lib/" in line or "=> /lib/" in line, line
