@@ -1,7 +1,7 @@
 """One command that measures shardscan against the machine's limits and the tools users pick instead.
 
-    /work/venv/bin/python benches/run.py --readme        # full run (~8-10 min on 2 cores)
-    /work/venv/bin/python benches/run.py --smoke --out /tmp/x.md   # a few MB, under a minute
+    .venv/bin/python benches/run.py --readme        # full run (~8-10 min on 2 cores)
+    .venv/bin/python benches/run.py --smoke --out /tmp/x.md   # a few MB, under a minute
 
 Everything in one table comes from one run: the machine drifts (up to 2x on shared hosts), so only
 ratios between rows measured side by side mean anything. Every timed command is its own process
@@ -686,8 +686,6 @@ def write_atomic(path: Path, text: str) -> None:
 
 def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows, many_man, ss, elapsed,
            checks: list[str], load) -> str:
-    by = {b.label: b for b in benches}
-    scan = by["shardscan scan (XXH3-128)"]
     L: list[str] = []
     L.append(f"# shardscan benchmarks ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     L.append(f"- Machine: {machine()}")
@@ -695,7 +693,7 @@ def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows,
              f"{'/'.join(f'{x:.1f}' for x in load[1])} on {os.cpu_count()} CPUs (above the CPU count, other "
              "work shared the machine: absolute figures drop, ratios of alternated runs hold better)")
     L.append(f"- Tools: {tool_versions()}")
-    L.append(f"- shardscan: `{' '.join(ss)}`")
+    L.append(f"- shardscan: `{' '.join(os.path.relpath(a) if os.path.isabs(a) else a for a in ss)}`")
     L.append(f"- Command: `{' '.join(shlex.quote(a) for a in [Path(PY).name, 'benches/run.py', *sys.argv[1:]])}`"
              f" ({elapsed / 60:.1f} min)")
     L.append(f"- Checkpoint: {man['tensors']} bf16 tensors in {len(man['safetensors'])} shards, "
@@ -818,7 +816,7 @@ def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows,
 
 
 def targets(cfg: Config, benches: list[Bench], help_b: Bench, size_rows, stat=statistics.median) -> list[Target]:
-    """The bars the project set, each judged on medians; stat=min gives the fastest-run view of the same."""
+    """The speed targets, each judged on medians; stat=min gives the fastest-run view of the same."""
     by = {b.label: b for b in benches}
     scan = by["shardscan scan (XXH3-128)"]
     why = scan.note or scan.failure.get("warm", "") or "no successful run"

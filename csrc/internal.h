@@ -27,6 +27,9 @@ ss_status ss_fail(ss_error *err, ss_status status, const char *fmt, ...)
 /* Writes a printable, length-capped rendering of a tensor name into out (for messages). */
 void ss_quote_name(char *out, size_t cap, const char *name, size_t len);
 
+/* 1 if s[0..n) is well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF). */
+int ss_utf8_valid(const unsigned char *s, size_t n);
+
 /* Overflow-checked arithmetic: return 0 on overflow. */
 static inline int ss_add_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_add_overflow(a, b, out); }
 static inline int ss_mul_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_mul_overflow(a, b, out); }

@@ -54,7 +54,12 @@
     X(SS_E_ZIP_PAST_EOF, 57, "zip record runs past the end of the file")                  \
     X(SS_E_ZIP_LOCAL_HEADER, 58, "zip local header does not match the central directory")  \
     X(SS_E_ZIP_DUPLICATE, 59, "zip has two entries with the same name")                    \
-    X(SS_E_ZIP_ENCRYPTED, 60, "zip record is encrypted")
+    X(SS_E_ZIP_ENCRYPTED, 60, "zip record is encrypted")                                    \
+    X(SS_E_ZIP_TWO_EOCD, 61, "zip has a second end record: torch may read another archive")  \
+    X(SS_E_ZIP_CASE, 62, "zip record names differ only in case: torch may load either")      \
+    X(SS_E_ZIP_NAME_UTF8, 63, "zip record name is not valid UTF-8: torch refuses it")        \
+    X(SS_E_ZIP_NOT_AT_START, 64, "archive does not start with a zip local header")          \
+    X(SS_E_ZIP_DIRECTORY, 65, "zip record is marked as a folder: torch reads none of its bytes")
 
 typedef enum {
 #define SS_ENUM_ITEM(name, number, message) name = number,
@@ -221,7 +226,10 @@ void ss_hex_digests(const ss_job *jobs, uint32_t njobs, char *out);
  * and the central directory of an opened file and checks what torch.load never does: every
  * record stored (not compressed, not encrypted), under one top-level folder, names unique,
  * its local header present and agreeing, its data inside the file, no two records overlapping
- * and none reaching into the directory. Data offsets come from each record's own local header.
+ * and none reaching into the directory. It also refuses what torch's own reader (miniz) could
+ * resolve differently: a second end-record candidate, names equal under ASCII case folding
+ * (or to a name torch looks up), names that are not UTF-8, an archive not starting with a
+ * local header. Data offsets come from each record's own local header.
  * CRCs are reported, not verified (that costs reading the data: hash jobs do it).
  * ss_zip_walk_local is for forensics on a file with no end record (a cut-short save): it
  * walks local headers from byte 0 and reports every record it finds, `intact` = 0 for the one

@@ -8,7 +8,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from shardscan import dcp_format
+    from shardscan.formats import dcp
     from shardscan.errors import FormatError
 
 # One directory for the whole run, on tmpfs where there is one: each input becomes .metadata.
@@ -18,7 +18,7 @@ DIR = Path(tempfile.mkdtemp(prefix="fuzz-dcp-", dir="/dev/shm" if Path("/dev/shm
 def one(data: bytes) -> None:
     (DIR / ".metadata").write_bytes(data)
     try:
-        dcp_format.read_dir(DIR, "ckpt")
+        dcp.read_dir(DIR, "ckpt")
     except (FormatError, OSError):
         pass
 

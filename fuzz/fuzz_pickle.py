@@ -7,12 +7,13 @@ import atheris
 
 with atheris.instrument_imports():
     from shardscan import pickle_reader
+    from shardscan.formats.torch_pickle import TORCH_POLICY
     from shardscan.errors import FormatError
 
 
 def one(data: bytes) -> None:
     try:
-        obj = pickle_reader.load(data)
+        obj = pickle_reader.load(data, TORCH_POLICY)
         for _ in pickle_reader.iter_leaves(obj):
             pass
     except FormatError:

@@ -2,7 +2,8 @@
 
     python fuzz/make_corpus.py [OUT_DIR]      (default: fuzz/corpus)
 
-One folder per target: safetensors/, zip/ (torch.save archives), pickle/ (their data.pkl),
+One folder per target: safetensors/, zip/ (torch.save archives, and the archives of
+tests/hostile/make_zips.py that torch would read differently), pickle/ (their data.pkl),
 dcp/ (a torch.distributed.checkpoint .metadata). Deterministic, a few KiB in all, so it can
 be regenerated and kept in the repository.
 """
@@ -22,6 +23,7 @@ from safetensors.torch import save as st_save
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from hostile.make_safetensors import CASES, VALID  # noqa: E402
+from hostile.make_zips import cases as zip_differentials  # noqa: E402
 
 
 def state_dicts() -> dict[str, dict]:
@@ -52,6 +54,8 @@ def main(out: Path) -> None:
         with zipfile.ZipFile(io.BytesIO(blob)) as z:
             pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
             (dirs["pickle"] / name).write_bytes(z.read(pkl))
+    for case in zip_differentials():  # archives torch would read differently: seeds near those rules
+        (dirs["zip"] / f"differential-{case.name}").write_bytes(case.data)
     (dirs["pickle"] / "ordered").write_bytes(_plain_pickle())
     _dcp_metadata(dirs["dcp"])
 

@@ -8,7 +8,6 @@ the change lands mid-tensor every time (no sleeps, no flaky timing)."""
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys

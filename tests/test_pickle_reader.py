@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardscan import pickle_reader as pr
+from shardscan.formats.dcp import DCP_POLICY
+from shardscan.formats.torch_pickle import TORCH_POLICY
 from shardscan.errors import FormatError, UnsafePickleError
 
 from hostile_pickles import hostile, malformed
@@ -19,7 +21,7 @@ def test_allowlist_is_exactly_torchs_weights_only_allowlist():
     # Oracle: torch's own table of what weights_only=True permits by default.
     from torch._weights_only_unpickler import _get_allowed_globals
 
-    ours = set(pr.TORCH_POLICY.values) | set(pr.TORCH_POLICY.reduce) | set(pr.TORCH_POLICY.newobj)
+    ours = set(TORCH_POLICY.values) | set(TORCH_POLICY.reduce) | set(TORCH_POLICY.newobj)
     assert ours == set(_get_allowed_globals())
 
 
@@ -28,12 +30,12 @@ def test_hostile_pickle_is_refused_and_nothing_runs(name, tmp_path):
     canary = tmp_path / "canary"
     data, global_name = hostile(str(canary))[name]
     with pytest.raises(UnsafePickleError) as info:
-        pr.load(data)
+        pr.load(data, TORCH_POLICY)
     assert info.value.global_name == global_name
     assert str(info.value) == f"unsafe pickle global {global_name}"
     # The DCP allowlist refuses them too.
     with pytest.raises(UnsafePickleError):
-        pr.load(data, pr.DCP_POLICY)
+        pr.load(data, DCP_POLICY)
     assert not canary.exists()
 
 
@@ -56,7 +58,7 @@ def test_malformed_pickle_is_a_format_error(name):
     data, _ = malformed()[name]
     limits = pr.Limits(max_memo=1000)
     with pytest.raises(FormatError) as info:
-        obj = pr.load(data, limits=limits)
+        obj = pr.load(data, TORCH_POLICY, limits)
         list(pr.iter_leaves(obj, limits))  # nesting is bounded when flattened
     assert not isinstance(info.value, UnsafePickleError)
     assert str(info.value).startswith("pickle: ")
@@ -68,7 +70,7 @@ def test_shared_containers_cannot_explode_when_flattened():
     for _ in range(30):
         data += b"](" + b"h\x00" * 10 + b"eq\x000"  # memo[0] = [memo[0]] * 10; POP
     data += b"h\x00."
-    obj = pr.load(data)
+    obj = pr.load(data, TORCH_POLICY)
     with pytest.raises(FormatError, match="values when flattened"):
         list(pr.iter_leaves(obj, pr.Limits(max_objects=100_000)))
 
@@ -76,7 +78,7 @@ def test_shared_containers_cannot_explode_when_flattened():
 def test_self_containing_list_is_refused():
     data = b"\x80\x02]q\x00h\x00a."  # l = []; l.append(l)
     with pytest.raises(FormatError, match="contains itself"):
-        list(pr.iter_leaves(pr.load(data)))
+        list(pr.iter_leaves(pr.load(data, TORCH_POLICY)))
 
 
 # Plain data round-trips: our description equals what pickle itself builds.
@@ -99,7 +101,7 @@ values = st.recursive(
 @given(values, st.integers(min_value=2, max_value=5))
 def test_plain_data_matches_pickle(value, protocol):
     data = pickle.dumps(value, protocol=protocol)
-    assert pr.load(data) == pickle.loads(data)
+    assert pr.load(data, TORCH_POLICY) == pickle.loads(data)
 
 
 def test_describes_a_torch_state_dict_without_torch_objects(tmp_path):
@@ -111,7 +113,7 @@ def test_describes_a_torch_state_dict_without_torch_objects(tmp_path):
     torch.save({"w": t, "wt": t.t(), "p": torch.nn.Parameter(torch.ones(2)), "n": 3}, tmp_path / "m.pt")
     with zipfile.ZipFile(tmp_path / "m.pt") as z:
         data = z.read("m/data.pkl")
-    obj = pr.load(data)
+    obj = pr.load(data, TORCH_POLICY)
     assert obj["n"] == 3
     w, wt, p = obj["w"], obj["wt"], obj["p"]
     assert (w.shape, w.stride, w.dtype, w.storage.key) == ((3, 4), (4, 1), "float32", "0")

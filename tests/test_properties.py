@@ -10,7 +10,6 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 import torch
 import xxhash
 from hypothesis import HealthCheck, given, settings

@@ -18,10 +18,6 @@ except ImportError as exc:  # a system library the core links is missing: name i
     raise ImportError(hint(exc)) from exc
 from .errors import FormatError, IntegrityError
 
-_OS_STATUSES = {lib.SS_E_IO, lib.SS_E_NOT_REGULAR}
-_INTEGRITY_STATUSES = {lib.SS_E_CHANGED, lib.SS_E_CRC}
-
-TRUNCATED = lib.SS_E_ST_TRUNCATED
 MAX_DIMS = lib.SS_MAX_DIMS
 
 #: dtype code -> reported name, and safetensors name -> reported name.
@@ -31,19 +27,34 @@ ST_DTYPE_NAMES: dict[str, str] = {
 }
 
 
+#: The exception class of every status that is not a FormatError (the structural ones).
+_EXCEPTIONS: dict[int, type[Exception]] = {
+    lib.SS_E_NOMEM: MemoryError,
+    lib.SS_E_IO: OSError,
+    lib.SS_E_NOT_REGULAR: OSError,
+    lib.SS_E_CHANGED: IntegrityError,
+    lib.SS_E_CRC: IntegrityError,
+    lib.SS_E_ARGUMENT: ValueError,
+}
+
+
 def error_for(status: int, message: str, path: str | None, key: str | None = None) -> Exception:
-    """The exception for a failed status: OSError for the OS, IntegrityError for bytes that
-    changed or do not match their CRC, FormatError for everything structural."""
-    if status in _OS_STATUSES:
-        return OSError(message)
-    if status in _INTEGRITY_STATUSES:
-        return IntegrityError(message, path=path, key=key)
-    return FormatError(message, path=path, key=key)
+    """The exception for a failed status, from one table: MemoryError, OSError (its strerror
+    the message alone), IntegrityError for bytes that changed or do not match their CRC, ValueError for
+    a call the core refused, FormatError for everything structural."""
+    cls = _EXCEPTIONS.get(status, FormatError)
+    if issubclass(cls, (FormatError, IntegrityError)):
+        return cls(message, path=path, key=key)
+    if cls is OSError:
+        exc = OSError(f"{path}: {message}" if path else message)
+        exc.strerror = message  # the problem without the path, as for errors the OS raises
+        return exc
+    return cls(message)
 
 
-def _message(err, path: str) -> str:
-    # The core says what is wrong; which file it concerns is the caller's to add.
-    return f"{path}: " + ffi.string(err.message).decode("utf-8", "replace")
+def _message(err) -> str:
+    """The core's message: what is wrong, never which file (the caller adds that)."""
+    return ffi.string(err.message).decode("utf-8", "replace")
 
 
 class NativeFile:
@@ -55,25 +66,27 @@ class NativeFile:
         err = ffi.new("ss_error *")
         status = lib.ss_file_open(os.fsencode(self.path), out, err)
         if status != lib.SS_OK:
-            raise error_for(status, _message(err, self.path), self.path)
+            raise error_for(status, _message(err), self.path)
         self._handle = ffi.gc(out[0], lib.ss_file_close)
 
     @property
     def handle(self):
+        if self._handle is None:
+            raise ValueError(f"{self.path}: file is closed")
         return self._handle
 
     @property
     def size(self) -> int:
-        return lib.ss_file_size(self._handle)
+        return lib.ss_file_size(self.handle)
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes [offset, offset + length); FormatError outside the file, IntegrityError if
         the file shrank since it was opened."""
         buf = ffi.new("char[]", max(length, 1))
         err = ffi.new("ss_error *")
-        status = lib.ss_file_read(self._handle, offset, buf, length, err)
+        status = lib.ss_file_read(self.handle, offset, buf, length, err)
         if status != lib.SS_OK:
-            raise error_for(status, _message(err, self.path), self.path)
+            raise error_for(status, _message(err), self.path)
         return ffi.buffer(buf, length)[:]
 
     def close(self) -> None:
@@ -111,7 +124,7 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
     status = lib.ss_st_parse(file.handle, listing, err)
     try:
         if status not in (lib.SS_OK, lib.SS_E_ST_TRUNCATED):
-            raise error_for(status, _message(err, file.path), file.path)
+            raise error_for(status, _message(err), file.path)
         n = listing.count
         key_offsets = ffi.unpack(listing.key_offsets, n + 1)
         keys_blob = ffi.buffer(listing.keys, key_offsets[-1])[:]
@@ -131,7 +144,7 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
             nbytes=ffi.unpack(listing.nbytes, n),
             metadata=dict(zip(strings[0::2], strings[1::2])),
             data_end=listing.data_end,
-            error=FormatError(_message(err, file.path), path=file.path) if status != lib.SS_OK else None,
+            error=FormatError(_message(err), path=file.path) if status != lib.SS_OK else None,
         )
     finally:
         lib.ss_st_listing_free(listing)
@@ -166,7 +179,8 @@ class HashResult:
     checksum: str | None  # 32 lowercase hex digits, None on failure
     crc32: int | None
     status: int
-    message: str
+    message: str  # on failure: what went wrong, without the file
+    failed_file: int = 0  # on failure: the index (into the batch's files) of the file at fault
 
 
 def hash_jobs(
@@ -181,62 +195,85 @@ def hash_jobs(
     n = len(jobs)
     if n == 0:
         return []
-    handles = ffi.new("ss_file *[]", [f.handle for f in files])
-    cjobs = ffi.new("ss_job[]", n)
-    keepalive = []
-    for cjob, job in zip(cjobs, jobs):
-        cjob.file = job.file
-        cjob.offset = job.offset
-        cjob.nbytes = job.nbytes
-        cjob.itemsize = job.itemsize
-        cjob.flags = (lib.SS_JOB_BYTESWAP if job.byteswap else 0) | (lib.SS_JOB_CRC32 if job.crc32 else 0)
-        if job.segments:
-            segs = ffi.new("ss_segment[]", len(job.segments))
-            for cseg, seg in zip(segs, job.segments):
-                cseg.file = seg.file
-                cseg.offset = seg.offset
-                cseg.nbytes = seg.nbytes
-                if seg.shape is not None:
-                    if len(seg.shape) > MAX_DIMS:
-                        raise ValueError(f"strided view with {len(seg.shape)} dimensions; at most {MAX_DIMS}")
-                    cseg.ndim = len(seg.shape)
-                    cseg.shape[0 : len(seg.shape)] = list(seg.shape)
-                    cseg.strides[0 : len(seg.shape)] = list(seg.strides or ())
-            cjob.segments = segs
-            cjob.nsegments = len(job.segments)
-            keepalive.append(segs)
-    status = _run_batch(handles, len(files), cjobs, n, threads or 0, progress)
+    batch = _Batch(files, jobs)
+    status = batch.run(threads or 0, progress)
     if status != lib.SS_OK:
-        raise MemoryError(ffi.string(lib.ss_strerror(status)).decode())
+        raise error_for(status, ffi.string(lib.ss_strerror(status)).decode(), None)
     hexes = ffi.new("char[]", 32 * n)
-    lib.ss_hex_digests(cjobs, n, hexes)
+    lib.ss_hex_digests(batch.cjobs, n, hexes)
     blob = ffi.buffer(hexes, 32 * n)[:].decode("ascii")
     results = []
-    for i, cjob in enumerate(cjobs):
+    for i, cjob in enumerate(batch.cjobs):
         if cjob.status == lib.SS_OK:
             results.append(HashResult(blob[32 * i : 32 * i + 32], cjob.crc32 if jobs[i].crc32 else None, 0, ""))
         else:
-            results.append(HashResult(None, None, cjob.status, _message(cjob, files[cjob.failed_file].path)))
+            results.append(HashResult(None, None, cjob.status, _message(cjob), cjob.failed_file))
     return results
 
 
-def _run_batch(handles, nfiles: int, cjobs, njobs: int, threads: int, progress: Callable[[int], None] | None) -> int:
-    if progress is None:
-        return lib.ss_hash_batch(handles, nfiles, cjobs, njobs, threads, ffi.NULL)
-    counter = ffi.new("uint64_t *")
-    outcome: list[int] = []
-    # cffi drops the GIL for the call, so this thread is free to poll the counter.
-    worker = threading.Thread(
-        target=lambda: outcome.append(lib.ss_hash_batch(handles, nfiles, cjobs, njobs, threads, counter)),
-        name="shardscan-hash",
-        daemon=True,
-    )
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.1)
-        progress(counter[0])
-    progress(counter[0])
-    return outcome[0]
+class _Batch:
+    """The native memory of one ss_hash_batch call, owned in one place: the file handles, the
+    jobs and their segment arrays, and the Python files that own the mappings. `run` returns
+    only once the C workers are done with all of it, whatever happens on this thread."""
+
+    def __init__(self, files: Sequence[NativeFile], jobs: Sequence[HashJob]) -> None:
+        self.files = list(files)  # keeps the mappings alive while C reads them
+        self.handles = ffi.new("ss_file *[]", [f.handle for f in self.files])
+        self.cjobs = ffi.new("ss_job[]", len(jobs))
+        self.segments = []
+        for cjob, job in zip(self.cjobs, jobs):
+            cjob.file = job.file
+            cjob.offset = job.offset
+            cjob.nbytes = job.nbytes
+            cjob.itemsize = job.itemsize
+            cjob.flags = (lib.SS_JOB_BYTESWAP if job.byteswap else 0) | (lib.SS_JOB_CRC32 if job.crc32 else 0)
+            if job.segments:
+                segs = self._segments(job.segments)
+                cjob.segments = segs
+                cjob.nsegments = len(job.segments)
+                self.segments.append(segs)
+
+    @staticmethod
+    def _segments(segments: tuple[Segment, ...]):
+        segs = ffi.new("ss_segment[]", len(segments))
+        for cseg, seg in zip(segs, segments):
+            cseg.file = seg.file
+            cseg.offset = seg.offset
+            cseg.nbytes = seg.nbytes
+            if seg.shape is not None:
+                if len(seg.shape) > MAX_DIMS:
+                    raise ValueError(f"strided view with {len(seg.shape)} dimensions; at most {MAX_DIMS}")
+                cseg.ndim = len(seg.shape)
+                cseg.shape[0 : len(seg.shape)] = list(seg.shape)
+                cseg.strides[0 : len(seg.shape)] = list(seg.strides or ())
+        return segs
+
+    def _call(self, threads: int, counter) -> int:
+        return lib.ss_hash_batch(self.handles, len(self.files), self.cjobs, len(self.cjobs), threads, counter)
+
+    def run(self, threads: int, progress: Callable[[int], None] | None) -> int:
+        if progress is None:
+            return self._call(threads, ffi.NULL)
+        counter = ffi.new("uint64_t *")
+        outcome: list[int] = []
+        # cffi drops the GIL for the call, so this thread is free to poll the counter. The
+        # worker holds this batch (and so everything C reads) until the call returns.
+        worker = threading.Thread(target=lambda: outcome.append(self._call(threads, counter)),
+                                  name="shardscan-hash", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.1)
+                progress(counter[0])
+            progress(counter[0])
+        finally:
+            # An exception from progress() or a Ctrl-C must not free what the workers read.
+            while worker.is_alive():
+                try:
+                    worker.join()
+                except KeyboardInterrupt:
+                    continue
+        return outcome[0]
 
 
 # ---- torch zip archives (csrc/zip.c) ---------------------------------------------------------
@@ -269,7 +306,7 @@ class ZipListing:
 
 
 def _collect(file: NativeFile, status: int, listing, err) -> ZipListing:
-    message = _message(err, file.path)
+    message = _message(err)
     if status == lib.SS_E_ZIP_NO_EOCD:
         raise ZipTruncated(message, path=file.path)
     if status != lib.SS_OK:
@@ -297,7 +334,7 @@ def parse_zip(file: NativeFile, base: int = 0, length: int | None = None) -> Zip
     if length is None:
         length = file.size - base
     if base < 0 or length < 0:
-        raise FormatError(f"{file.path}: archive range {base}+{length} is negative", path=file.path)
+        raise FormatError(f"archive range {base}+{length} is negative", path=file.path)
     status = lib.ss_zip_parse_range(file.handle, base, length, listing, err)
     try:
         return _collect(file, status, listing, err)

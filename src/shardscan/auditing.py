@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from ._typing import PathLike
 from .discover import Checkpoint, Discovery, find_checkpoints
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from .report import Report
     from .scanner import ScanResult
 
-PathLike = str | os.PathLike[str]
 Progress = Callable[[int, int], None]
 
 
@@ -238,7 +238,8 @@ def _row(checkpoint: Checkpoint, report: "Report") -> AuditRow:
 
     words: list[str] = list(checkpoint.problems)
     for error in sorted(report.errors, key=lambda e: e.file):
-        words.append(f"{error.file}: {error.error}")
+        if error.error not in checkpoint.problems:  # check reports the markers too
+            words.append(f"{error.file}: {error.error}")
     for label, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
         if keys:
             words.append(f"{label} {plural(len(keys), 'tensor')}: {', '.join(families(keys))}")
@@ -251,7 +252,7 @@ def _row(checkpoint: Checkpoint, report: "Report") -> AuditRow:
         path=os.fspath(checkpoint.path), step=checkpoint.step, format=checkpoint.kind,
         files=report.files, tensors=report.tensors, bytes=report.bytes, ok=ok,
         missing=len(report.missing), unexpected=len(report.unexpected), mismatched=len(report.mismatched),
-        errors=len(report.errors) + len(checkpoint.problems),
+        errors=len({e.error for e in report.errors} | set(checkpoint.problems)),
         problem=words[0] if words and not ok else None, problems=tuple(words), markers=checkpoint.problems,
     )
 

@@ -25,19 +25,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
 
+from . import formats
 from . import layout as layouts
+from ._typing import PathLike
+from .discover import markers
 from .layout import Layout, Spec
+from .resume import MODEL, OBJECTS, STATE, resume_set, role_of
 from .report import Diff, FileError, Mismatch, Report, families, natural_sorted
 
 if TYPE_CHECKING:
     from .scanner import ScanResult
-
-PathLike = str | os.PathLike[str]
-
-#: Extensions of one checkpoint "family": a directory holding both is checked one family at a time.
-_FAMILY_ORDER = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 @dataclass
@@ -45,7 +44,7 @@ class _Actual:
     """The checkpoint as scanned: key -> Spec of each intact tensor, keys whose bytes are gone
     (cut or lost by a truncation), and everything reported per file."""
 
-    specs: dict[str, Spec]
+    specs: dict[str, Spec]  # the weights
     damaged: set[str]
     errors: list[FileError]
     files: int
@@ -54,38 +53,45 @@ class _Actual:
     bytes_by_file: dict[str, int]
     duplicates: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    state_specs: dict[str, Spec] = field(default_factory=dict)  # other files' tensors, by qualified key
 
 
-def _normalize_prefixes(strip_prefix: str | Sequence[str] | None) -> tuple[str, ...]:
-    if strip_prefix is None:
-        return ()
-    if isinstance(strip_prefix, str):
-        return (strip_prefix,) if strip_prefix else ()
-    return tuple(p for p in strip_prefix if p)
+@dataclass(frozen=True)
+class CheckOptions:
+    """How check and diff read and compare checkpoints (the keyword arguments of `check`).
+
+    `hf`: build a config's layout with transformers: True always (an error without it), False
+    never, None only for a config named by `against` (a config found inside the checkpoint
+    gets the structural check, which needs no transformers)."""
+
+    hash: bool = True
+    threads: int | None = None
+    strip_prefix: tuple[str, ...] = ()
+    checksums: bool = False
+    model: str | None = None
+    hf: bool | None = None
+    progress: Callable[[int, int], None] | None = None
+
+    @staticmethod
+    def prefixes(strip_prefix: str | Sequence[str] | None) -> tuple[str, ...]:
+        """The strip_prefix argument as a tuple of non-empty prefixes."""
+        if strip_prefix is None:
+            return ()
+        if isinstance(strip_prefix, str):
+            return (strip_prefix,) if strip_prefix else ()
+        return tuple(p for p in strip_prefix if p)
 
 
 def files_to_scan(path: Path, index_shards: Iterable[str] | None = None) -> list[Path]:
-    """The paths `check` reads for the checkpoint at `path`, in reading order: `path` itself
-    for a file or a DCP directory (read as a whole); for any other directory its tensor files
-    (shardscan.scanner.tensor_files). Of a directory holding more than one family of them
-    (model.safetensors beside pytorch_model.bin, as many hub repositories do) only one family
-    is read, since a loader reads only one: the family its index names, else the first of
-    _FAMILY_ORDER. `index_shards`: the shard names the directory's indexes map, if the caller
-    has read them; None reads them when the choice needs them (an unreadable index names
-    nothing). Raises OSError when the directory cannot be listed."""
-    from .scanner import is_dcp_dir, tensor_files
-
-    if not path.is_dir() or is_dcp_dir(path):
-        return [path]
-    files = tensor_files(path)
-    present = {_family(file.name) for file in files}
-    if len(present) <= 1:
-        return files
-    if index_shards is None:
+    """The paths `check` reads for the checkpoint at `path`, in reading order: its resume set
+    (shardscan.resume: `path` itself for a file or a DCP directory; for any other directory its
+    weights, in the one family a loader reads, and the other files its framework reads at
+    resume). `index_shards`: the shard names the directory's indexes map, if the caller has
+    read them; None reads them when the choice of family needs them. Raises OSError when the
+    directory cannot be listed."""
+    if index_shards is None and path.is_dir():
         index_shards = [name for index in _own_indexes(path)[0] for name in index.files]
-    wanted = {_family(name) for name in index_shards} & present
-    chosen = min(wanted or present, key=lambda f: _FAMILY_ORDER.index(f) if f in _FAMILY_ORDER else len(_FAMILY_ORDER))
-    return [file for file in files if _family(file.name) == chosen]
+    return resume_set(path, list(index_shards or ())).paths()
 
 
 def _own_indexes(directory: Path) -> tuple[list[Layout], list[FileError]]:
@@ -101,55 +107,65 @@ def _own_indexes(directory: Path) -> tuple[list[Layout], list[FileError]]:
     return indexes, errors
 
 
-def _scan(path: Path, *, hash: bool, threads: int | None, progress: Callable[[int, int], None] | None,
-          index_shards: Iterable[str] = (), label: str | None = None, given: ScanResult | None = None) -> _Actual:
-    """Scans the files_to_scan of a file or checkpoint directory into an _Actual, with a note
-    when a directory's other family of tensor files was left unread. `label` prefixes file
-    names in errors (diff names both sides). `given`: a scan the caller already made of
-    exactly those files, used instead of scanning."""
-    from .scanner import scan_paths, tensor_files
+def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = (), label: str | None = None,
+          given: ScanResult | None = None, roles: Collection[str] = (MODEL, STATE, OBJECTS)) -> _Actual:
+    """Scans the resume set of a file or checkpoint directory (its members of `roles`) into an
+    _Actual, with a note when a directory's other family of weights was left unread. `label`
+    prefixes file names in errors (diff names both sides). `given`: a scan the caller already
+    made of exactly files_to_scan(path), used instead of scanning."""
+    from .scanner import scan_paths
 
+    members = resume_set(path, list(index_shards))
     notes: list[str] = []
-    targets = files_to_scan(path, index_shards)
+    if members.skipped:
+        family = formats.family_suffix(members.paths(MODEL)[0].name) if members.paths(MODEL) else "?"
+        notes.append(f"{path} also holds {', '.join(members.skipped)}: checked the {family} files only")
+    if given is None:
+        wanted = [m.path for m in members.members if m.role in roles]
+        given = scan_paths(wanted, hash=options.hash, threads=options.threads, progress=options.progress)
     # Files given one by one are named by their path; show them relative, as a directory scan does.
     relabel = os.fspath(path) + os.sep if path.is_dir() else ""
-    if targets != [path]:
-        chosen = set(targets)
-        skipped = [file.name for file in tensor_files(path) if file not in chosen]
-        if skipped:
-            notes.append(f"{path} also holds {', '.join(skipped)}: checked the {_family(targets[0].name)} files only")
-    result = given if given is not None else scan_paths(targets, hash=hash, threads=threads, progress=progress)
-    columns = result.columns
-    names = columns.file
-    if relabel:
-        names = [n[len(relabel):] if n.startswith(relabel) else n for n in names]
+    name_of = lambda n: n[len(relabel):] if relabel and n.startswith(relabel) else n  # noqa: E731
+    role = (lambda name: role_of(name)) if path.is_dir() else (lambda name: MODEL)
     prefix = f"{label}/" if label and path.is_dir() else ""
-    specs: dict[str, Spec] = {}
-    duplicates: dict[str, list[str]] = {}
-    bytes_by_file: dict[str, int] = {}
-    for key, dtype, shape, checksum, name, nbytes in zip(
-        columns.key, columns.dtype, columns.shape, columns.checksum, names, columns.nbytes
+    actual = _Actual(specs={}, damaged=set(), errors=[], files=len(given.files), tensors=len(given.columns),
+                     nbytes=sum(given.columns.nbytes), bytes_by_file={}, notes=notes)
+    _collect_rows(actual, given, name_of, role)
+    for problem in given.problems:
+        file = name_of(problem.file)
+        qualify = _qualifier(file, role(file))
+        actual.damaged.update(qualify(k) for k in problem.cut + problem.lost)
+        actual.errors.append(FileError(prefix + file, problem.error, tuple(problem.intact), tuple(problem.cut),
+                                       tuple(problem.lost)))
+    actual.errors += [FileError(prefix + file, error) for file, error in members.problems]
+    actual.damaged -= set(actual.specs) | set(actual.state_specs)
+    return actual
+
+
+def _qualifier(file: str, role: str) -> Callable[[str], str]:
+    """How keys of a file of this role are named in findings: weights by their own key, other
+    files' tensors under the file ("optimizer.pt:state.0.exp_avg"), since their keys repeat."""
+    return (lambda key: key) if role == MODEL else (lambda key: f"{file}:{key}")
+
+
+def _collect_rows(actual: _Actual, result: ScanResult, name_of: Callable[[str], str],
+                  role: Callable[[str], str]) -> None:
+    """Specs of the scanned rows: the weights' by key (a key in two weight files is a
+    duplicate), the other files' by qualified key."""
+    columns = result.columns
+    for key, dtype, shape, checksum, raw, nbytes in zip(
+        columns.key, columns.dtype, columns.shape, columns.checksum, columns.file, columns.nbytes
     ):
-        bytes_by_file[name] = bytes_by_file.get(name, 0) + nbytes
-        if key in specs:
-            duplicates.setdefault(key, [specs[key].file or ""]).append(name)
-            continue
-        specs[key] = Spec(dtype=dtype, shape=tuple(shape), checksum=checksum, file=name)
-    damaged: set[str] = set()
-    errors = []
-    for problem in result.problems:
-        damaged.update(problem.cut)
-        damaged.update(problem.lost)
-        file = problem.file[len(relabel):] if relabel and problem.file.startswith(relabel) else problem.file
-        errors.append(FileError(prefix + file, problem.error, tuple(problem.intact), tuple(problem.cut), tuple(problem.lost)))
-    return _Actual(
-        specs=specs, damaged=damaged - set(specs), errors=errors, files=len(result.files), tensors=len(columns),
-        nbytes=sum(columns.nbytes), bytes_by_file=bytes_by_file, duplicates=duplicates, notes=notes,
-    )
-
-
-def _family(name: str) -> str:
-    return os.path.splitext(name)[1].lower()
+        name = name_of(raw)
+        actual.bytes_by_file[name] = actual.bytes_by_file.get(name, 0) + nbytes
+        spec = Spec(dtype=dtype, shape=tuple(shape), checksum=checksum, file=name)
+        file_role = role(name)
+        if file_role != MODEL:
+            actual.state_specs.setdefault(_qualifier(name, file_role)(key), spec)
+        elif key in actual.specs:
+            actual.duplicates.setdefault(key, [actual.specs[key].file or ""]).append(name)
+        else:
+            actual.specs[key] = spec
 
 
 def _strip_specs(specs: dict[str, Spec], prefixes: Sequence[str]) -> dict[str, Spec]:
@@ -228,7 +244,7 @@ def _index_findings(layout: Layout, actual: _Actual, directory: Path, index_name
         count = sum(1 for spec in layout.specs.values() if spec.file == name)
         errors.append(FileError(name, f"absent: {index_name} maps {count} tensors to it"))
     # a single file checked alone says nothing about its neighbours' series
-    named_or_present = set(layout.files) | {n for n in on_disk if _family(n) in _FAMILY_ORDER}
+    named_or_present = set(layout.files) | {n for n in on_disk if formats.is_tensor_file_name(n)}
     for name, series in layouts.series_gaps(named_or_present) if whole_directory else ():
         if name not in absent:
             errors.append(FileError(name, f"absent: the series {series} has a gap here"))
@@ -274,68 +290,148 @@ def _prefix_note(layout: Layout, present: dict[str, Spec], base: tuple[set[str],
     return f"keys of {path} and {layout.source} differ by the prefix {''.join(best[1][len(user):])!r}: with {flags} {outcome}"
 
 
-def _collect_layouts(root: Path, against: Path | None, own_indexes: list[Layout], *, hash: bool, threads: int | None, checksums: bool,
-                     model: str | None, hf: bool | None, actual_shapes: Callable[[], dict[str, tuple[int, ...] | None]]
-                     ) -> tuple[list[Layout], list[str]]:
-    """The layouts to check against and notes on how they were chosen (see the module doc)."""
+def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: CheckOptions,
+          actual_shapes: Callable[[], dict[str, tuple[int, ...] | None]]) -> tuple[list[Layout], list[str]]:
+    """The layouts to check against and notes on how they were chosen (see the module doc):
+    without `against`, what the checkpoint declares (its indexes, manifest and config.json);
+    with it, what it names; and the `model` option's module."""
     found: list[Layout] = list(own_indexes)
     notes: list[str] = []
-    directory = root if root.is_dir() else None
-    config_path: Path | None = None
-    explicit_config = False
-    if against is None and directory is not None:
-        manifest = layouts.find_manifest(directory)
+    config: tuple[Path, bool] | None = None  # (config.json, named by `against`)
+    if against is None and root.is_dir():
+        manifest = layouts.find_manifest(root)
         if manifest is not None:
-            found.append(layouts.manifest_layout(manifest))
-        if (directory / "config.json").is_file():
-            config_path = directory / "config.json"
+            found.append(_resume_manifest(layouts.manifest_layout(manifest)))
+        if (root / "config.json").is_file():
+            config = (root / "config.json", False)
     elif against is not None:
         kind = layouts.classify(against)
-        if kind == "index":
-            index = layouts.index_layout(against)
-            if directory is None:
-                # one shard checked against a whole index: only what the index puts in it
-                index.specs = {k: spec for k, spec in index.specs.items() if spec.file == root.name}
-                index.files = (root.name,)
-            found.append(index)
-        elif kind == "manifest":
-            found.append(layouts.manifest_layout(layouts.find_manifest(against) if against.is_dir() else against))  # type: ignore[arg-type]
-        elif kind == "config":
-            config_path = against / "config.json" if against.is_dir() else against
-            explicit_config = True
+        if kind == "config":
+            config = (against / "config.json" if against.is_dir() else against, True)
         else:
-            found.append(_reference_layout(against, hash=hash and checksums, threads=threads))
-    if config_path is not None:
-        config = layouts.read_config(config_path)
-        use_hf = hf if hf is not None else explicit_config
-        built = None
-        if use_hf and layouts.transformers_available():
-            try:
-                built = layouts.transformers_layout(config_path)
-            except Exception as exc:  # e.g. a model_type this transformers lacks, or custom code
-                if hf and not isinstance(exc, layouts.RenamedOnLoad):
-                    raise
-                notes.append(f"transformers could not build the model of {config_path.name} ({exc}): structural check only")
-        if built is not None:
-            found.append(built)
-        else:
-            if use_hf and not layouts.transformers_available():
-                if hf:
-                    raise ImportError("transformers is not installed: pip install 'shardscan[hf]' (or drop --hf)")
-                notes.append("transformers is not installed: structural check of config.json only")
-            found.append(layouts.structural_layout(config, actual_shapes(), config_path.name))
-    if model is not None:
-        found.append(layouts.model_layout(model))
+            found.append(_named_layout(kind, against, root, options))
+    if config is not None:
+        layout, note = _config_layout(*config, options, actual_shapes)
+        found.append(layout)
+        notes += [note] if note else []
+    if options.model is not None:
+        found.append(layouts.model_layout(options.model))
     return found, notes
 
 
-def _reference_layout(path: Path, *, hash: bool, threads: int | None) -> Layout:
+def _resume_manifest(layout: Layout) -> Layout:
+    """A manifest of a checkpoint directory, its rows named as _scan names them: tensors of
+    files other than the weights under their file."""
+    specs: dict[str, Spec] = {}
+    for key, spec in layout.specs.items():
+        file = spec.file or ""
+        specs.setdefault(_qualifier(file, role_of(file) if file else MODEL)(key), spec)
+    layout.specs = specs
+    return layout
+
+
+def _named_layout(kind: str, against: Path, root: Path, options: CheckOptions) -> Layout:
+    """The layout of an `against` source that is no config: an index, a manifest or a
+    reference checkpoint."""
+    if kind == "index":
+        index = layouts.index_layout(against)
+        if not root.is_dir():
+            # one shard checked against a whole index: only what the index puts in it
+            index.specs = {k: spec for k, spec in index.specs.items() if spec.file == root.name}
+            index.files = (root.name,)
+        return index
+    if kind == "manifest":
+        manifest = layouts.find_manifest(against) if against.is_dir() else against
+        assert manifest is not None, "classify() says the directory holds a manifest"
+        layout = layouts.manifest_layout(manifest)
+        return _resume_manifest(layout) if root.is_dir() else layout
+    return _reference_layout(against, options)
+
+
+def _config_layout(config_path: Path, named: bool, options: CheckOptions,
+                   actual_shapes: Callable[[], dict[str, tuple[int, ...] | None]]) -> tuple[Layout, str | None]:
+    """The layout a config.json declares: built by transformers when options.hf asks for it
+    (None: when the config was named by `against`) and it can, else the structural check.
+    Returns the layout and a note when transformers was wanted but not used."""
+    config = layouts.read_config(config_path)
+    use_hf = options.hf if options.hf is not None else named
+    if not use_hf:
+        return layouts.structural_layout(config, actual_shapes(), config_path.name), None
+    note = None
+    if not layouts.transformers_available():
+        if options.hf:
+            raise ImportError("transformers is not installed: pip install 'shardscan[hf]' (or drop --hf)")
+        note = "transformers is not installed: structural check of config.json only"
+    else:
+        try:
+            return layouts.transformers_layout(config_path), None
+        except Exception as exc:  # e.g. a model_type this transformers lacks, or custom code
+            if options.hf and not isinstance(exc, layouts.RenamedOnLoad):
+                raise
+            note = f"transformers could not build the model of {config_path.name} ({exc}): structural check only"
+    return layouts.structural_layout(config, actual_shapes(), config_path.name), note
+
+
+def _reference_layout(path: Path, options: CheckOptions) -> Layout:
     """A reference checkpoint: its keys, dtypes, shapes (and checksums when hashed); its own
     unreadable files become errors of this layout, named under the reference's path."""
-    ref = _scan(path, hash=hash, threads=threads, progress=None, label=os.fspath(path))
+    reading = CheckOptions(hash=options.hash and options.checksums, threads=options.threads)
+    ref = _scan(path, reading, label=os.fspath(path), roles=(MODEL,))
     layout = Layout(kind="reference", source=f"reference {path}", specs=ref.specs)
     layout.errors = [(e.file, e.error) for e in ref.errors]
     return layout
+
+
+@dataclass
+class _Findings:
+    """What comparing a checkpoint with its layouts found."""
+
+    missing: set[str]
+    unexpected: set[str] = field(default_factory=set)
+    mismatched: dict[tuple[str, str], Mismatch] = field(default_factory=dict)
+    errors: list[FileError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, options: CheckOptions) -> _Findings:
+    """Measures the checkpoint against every layout."""
+    prefixes = options.strip_prefix
+    weights = _strip_specs(actual.specs, prefixes)
+    everything = {**weights, **actual.state_specs}
+    out = _Findings(missing={layouts.strip_prefixes(k, prefixes) for k in actual.damaged}, errors=list(actual.errors))
+    compared_checksums = False
+    for raw in found:
+        layout = _strip_layout(raw, prefixes)
+        # A manifest covers the whole resume set; every other layout describes the weights.
+        present = everything if layout.kind == "manifest" else weights
+        lost, extra = _keys_against(layout, present)
+        out.missing |= lost
+        out.unexpected |= extra
+        _mismatches(layout, present, out.mismatched)
+        compared_checksums |= any(spec.checksum for spec in layout.specs.values())
+        out.errors += [FileError(file, error) for file, error in layout.errors]
+        out.warnings += layout.warnings
+        if layout.kind == "index":
+            index_errors, index_warnings = _index_findings(raw, actual, root if root.is_dir() else root.parent,
+                                                           raw.source.removeprefix("index "), root.is_dir())
+            out.errors += index_errors
+            out.warnings += index_warnings
+        if layout.complete:
+            note = _prefix_note(layout, present, (lost, extra), path, prefixes)
+            if note:
+                out.notes.append(note)
+    if (compared_checksums or options.checksums) and not options.hash:
+        out.warnings.append("checksums not compared (--no-hash)")
+    for key, files in sorted(actual.duplicates.items()):
+        out.errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
+    # The markers discovery reads (trainer_state.json written last, DCP's .metadata): check and
+    # audit give one directory one verdict.
+    out.errors += [FileError(path, marker) for marker in markers(root)]
+    if actual.files == 0 and not actual.errors and not any(layout.kind == "index" for layout in found):
+        # an interrupted save can leave config.json and nothing else: that is not "OK"
+        out.errors.append(FileError(path, "no tensor files found"))
+    return out
 
 
 def check(
@@ -368,71 +464,35 @@ def check(
     `against` that is no known layout source, ImportError when `hf=True` or `model` needs a
     package that is not installed."""
     started = time.perf_counter()
+    options = CheckOptions(hash=hash, threads=threads, strip_prefix=CheckOptions.prefixes(strip_prefix),
+                           checksums=checksums, model=model, hf=hf, progress=progress)
+    for given in (path, against):
+        if given is not None and not Path(given).exists():
+            raise FileNotFoundError(f"{given}: no such file or directory")
     root = Path(path)
-    if not root.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
     against_path = Path(against) if against is not None else None
-    if against_path is not None and not against_path.exists():
-        raise FileNotFoundError(f"{against}: no such file or directory")
-    prefixes = _normalize_prefixes(strip_prefix)
 
     # The checkpoint's own indexes: read first, since they say which format family to scan.
     own_indexes, index_errors = _own_indexes(root) if root.is_dir() else ([], [])
-    actual = _scan(root, hash=hash, threads=threads, progress=progress,
-                   index_shards=[name for index in own_indexes for name in index.files], given=scan)
+    actual = _scan(root, options, index_shards=[name for index in own_indexes for name in index.files], given=scan)
     actual.errors += index_errors
-    present = _strip_specs(actual.specs, prefixes)
-    found, notes = _collect_layouts(
-        root, against_path, own_indexes, hash=hash, threads=threads, checksums=checksums, model=model, hf=hf,
-        actual_shapes=lambda: {k: s.shape for k, s in present.items()},
-    )
-    notes += actual.notes
-
-    missing: set[str] = {layouts.strip_prefixes(k, prefixes) for k in actual.damaged}
-    unexpected: set[str] = set()
-    mismatched: dict[tuple[str, str], Mismatch] = {}
-    errors = list(actual.errors)
-    warnings: list[str] = []
-    compared_checksums = False
-    for raw in found:
-        layout = _strip_layout(raw, prefixes)
-        lost, extra = _keys_against(layout, present)
-        missing |= lost
-        unexpected |= extra
-        _mismatches(layout, present, mismatched)
-        compared_checksums |= any(spec.checksum for spec in layout.specs.values())
-        errors += [FileError(file, error) for file, error in layout.errors]
-        warnings += layout.warnings
-        if layout.kind == "index":
-            index_errors, index_warnings = _index_findings(raw, actual, root if root.is_dir() else root.parent,
-                                                           raw.source.removeprefix("index "), root.is_dir())
-            errors += index_errors
-            warnings += index_warnings
-        if layout.complete:
-            note = _prefix_note(layout, present, (lost, extra), os.fspath(path), prefixes)
-            if note:
-                notes.append(note)
-    if (compared_checksums or checksums) and not hash:
-        warnings.append("checksums not compared (--no-hash)")
-    for key, files in sorted(actual.duplicates.items()):
-        errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
-    if actual.files == 0 and not actual.errors and not any(layout.kind == "index" for layout in found):
-        # an interrupted save can leave config.json and nothing else: that is not "OK"
-        errors.append(FileError(os.fspath(path), "no tensor files found"))
+    found, notes = _plan(root, against_path, own_indexes, options,
+                         lambda: {k: s.shape for k, s in _strip_specs(actual.specs, options.strip_prefix).items()})
+    findings = _compare(found, actual, root, os.fspath(path), options)
     return Report(
         path=os.fspath(path),
         against=os.fspath(against) if against is not None else None,
         files=actual.files,
         tensors=actual.tensors,
         bytes=actual.nbytes,
-        missing=tuple(natural_sorted(missing)),
-        unexpected=tuple(natural_sorted(unexpected - missing)),
-        mismatched=tuple(mismatched.values()),
-        errors=tuple(_merge_errors(errors)),
-        warnings=tuple(dict.fromkeys(warnings)),
-        notes=tuple(dict.fromkeys(notes)),
+        missing=tuple(natural_sorted(findings.missing)),
+        unexpected=tuple(natural_sorted(findings.unexpected - findings.missing)),
+        mismatched=tuple(findings.mismatched.values()),
+        errors=tuple(_merge_errors(findings.errors)),
+        warnings=tuple(dict.fromkeys(findings.warnings)),
+        notes=tuple(dict.fromkeys(notes + actual.notes + findings.notes)),
         layouts=tuple(layout.source for layout in found),
-        strip_prefix=prefixes,
+        strip_prefix=options.strip_prefix,
         elapsed=time.perf_counter() - started,
     )
 
@@ -463,9 +523,10 @@ def diff(
     for given in (a, b):
         if not Path(given).exists():
             raise FileNotFoundError(f"{given}: no such file or directory")
-    prefixes = _normalize_prefixes(strip_prefix)
-    left = _scan(Path(a), hash=hash, threads=threads, progress=None, label=os.fspath(a))
-    right = _scan(Path(b), hash=hash, threads=threads, progress=None, label=os.fspath(b))
+    prefixes = CheckOptions.prefixes(strip_prefix)
+    options = CheckOptions(hash=hash, threads=threads, strip_prefix=prefixes)
+    left = _scan(Path(a), options, label=os.fspath(a), roles=(MODEL,))
+    right = _scan(Path(b), options, label=os.fspath(b), roles=(MODEL,))
     a_specs, b_specs = _strip_specs(left.specs, prefixes), _strip_specs(right.specs, prefixes)
     as_layout = Layout(kind="reference", source=os.fspath(a), specs=a_specs)
     changed: dict[tuple[str, str], Mismatch] = {}

@@ -41,16 +41,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Loose files that may be checkpoints on their own.
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-
-# Hugging Face weight file names: their presence makes a directory one model checkpoint
-# rather than a folder of unrelated loose files.
-_HF_WEIGHTS = re.compile(
-    r"^(?:model|pytorch_model|adapter_model|tf_model|diffusion_pytorch_model)"
-    r"(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin)$"
-)
-_INDEX = re.compile(r"\.(?:safetensors|bin)\.index\.json$")
+from . import formats
 _TRAINER = re.compile(r"^checkpoint-(\d+)$")
 _DEEPSPEED = re.compile(r"^global_step(\d+)$")
 # Step numbers in names, most specific first: "epoch=3-step=1200", "global_step800",
@@ -102,11 +93,7 @@ class Discovery:
 
 def step_of(name: str) -> int | None:
     """The step number a checkpoint's name carries, or None."""
-    stem = name
-    for suffix in CHECKPOINT_SUFFIXES:
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
+    stem = formats.step_stem(name)
     for pattern in _STEP_PATTERNS:
         match = pattern.search(stem)
         if match:
@@ -124,7 +111,7 @@ def find_checkpoints(root: str | os.PathLike[str]) -> Discovery:
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, "no such file or directory", os.fspath(root)) from None
     if stat.S_ISREG(st.st_mode):
-        return Discovery(root, (Checkpoint(root, _file_kind(root.name), step_of(root.name), st.st_mtime),))
+        return Discovery(root, (Checkpoint(root, formats.file_kind(root.name), step_of(root.name), st.st_mtime),))
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "not a directory or regular file", os.fspath(root))
     walk = _Walk(root.resolve())
@@ -165,7 +152,7 @@ class _Walk:
 
     def entry(self, parent: Path, entry: os.DirEntry[str]) -> None:
         path = parent / entry.name
-        looks_like_checkpoint = entry.name.endswith(CHECKPOINT_SUFFIXES)
+        looks_like_checkpoint = formats.is_tensor_file_name(entry.name)
         is_link = False
         try:
             is_link = entry.is_symlink()
@@ -175,10 +162,10 @@ class _Walk:
                 self.skipped.append((os.fspath(path), "symlink loop"))
             elif is_link and exc.errno == errno.ENOENT:
                 if looks_like_checkpoint:
-                    self.found.append(Checkpoint(path, _file_kind(entry.name), step_of(entry.name), 0.0,
+                    self.found.append(Checkpoint(path, formats.file_kind(entry.name), step_of(entry.name), 0.0,
                                                  ("broken symlink: its target does not exist",), readable=False))
             elif looks_like_checkpoint:
-                self.found.append(Checkpoint(path, _file_kind(entry.name), step_of(entry.name), 0.0,
+                self.found.append(Checkpoint(path, formats.file_kind(entry.name), step_of(entry.name), 0.0,
                                              (f"cannot stat: {exc.strerror or exc}",), readable=False))
             return
         if stat.S_ISDIR(st.st_mode):
@@ -199,10 +186,10 @@ class _Walk:
             if identity in self.seen_files:
                 return
             self.seen_files.add(identity)
-            self.found.append(Checkpoint(path, _file_kind(entry.name), step_of(entry.name), st.st_mtime))
+            self.found.append(Checkpoint(path, formats.file_kind(entry.name), step_of(entry.name), st.st_mtime))
         elif looks_like_checkpoint:
             # Never opened: reading a FIFO blocks until a writer appears, a device never ends.
-            self.found.append(Checkpoint(path, _file_kind(entry.name), step_of(entry.name), st.st_mtime,
+            self.found.append(Checkpoint(path, formats.file_kind(entry.name), step_of(entry.name), st.st_mtime,
                                          (f"not a regular file ({_file_type(st.st_mode)})",), readable=False))
 
     def _inside(self, link: Path) -> bool:
@@ -226,14 +213,22 @@ class _Walk:
                                      (f"'latest' names {tag}, which does not exist",), readable=False))
 
 
+def markers(path: Path) -> tuple[str, ...]:
+    """What the completeness markers of the checkpoint directory `path` say is wrong (the
+    problems `find_checkpoints` gives its Checkpoint); () for a file."""
+    if not path.is_dir():
+        return ()
+    return tuple(_classify(path, _scan_names(path))[1])
+
+
 def _classify(path: Path, names: dict[str, os.DirEntry[str]]) -> tuple[str | None, list[str]]:
     """The kind of checkpoint directory `path` is (None for a plain folder) and the problems
     its completeness markers show."""
     problems: list[str] = []
-    if ".metadata" in names or any(n.endswith(".distcp") for n in names):
-        if ".metadata" not in names:
-            problems.append("no .metadata: torch.distributed.checkpoint writes it last, so the save did not finish")
-        return "dcp", problems
+    whole = formats.directory_format(path, names)
+    if whole is not None:
+        why = formats.unfinished(whole, names)
+        return whole.name, [why] if why else []
     match = _DEEPSPEED.match(path.name)
     if match:
         tag = _read_tag(path.parent, _scan_names(path.parent))
@@ -249,8 +244,8 @@ def _classify(path: Path, names: dict[str, os.DirEntry[str]]) -> tuple[str | Non
         if tag is not None and tag not in names:
             problems.append(f"'latest' names {tag}, which does not exist")
         return "hf-trainer", problems
-    has_weights = any(_HF_WEIGHTS.match(n) or _INDEX.search(n) for n in names)
-    has_loose = any(n.endswith(CHECKPOINT_SUFFIXES) for n in names)
+    has_weights = any(formats.is_hf_weights(n) for n in names)
+    has_loose = any(formats.is_tensor_file_name(n) for n in names)
     if has_weights or ("config.json" in names and has_loose):
         return "hf-model", problems
     return None, problems
@@ -289,12 +284,6 @@ def _newest(entries: list[os.DirEntry[str]], st: os.stat_result) -> float:
         except OSError:
             pass
     return newest
-
-
-def _file_kind(name: str) -> str:
-    if name.endswith(".ckpt"):
-        return "lightning"
-    return "safetensors" if name.endswith(".safetensors") else "torch"
 
 
 def _file_type(mode: int) -> str:

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from ._typing import PathLike
 from .auditing import AuditResult, AuditRow, assemble, audit_group, judge
 from .checker import files_to_scan
 from .discover import Checkpoint, find_checkpoints
@@ -29,7 +30,6 @@ from .scanner import ScanResult
 if TYPE_CHECKING:
     import pyarrow as pa
 
-PathLike = str | os.PathLike[str]
 
 #: `--ray` without an address: join the cluster this machine belongs to if there is one
 #: (RAY_ADDRESS or a running `ray start`), else start a local one.
@@ -142,11 +142,4 @@ def _files(checkpoint: Checkpoint) -> dict[Path, int]:
     return sizes
 
 
-def available() -> bool:
-    """Whether ray can be imported (without importing it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("ray") is not None
-
-
-__all__ = ["AUTO", "audit_ray", "available"]
+__all__ = ["AUTO", "audit_ray"]

@@ -9,45 +9,61 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
 
-from . import safetensors_format
-from ._core import HashJob, NativeFile, hash_jobs
+from . import formats
+from ._core import HashJob, HashResult, NativeFile, error_for, hash_jobs
+from ._typing import PathLike
 from .errors import FormatError, ShardscanError
-from .listing import FileProblem, Listing
-
-#: Names that mark tensor files inside a checkpoint directory (content decides the format).
-TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-
-#: Files in a checkpoint directory that carry those suffixes but no tensors: the HF Trainer's
-#: pickled TrainingArguments and RNG states (numpy objects), which any weights-only reader
-#: refuses. Given by name on the command line, they are still read (and refused).
-NOT_TENSOR_FILES = ("training_args.bin", "rng_state")
+from .formats import FileProblem, Listing
+from .schema import NAMES
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-PathLike = str | os.PathLike[str]
 
 
-@dataclass(frozen=True)
 class Columns:
-    """The scan's rows as parallel lists, one entry per tensor, named as in shardscan.schema."""
+    """The scan's rows: one list per column of shardscan.schema, read as attributes
+    (`columns.key`, `columns.checksum`, ...), one entry per tensor."""
 
-    file: list[str]
-    key: list[str]
-    dtype: list[str]
-    shape: list[list[int]]
-    offset: list[int]
-    nbytes: list[int]
-    checksum: list[str | None]
-    storage: list[str | None]
-    format: list[str]
+    __slots__ = ("_lists",)
+
+    def __init__(self, lists: Mapping[str, list] | None = None) -> None:
+        self._lists = {name: list(lists[name]) if lists else [] for name in NAMES}
+
+    def __getattr__(self, name: str) -> list:
+        lists = object.__getattribute__(self, "_lists")
+        try:
+            return lists[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __reduce__(self) -> tuple:
+        return Columns, (self._lists,)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Columns) and self._lists == other._lists
+
+    def __repr__(self) -> str:
+        return f"Columns({len(self)} rows)"
 
     def __len__(self) -> int:
-        return len(self.key)
+        return len(self._lists["key"])
+
+    def as_dict(self) -> dict[str, list]:
+        return dict(self._lists)
+
+    def take(self, rows: Sequence[int]) -> "Columns":
+        """The given rows, in that order."""
+        return Columns({name: [values[r] for r in rows] for name, values in self._lists.items()})
+
+    @classmethod
+    def concat(cls, parts: Iterable["Columns"]) -> "Columns":
+        parts = list(parts)
+        return cls({name: [v for part in parts for v in part._lists[name]] for name in NAMES})
 
 
 @dataclass(frozen=True)
@@ -78,16 +94,15 @@ class ScanResult:
 
         from .schema import SCHEMA
 
-        return pa.table({name: getattr(self.columns, name) for name in SCHEMA.names}, schema=SCHEMA)
+        return pa.table(self.columns.as_dict(), schema=SCHEMA)
 
     @classmethod
     def combine(cls, parts: Sequence["ScanResult"]) -> "ScanResult":
         """One ScanResult of scans made separately (say, one per shard on different machines),
         as if their paths had been given to one scan_paths call in this order; `elapsed` is the
         longest part's."""
-        columns = Columns(**{f.name: [v for part in parts for v in getattr(part.columns, f.name)] for f in fields(Columns)})
         return cls(
-            columns=columns,
+            columns=Columns.concat(part.columns for part in parts),
             problems=tuple(p for part in parts for p in part.problems),
             files=tuple(name for part in parts for name in part.files),
             non_tensor_leaves=sum(part.non_tensor_leaves for part in parts),
@@ -112,9 +127,8 @@ class ScanResult:
                 rows.extend(range(start, start + count))
                 kept.append(i)
             start += count
-        columns = Columns(**{f.name: [getattr(self.columns, f.name)[r] for r in rows] for f in fields(Columns)})
         return ScanResult(
-            columns=columns,
+            columns=self.columns.take(rows),
             problems=tuple(p for p in self.problems if p.file in wanted),
             files=tuple(self.files[i] for i in kept),
             non_tensor_leaves=sum(self.per_file[i][1] for i in kept),
@@ -125,65 +139,44 @@ class ScanResult:
 
 @dataclass(frozen=True)
 class Target:
-    """A file to read, the name it is shown by, and the directory it belongs to."""
+    """A file (or DCP directory) to read and the name it is shown by; `objects`: its
+    framework unpickles it in full (shardscan.resume's "objects" role)."""
 
     path: Path
     name: str
+    objects: bool = False
 
 
-def tensor_files(directory: Path) -> list[Path]:
-    """The tensor files of a checkpoint directory, sorted by name (not recursive)."""
-    return sorted(
-        p for p in directory.iterdir()
-        if p.name.endswith(TENSOR_SUFFIXES) and not p.name.startswith(NOT_TENSOR_FILES) and not p.is_dir()
-    )
+def discover(paths: Sequence[PathLike], *, under_given: bool | None = None) -> list[Target]:
+    """Expands checkpoint directories into their resume sets (shardscan.resume). A directory's
+    files are named relative to it, or under the directory as given when `under_given`
+    (default: when several paths are given), so that names identify files. Raises
+    FileNotFoundError for a path that does not exist."""
+    from .resume import OBJECTS, resume_set, role_of
 
-
-def is_dcp_dir(path: Path) -> bool:
-    """A torch.distributed.checkpoint directory: a .metadata file or any *.distcp file."""
-    try:
-        return (path / ".metadata").is_file() or any(p.name.endswith(".distcp") for p in path.iterdir())
-    except OSError:
-        return False
-
-
-def discover(paths: Iterable[PathLike]) -> list[Target]:
-    """Expands directories into their tensor files. Raises FileNotFoundError for a path that
-    does not exist."""
     targets = []
     for given in paths:
         path = Path(given)
         if not path.exists() and not path.is_symlink():
             raise FileNotFoundError(f"{given}: no such file or directory")
-        if path.is_dir() and is_dcp_dir(path):  # a DCP checkpoint is read as a whole
-            targets.append(Target(path, os.fspath(given)))
-        elif path.is_dir():
-            targets += [Target(p, p.name) for p in tensor_files(path)]
-        else:
-            targets.append(Target(path, os.fspath(given)))
+        if path.is_dir() and not formats.directory_format(path):
+            many = len(paths) > 1 if under_given is None else under_given
+            under = os.fspath(given).rstrip(os.sep) + os.sep if many else ""
+            targets += [Target(m.path, under + m.name, m.role == OBJECTS) for m in resume_set(path).members]
+        else:  # a file, or a DCP checkpoint read as a whole
+            targets.append(Target(path, os.fspath(given), role_of(path.name) == OBJECTS))
     return targets
 
 
 def read_listing(target: Target) -> Listing:
-    """Opens one file and hands it to the reader its first bytes call for."""
-    if target.path.is_dir():  # only DCP directories become targets
-        from . import dcp_format
-
-        return dcp_format.read_dir(target.path, target.name)
-    file = NativeFile(target.path)
-    head = file.read(0, min(file.size, 64))
-    if safetensors_format.sniff(head):
-        return safetensors_format.read(file, target.name)
-    # Imported only when a torch file shows up: they bring the pickle machinery.
-    from . import torch_format
-
-    if torch_format.sniff(head):
-        return torch_format.read(file, target.name)
-    if target.path.name.endswith(".safetensors"):
-        # Named safetensors but its first bytes do not say so: the validator names the
-        # actual violation (too small, header too large, not starting with '{').
-        return safetensors_format.read(file, target.name)
-    raise FormatError(f"{target.path}: not a safetensors or torch checkpoint file", path=str(target.path))
+    """The listing of one target: a directory by the format that claims it, a file by the
+    reader its first bytes (or its name) call for."""
+    if target.path.is_dir():
+        fmt = formats.directory_format(target.path)
+        if fmt is None or fmt.read_directory is None:
+            raise FormatError("a directory that no format reads as one checkpoint", path=target.name)
+        return fmt.read_directory(target.path, target.name)
+    return formats.read_file(NativeFile(target.path), target.name, objects=target.objects)
 
 
 def scan_paths(
@@ -203,15 +196,15 @@ def scan_paths(
     problems: list[FileProblem] = []
     targets = []
     for given in paths:
-        found = discover([given])
+        found = discover([given], under_given=len(paths) > 1)
         if not found:
-            problems.append(FileProblem(os.fspath(given), "no tensor files found"))
+            problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given))))
         targets += found
     for target in targets:
         try:
             listing = read_listing(target)
         except (ShardscanError, OSError) as exc:
-            problems.append(FileProblem.of(target.name, exc, os.fspath(target.path)))
+            problems.append(FileProblem(target.name, exc))
             continue
         listings.append(listing)
         problems += listing.problems
@@ -226,43 +219,47 @@ def scan_paths(
         files=tuple(name for listing in listings for name in listing.names[:1]),
         non_tensor_leaves=sum(listing.non_tensor_leaves for listing in listings),
         elapsed=time.perf_counter() - started,
-        per_file=tuple((len(listing.keys), listing.non_tensor_leaves) for listing in listings),
+        per_file=tuple((len(listing), listing.non_tensor_leaves) for listing in listings),
     )
 
 
 def _hash_all(
     listings: list[Listing], threads: int | None, progress: Callable[[int, int], None] | None
 ) -> tuple[list[str | None], list[FileProblem]]:
-    """One batch for every job of every listing: file indices are rebased onto one list."""
-    files, jobs, owners = [], [], []
+    """One batch for every job of every listing (row jobs, then the checks that produce no
+    row), file indices rebased onto one list; then each listing's results are judged."""
+    files: list[NativeFile] = []
+    row_jobs: list[HashJob] = []
+    check_jobs: list[HashJob] = []
     for listing in listings:
         base = len(files)
         files += listing.files
-        for job in listing.row_jobs():
-            jobs.append(_rebase(job, base))
-            owners.append(listing)
-    # Jobs that only verify (CRCs of records no row covers whole) ride in the same batch,
-    # after the row jobs; each listing then judges its own results.
-    nrows, base = len(jobs), 0
-    for listing in listings:
-        jobs += [_rebase(job, base) for job in listing.check_jobs]
-        base += len(listing.files)
-    total = sum(sum(listing.nbytes) for listing in listings)
+        row_jobs += [_rebase(job, base) for job in listing.row_jobs()]
+        check_jobs += [_rebase(job.read, base) for job in listing.checks]
+    total = sum(sum(listing.columns["nbytes"]) for listing in listings)
     report = (lambda done: progress(done, total)) if progress else None
-    results = hash_jobs(files, jobs, threads, report)
-    results, check_results = results[:nrows], results[nrows:]
+    results = hash_jobs(files, row_jobs + check_jobs, threads, report)
+    rows, checks = results[: len(row_jobs)], results[len(row_jobs) :]
+    problems: list[FileProblem] = []
     verified: list[FileProblem] = []
     row_at = check_at = 0
     for listing in listings:
-        nchecks = len(listing.check_jobs)
-        verified += listing.verify(results[row_at : row_at + len(listing.keys)], check_results[check_at : check_at + nchecks])
-        row_at += len(listing.keys)
-        check_at += nchecks
-    problems: dict[str, FileProblem] = {}
-    for result, listing in zip(results, owners):
-        if result.checksum is None and listing.names[0] not in problems:
-            problems[listing.names[0]] = FileProblem.of(listing.names[0], result.message, listing.files[0].path)
-    return [r.checksum for r in results], list(problems.values()) + verified
+        mine = rows[row_at : row_at + len(listing)]
+        failed = next((r for r in mine if r.checksum is None), None)
+        if failed is not None:
+            problems.append(_unreadable(listing, failed))
+        verified += formats.verify(listing, mine, checks[check_at : check_at + len(listing.checks)])
+        row_at += len(listing)
+        check_at += len(listing.checks)
+    return [r.checksum for r in rows], problems + verified
+
+
+def _unreadable(listing: Listing, result: HashResult) -> FileProblem:
+    """The problem of a listing whose bytes could not all be hashed (the first failure)."""
+    # A listing spanning several files (DCP) names the one at fault inside it.
+    where = listing.names[result.failed_file] if 0 < result.failed_file < len(listing.names) else None
+    message = f"{where}: {result.message}" if where else result.message
+    return FileProblem(listing.names[0], error_for(result.status, message, listing.names[0]))
 
 
 def _rebase(job: HashJob, base: int) -> HashJob:
@@ -272,18 +269,14 @@ def _rebase(job: HashJob, base: int) -> HashJob:
 
 
 def _columns(listings: list[Listing], checksums: list[str | None] | None) -> Columns:
-    columns = Columns([], [], [], [], [], [], [], [], [])
+    lists: dict[str, list] = {name: [] for name in NAMES}
     for listing in listings:
-        columns.file.extend(listing.names[i] for i in listing.row_files)
-        columns.key.extend(listing.keys)
-        columns.dtype.extend(listing.dtypes)
-        columns.shape.extend(listing.shapes)
-        columns.offset.extend(listing.offsets)
-        columns.nbytes.extend(listing.nbytes)
-        columns.storage.extend(listing.storages)
-        columns.format.extend([listing.format] * len(listing.keys))
-    columns.checksum.extend(checksums if checksums is not None else [None] * len(columns.key))
-    return columns
+        lists["file"].extend(listing.names[i] for i in listing.row_file)
+        for name, values in listing.columns.items():
+            lists[name].extend(values)
+        lists["format"].extend([listing.format] * len(listing))
+    lists["checksum"] = list(checksums) if checksums is not None else [None] * len(lists["key"])
+    return Columns(lists)
 
 
 def scan(paths: Sequence[PathLike] | PathLike, *, hash: bool = True, threads: int | None = None) -> "pa.Table":
@@ -294,5 +287,5 @@ def scan(paths: Sequence[PathLike] | PathLike, *, hash: bool = True, threads: in
     result = scan_paths(paths, hash=hash, threads=threads)
     if result.problems:
         problem = result.problems[0]
-        raise FormatError(problem.error, path=problem.file)
+        raise FormatError(problem.error, path=problem.file) from problem.exception
     return result.table

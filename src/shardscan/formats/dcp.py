@@ -20,26 +20,76 @@ without `.metadata` is an incomplete save (the coordinator writes it last).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
-from . import pickle_reader
-from ._core import HashJob, NativeFile, Segment
-from ._core import parse_zip
-from .errors import FormatError
-from .listing import FileProblem
-from .pickle_reader import DType, Instance, TensorRef
-from .torch_format import TorchListing, _byteorder, itemsize_of, place_tensor, read_pickle, storage_nbytes
+from .. import pickle_reader
+from .._core import HashJob, NativeFile, Segment, parse_zip
+from ..errors import FormatError
+from ..pickle_reader import DType, Global, Handler, Instance, Policy, TensorRef
+from . import _views
+from .base import FileProblem, Format, Job, Listing
+from .torch_pickle import COMPLEX, TORCH_POLICY
+from .torch_zip import byteorder_is_big, itemsize_of, place_tensor, read_pickle, storage_nbytes
 
-FORMAT = "dcp"
+NAME = "dcp"
 METADATA = ".metadata"
+SUFFIX = ".distcp"
 _MAX_METADATA = 1 << 30
 #: Bound on the segments one tensor may need (a column split of a tall matrix needs one per row
 #: and chunk); beyond it the layout is refused rather than streamed slowly.
 MAX_SEGMENTS = 1 << 20
 
 
+# `.metadata` holds dataclasses pickled by the default protocol (NEWOBJ + BUILD), plus the few
+# torch values their fields hold. The module moved between torch releases; both spellings count.
+_DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed._shard.checkpoint.metadata")
+_DCP_CLASSES = (
+    "Metadata",
+    "TensorStorageMetadata",
+    "BytesStorageMetadata",
+    "ChunkStorageMetadata",
+    "TensorProperties",
+    "MetadataIndex",
+    "StorageMeta",
+    "_MEM_FORMAT_ENCODING",
+)
+_DCP_OTHER = (
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.distributed._shard.checkpoint.filesystem", "_StorageInfo"),
+    ("torch.distributed.checkpoint._extension", "StreamTransformExtension"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+)
+#: The torch values the metadata's fields may hold, built as the torch policy builds them.
+_TORCH_VALUES = ("torch.Size", "torch.device", "torch.serialization._get_layout", "collections.OrderedDict",
+                 "builtins.set", "_codecs.encode")
+
+
+def _describe(full: str) -> Handler:
+    module, _, name = full.rpartition(".")
+
+    def handler(args: tuple[Any, ...]) -> Instance:
+        return Instance(Global(module, name), args)
+
+    return handler
+
+
+def _dcp_policy() -> Policy:
+    classes = [f"{m}.{c}" for m in _DCP_MODULES for c in _DCP_CLASSES] + [f"{m}.{c}" for m, c in _DCP_OTHER]
+    reduce = {k: TORCH_POLICY.reduce[k] for k in _TORCH_VALUES}
+    for full in classes:
+        # Enums (_MEM_FORMAT_ENCODING) and paths are pickled as Class(value): a description.
+        reduce[full] = _describe(full)
+    values = {k: v for k, v in TORCH_POLICY.values.items() if isinstance(v, DType)}
+    return Policy("dcp", values, reduce, frozenset(classes), None)
+
+
+DCP_POLICY = _dcp_policy()
+
+
 def _fail(name: str, msg: str, key: str | None = None) -> FormatError:
-    return FormatError(f"{name}: {msg}", path=name, key=key)
+    return FormatError(msg, path=name, key=key)
 
 
 def _cls(obj: Any) -> str:
@@ -86,24 +136,6 @@ def _overlaps(a: tuple[tuple[int, ...], tuple[int, ...]], b: tuple[tuple[int, ..
     return all(ao < bo + bs and bo < ao + as_ for ao, as_, bo, bs in zip(a[0], a[1], b[0], b[1]))
 
 
-def _simplify(offset: int, shape: list[int], strides: list[int], itemsize: int, file_index: int) -> Segment:
-    """A segment with unit dimensions dropped and contiguous dimensions merged; a fully
-    contiguous one becomes a plain run."""
-    merged: list[list[int]] = []
-    for d, s in reversed([(d, s) for d, s in zip(shape, strides) if d != 1]):
-        if merged and s == merged[-1][0] * merged[-1][1]:
-            merged[-1] = [merged[-1][0] * d, merged[-1][1]]
-        else:
-            merged.append([d, s])
-    merged.reverse()
-    numel = 1
-    for d in shape:
-        numel *= d
-    if not merged or (len(merged) == 1 and merged[0][1] == itemsize):
-        return Segment(file=file_index, offset=offset, nbytes=numel * itemsize)
-    return Segment(file=file_index, offset=offset, shape=tuple(d for d, _ in merged), strides=tuple(s for _, s in merged))
-
-
 class _Chunk:
     def __init__(self, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> None:
         self.offsets, self.sizes = offsets, sizes
@@ -118,8 +150,10 @@ class _Chunk:
         self.big = False
 
 
-def _row_major_segments(size: tuple[int, ...], chunks: list[_Chunk], itemsize: int, name: str, key: str) -> list[Segment]:
-    """Segments that stream the logical tensor in row-major order across its chunks."""
+def _row_major_segments(size: tuple[int, ...], chunks: list[_Chunk], itemsize: int, complex_unit: int | None,
+                        name: str, key: str) -> list[Segment]:
+    """Segments that stream the logical tensor in row-major order across its chunks
+    (`complex_unit` as in _views.segment)."""
     ndim = len(size)
     # k: the last dimension some chunk does not span in full. Inside dims > k every chunk is
     # whole, so for a fixed index over dims < k the chunks met along dim k are each one block.
@@ -129,10 +163,8 @@ def _row_major_segments(size: tuple[int, ...], chunks: list[_Chunk], itemsize: i
             k = d
     if k < 0:
         c = chunks[0]
-        return [_simplify(c.base, list(c.sizes), list(c.strides), itemsize, c.file_index)]
-    outer = 1
-    for d in size[:k]:
-        outer *= d
+        return [_views.segment(c.file_index, c.base, c.sizes, c.strides, itemsize, complex_unit)]
+    outer = _views.numel(size[:k])
     if outer * len(chunks) > 4 * MAX_SEGMENTS:
         raise _fail(name, f"{key}: {len(chunks)} chunks over {outer} outer positions are too fragmented to stream", key)
     order = sorted(chunks, key=lambda c: c.offsets[k])
@@ -142,7 +174,7 @@ def _row_major_segments(size: tuple[int, ...], chunks: list[_Chunk], itemsize: i
         for c in order:
             if all(c.offsets[d] <= prefix[d] < c.offsets[d] + c.sizes[d] for d in range(k)):
                 off = c.base + sum((prefix[d] - c.offsets[d]) * c.strides[d] for d in range(k))
-                segments.append(_simplify(off, list(c.sizes[k:]), list(c.strides[k:]), itemsize, c.file_index))
+                segments.append(_views.segment(c.file_index, off, c.sizes[k:], c.strides[k:], itemsize, complex_unit))
                 if len(segments) > MAX_SEGMENTS:
                     raise _fail(name, f"{key}: needs more than {MAX_SEGMENTS} segments to stream", key)
         for d in range(k - 1, -1, -1):  # next prefix, row-major
@@ -153,7 +185,7 @@ def _row_major_segments(size: tuple[int, ...], chunks: list[_Chunk], itemsize: i
     return segments
 
 
-def read_dir(path: Path, name: str) -> TorchListing:
+def read_dir(path: Path, name: str) -> Listing:
     """Rows for every tensor of a DCP checkpoint directory. Raises FormatError when .metadata
     is missing (incomplete save), unsafe (UnsafePickleError) or malformed; per-tensor problems
     (missing file, range outside a file, bad chunks) become FileProblems naming the tensor."""
@@ -164,16 +196,15 @@ def read_dir(path: Path, name: str) -> TorchListing:
     if meta.size > _MAX_METADATA:
         raise _fail(name, f".metadata is {meta.size} bytes (limit {_MAX_METADATA})")
     try:
-        md = pickle_reader.load(meta.read(0, meta.size), pickle_reader.DCP_POLICY)
+        md = pickle_reader.load(meta.read(0, meta.size), DCP_POLICY)
     except FormatError as e:
-        e.args = (f"{name}/{METADATA}: {e}",)
-        e.path = name
+        e.path, e.message = name, f"{METADATA}: {e.message}"
         raise
     if _cls(md) != "Metadata" or type(md.get("state_dict_metadata")) is not dict:
         raise _fail(name, ".metadata does not hold a DCP Metadata object")
     index = _index_storage(md, name)
 
-    listing = TorchListing(format=FORMAT, files=[meta], names=[name])
+    listing = Listing(format=NAME, files=[meta], names=[name])
     opened: dict[str, int] = {}
 
     def open_file(rel: Any, key: str) -> int:
@@ -199,24 +230,19 @@ def read_dir(path: Path, name: str) -> TorchListing:
             raise _fail(name, f"{key}: unknown storage metadata {kind}", key)
         try:
             _read_tensor(listing, key, entry, index, open_file, name)
-        except FormatError as e:
-            listing.problems.append(FileProblem(name, str(e)[len(name) + 2:] if str(e).startswith(name + ": ") else str(e),
-                                                lost=(key,)))
-        except OSError as e:
-            listing.problems.append(FileProblem.of(name, e, lost=(key,)))
+        except (FormatError, OSError) as e:
+            listing.problems.append(FileProblem(name, e, lost=(key,)))
     return listing
 
 
-def _read_tensor(listing: TorchListing, key: str, entry: Instance, index: dict, open_file: Any, name: str) -> None:
+def _read_tensor(listing: Listing, key: str, entry: Instance, index: dict, open_file: Any, name: str) -> None:
     dtype = _dtype_of(entry.get("properties"), name, key)
     itemsize = itemsize_of(dtype)
     size = _ints(entry.get("size"), "size", name, key)
     raw_chunks = entry.get("chunks")
     if type(raw_chunks) is not list or not raw_chunks:
         raise _fail(name, f"{key}: no chunks", key)
-    numel = 1
-    for d in size:
-        numel *= d
+    numel = _views.numel(size)
     chunks: list[_Chunk] = []
     volume = 0
     for rc in raw_chunks:
@@ -228,10 +254,7 @@ def _read_tensor(listing: TorchListing, key: str, entry: Instance, index: dict, 
             raise _fail(name, f"{key}: chunk at {offsets} has {len(sizes)} dimensions, the tensor {len(size)}", key)
         if any(o + s > d for o, s, d in zip(offsets, sizes, size)):
             raise _fail(name, f"{key}: chunk at {offsets} of size {sizes} lies outside the tensor's {size}", key)
-        v = 1
-        for s in sizes:
-            v *= s
-        volume += v
+        volume += _views.numel(sizes)
         chunks.append(_Chunk(offsets, sizes))
     if len(chunks) <= 4096:
         boxes = [(c.offsets, c.sizes) for c in chunks]
@@ -276,7 +299,7 @@ def _read_tensor(listing: TorchListing, key: str, entry: Instance, index: dict, 
         if rec.size != storage_nbytes(t.storage):
             raise _fail(name, f"{key}: chunk at {c.offsets}: record holds {rec.size} bytes, the pickle says "
                         f"{storage_nbytes(t.storage)}", key)
-        c.big = _byteorder(file, records)
+        c.big = byteorder_is_big(file, records)
         placed = place_tensor(t, rec, fi, c.big)  # validates the view against the record
         c.file_index, c.base = fi, placed.offset
         c.strides = tuple(s * itemsize for s in t.stride)
@@ -286,32 +309,33 @@ def _read_tensor(listing: TorchListing, key: str, entry: Instance, index: dict, 
         raise _fail(name, f"{key}: chunks disagree on byte order", key)
     big = chunks[0].big and itemsize > 1
 
-    segments = _row_major_segments(size, chunks, itemsize, name, key)
+    unit = itemsize // 2 if dtype in COMPLEX else itemsize  # complex: swap each real part
+    segments = _row_major_segments(size, chunks, itemsize, unit if big else None, name, key)
     first = min(chunks, key=lambda c: c.offsets)
     origin = next((c for c in chunks if all(o == 0 for o in c.offsets)), first)
-    unit = itemsize // 2 if dtype.startswith("complex") else itemsize
-    if big and unit != itemsize:
-        segments = [_split_complex(s, unit) for s in segments]
+    read = HashJob(file=origin.file_index, segments=tuple(segments), itemsize=unit if big else itemsize, byteswap=big)
     single_whole = len(chunks) == 1 and chunks[0].whole and chunks[0].record_crc != 0
-    job = HashJob(file=origin.file_index, segments=tuple(segments), itemsize=unit if big else itemsize,
-                  byteswap=big, crc32=single_whole)
-    listing.add(key, dtype, list(size), origin.base, numel * itemsize, job, storage=None, file=origin.file_index)
-    listing.crc_expected.append(chunks[0].record_crc if single_whole else None)
-    listing.crc_records.append(chunks[0].record if single_whole else None)
+    job = Job.checked(read, chunks[0].record_crc, chunks[0].record) if single_whole else Job(read)
+    listing.add(job, file=origin.file_index, key=key, dtype=dtype, shape=list(size), offset=origin.base,
+                nbytes=numel * itemsize)
     if not single_whole:
         for c in chunks:
             if c.record_crc:
-                listing.check_jobs.append(HashJob(file=c.file_index, offset=c.record_offset, nbytes=c.record_size, crc32=True))
-                listing.check_expected.append(c.record_crc)
-                listing.check_names.append(c.record)
+                check = HashJob(file=c.file_index, offset=c.record_offset, nbytes=c.record_size)
+                listing.checks.append(Job.checked(check, c.record_crc, c.record))
 
 
-def _split_complex(seg: Segment, unit: int) -> Segment:
-    """A big-endian complex segment with an extra inner dimension over the two halves, so each
-    half is byte-swapped on its own."""
-    if seg.shape is None:
-        return Segment(file=seg.file, offset=seg.offset, shape=(seg.nbytes // unit,), strides=(unit,))
-    return Segment(file=seg.file, offset=seg.offset, shape=seg.shape + (2,), strides=seg.strides + (unit,))
+
+def is_directory(entry_names: Collection[str]) -> bool:
+    """A DCP checkpoint directory: a .metadata file or any .distcp file (a save cut short
+    before .metadata was written is still one, and read_dir names what is missing)."""
+    return METADATA in entry_names or any(n.endswith(SUFFIX) for n in entry_names)
 
 
-__all__ = ["FORMAT", "read_dir"]
+def unfinished(entry_names: Collection[str]) -> str | None:
+    if METADATA not in entry_names:
+        return "no .metadata: torch.distributed.checkpoint writes it last, so the save did not finish"
+    return None
+
+
+FORMAT = Format(NAME, suffixes=(SUFFIX,), is_directory=is_directory, read_directory=read_dir, unfinished=unfinished)
