@@ -112,3 +112,8 @@ def test_no_build_path_in_the_runpath(fresh_venv):
     assert paths, dynamic
     for entry in ":".join(paths).split(":"):
         assert entry.startswith("$ORIGIN"), entry
+
+
+def test_the_wheel_holds_every_module_of_the_source_tree(wheel):
+    source = {p.relative_to(ROOT / "src").as_posix() for p in (ROOT / "src" / "shardscan").rglob("*.py")}
+    assert source - set(zipfile.ZipFile(wheel).namelist()) == set()
