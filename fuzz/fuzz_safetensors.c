@@ -1,4 +1,5 @@
 /* libFuzzer target: the safetensors header parser on arbitrary bytes held as a mapped file. */
+#define _GNU_SOURCE /* internal.h needs sigjmp_buf, which strict C11 hides */
 #include <stdlib.h>
 
 #include "internal.h"

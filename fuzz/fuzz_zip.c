@@ -1,4 +1,5 @@
 /* libFuzzer target: the zip directory reader and the local-header walk used on cut files. */
+#define _GNU_SOURCE /* internal.h needs sigjmp_buf, which strict C11 hides */
 #include <stdlib.h>
 
 #include "internal.h"

@@ -2,19 +2,22 @@
 # Runs every fuzz target for a bounded time (default 12 s each; about 75 s in all with the builds).
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET]
+#   fuzz/run.sh --build-only    (compile the C targets, warnings as errors, and stop)
 #
-# C targets (fuzz_*.c) are libFuzzer programs built with clang, ASan and UBSan over the C core
-# (parsers and the hashing engine); Python targets (fuzz_*.py) run under atheris. Seeds come from fuzz/corpus
+# C targets (fuzz_*.c) are libFuzzer programs built with clang, ASan and UBSan over the
+# csrc/ parsers; Python targets (fuzz_*.py) run under atheris. Seeds come from fuzz/corpus
 # (python fuzz/make_corpus.py regenerates them); new inputs go to a temporary folder, so the
 # repository is not touched unless something crashes: the reproducer is then kept in
 # fuzz/crashes/<target>/ and the script exits 1. Move it into fuzz/regressions/<target>/ with
 # the fix; tests/test_fuzz_regressions.py replays that folder on every test run.
 set -euo pipefail
 
+BUILD_ONLY=0
+if [ "${1:-}" = --build-only ]; then BUILD_ONLY=1; shift; fi
 SECONDS_EACH="${1:-12}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"  # made by scripts/bootstrap.sh, with clang and atheris
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"  # made by scripts/test's set-up, with clang and atheris
 WORK="$(mktemp -d -t shardscan-fuzz.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 failed=0
@@ -37,10 +40,15 @@ run_target() { # name, command...: one bounded run; a crash leaves its input in 
 
 for target in "$HERE"/fuzz_*.c; do
     name="$(basename "$target" .c)"; name="${name#fuzz_}"
-    clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
+    # Each source defines _GNU_SOURCE itself (a -D here would redefine it); -Werror keeps the
+    # build as warning-free as the core's.
+    clang -std=c11 -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
         -I"$ROOT/csrc" "$target" "$ROOT"/csrc/*.c -pthread -lxxhash -ldeflate -lcrypto -lm -o "$WORK/fuzz_$name"
+    ((BUILD_ONLY)) && continue
     ASAN_OPTIONS=detect_leaks=1 run_target "$name" "$WORK/fuzz_$name"
 done
+
+((BUILD_ONLY)) && exit 0
 
 for target in "$HERE"/fuzz_*.py; do
     name="$(basename "$target" .py)"; name="${name#fuzz_}"

@@ -12,7 +12,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"  # made by scripts/bootstrap.sh
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"  # made by scripts/test's set-up
 WORK="$(mktemp -d -t shardscan-asan.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 

@@ -27,3 +27,11 @@ def test_compiles_without_warnings(source):
         capture_output=True, text=True,
     )
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang not installed")
+def test_fuzz_targets_build_without_warnings():
+    # fuzz/run.sh's own build (-Wall -Wextra -Werror), so its flags cannot drift from this test.
+    run = subprocess.run([str(CSRC.parent / "fuzz" / "run.sh"), "--build-only"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "warning" not in run.stdout + run.stderr

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import threading
 from typing import Callable, Sequence
 
-from ._native import ffi, lib
+try:
+    from ._native import ffi, lib
+except ImportError as exc:  # a system library the core links is missing: name its package
+    from ._missing_library import hint
+
+    if hint(exc) is None:
+        raise
+    raise ImportError(hint(exc)) from exc
 from .errors import FormatError, IntegrityError
 
 MAX_DIMS = lib.SS_MAX_DIMS

@@ -243,7 +243,7 @@ def _checked(checkpoint: Checkpoint, against: PathLike | None, part: "ScanResult
 
 def _row(checkpoint: Checkpoint, report: "Report") -> AuditRow:
     """One checkpoint's row: its check report plus the markers discovery found missing."""
-    from .report import families
+    from .report import families, plural
 
     words: list[str] = list(checkpoint.problems)
     for error in sorted(report.errors, key=lambda e: e.file):
@@ -251,11 +251,10 @@ def _row(checkpoint: Checkpoint, report: "Report") -> AuditRow:
             words.append(f"{error.file}: {error.error}")
     for label, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
         if keys:
-            noun = "tensor" if len(keys) == 1 else "tensors"
-            words.append(f"{label} {len(keys)} {noun}: {', '.join(families(keys))}")
+            words.append(f"{label} {plural(len(keys), 'tensor')}: {', '.join(families(keys))}")
     if report.nonfinite:
-        noun = "tensor holds" if len(report.nonfinite) == 1 else "tensors hold"
-        words.append(f"{len(report.nonfinite)} {noun} NaN or Inf: {', '.join(families(n.key for n in report.nonfinite))}")
+        words.append(f"{plural(len(report.nonfinite), 'tensor')} with NaN or Inf: "
+                     f"{', '.join(families(n.key for n in report.nonfinite))}")
     if report.mismatched:
         fields = sorted({m.field for m in report.mismatched})
         words.append(f"{len(report.mismatched)} mismatched ({', '.join(fields)}): "
@@ -346,7 +345,7 @@ def render_audit(result: AuditResult, *, colour: bool = False) -> str:
     """One aligned row per checkpoint (paths relative to the root) with its first problem
     indented below a failed one, then one line per summary (frozen, identical, skipped) and
     a closing count naming the newest clean checkpoint."""
-    from .report import families, human_bytes
+    from .report import families, human_bytes, plural
 
     root = result.root.rstrip(os.sep) + os.sep
 
@@ -371,7 +370,7 @@ def render_audit(result: AuditResult, *, colour: bool = False) -> str:
         if row is not None and not row.ok and row.problem:
             lines.append(f"    {row.problem}")
     if result.frozen:
-        lines.append(f"frozen across {result.frozen_across} checkpoints: {len(result.frozen)} tensors: "
+        lines.append(f"frozen across {plural(result.frozen_across, 'checkpoint')}: {plural(len(result.frozen), 'tensor')}: "
                      + ", ".join(families(result.frozen)))
     if result.identical:
         lines.append("identical: " + "; ".join(f"{shown(a)} = {shown(b)}" for a, b in result.identical))
@@ -383,7 +382,7 @@ def render_audit(result: AuditResult, *, colour: bool = False) -> str:
         lines.append(f"{result.root}: no checkpoints found")
     good = sum(r.ok for r in result.rows)
     newest = shown(result.latest_ok) if result.latest_ok else "none"
-    lines.append(f"{len(result.rows)} checkpoints, {good} OK, {len(result.rows) - good} FAILED; "
+    lines.append(f"{plural(len(result.rows), 'checkpoint')}, {good} OK, {len(result.rows) - good} FAILED; "
                  f"latest OK: {newest} ({result.elapsed:.2f} s)")
     return "\n".join(lines)
 
@@ -430,10 +429,11 @@ def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None
         rejected.append((row.path, row.problem or "not ok"))
     count = len(found.checkpoints)
     newest_path, newest_problem = rejected[0]
-    noun = "checkpoint" if count == 1 else "checkpoints"
+    from .report import plural
+
     return LatestPick(
         None,
-        f"{root}: none of {count} {noun} checks clean; newest {newest_path}: {newest_problem}",
+        f"{root}: none of {plural(count, 'checkpoint')} checks clean; newest {newest_path}: {newest_problem}",
         tuple(rejected),
     )
 

@@ -7,19 +7,30 @@ Start-up stays light: pyarrow and the native core load inside the commands, neve
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
-import typer
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _interrupted() -> None:
+    sys.stderr.write("shardscan: interrupted\n")
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
+try:  # Ctrl-C while Python is still loading (typer is most of the start-up) is no crash either
+    import json
+    import os
+    import signal
+    import time
+    from pathlib import Path
+    from typing import TYPE_CHECKING, Annotated, Callable, Optional
+
+    import typer
+except KeyboardInterrupt:
+    _interrupted()
 
 if TYPE_CHECKING:
     from .scanner import ScanResult
-
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 app = typer.Typer(
     name="shardscan",
@@ -32,8 +43,20 @@ app = typer.Typer(
 
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"shardscan {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """Check model checkpoints for missing, truncated and corrupt tensors, without loading them.
 
     Exit codes: 0 clean, 1 problems found, 2 usage error or unreadable input.
@@ -75,15 +98,41 @@ def _progress_reporter() -> Callable[[int, int], None] | None:
     return report
 
 
+#: Below this, a scan's time is mostly start-up and page faults: a rate would mean nothing.
+MIN_SECONDS_FOR_A_RATE = 0.1
+
+
 def _summary(result: ScanResult) -> str:
-    from .report import human_bytes
+    from .report import human_bytes, plural
 
     nbytes = result.nbytes
-    rate = f", {nbytes / result.elapsed / 1e9:.2f} GB/s" if result.elapsed > 0 and nbytes else ""
-    return (
-        f"{len(result.files)} files, {len(result.columns)} tensors, {human_bytes(nbytes)} "
+    rate = f", {nbytes / result.elapsed / 1e9:.2f} GB/s" if result.elapsed >= MIN_SECONDS_FOR_A_RATE and nbytes else ""
+    summary = (
+        f"{plural(len(result.files), 'file')}, {plural(len(result.columns), 'tensor')}, {human_bytes(nbytes)} "
         f"in {result.elapsed:.2f} s{rate}"
     )
+    return summary + ("" if result.ok else f"; {plural(len(result.problems), 'file')} with problems")
+
+
+def _table_on_stdout(output: Path | None, *others_on_stdout: bool) -> bool:
+    """Whether `-o -` asks for the table on stdout; a usage error when --json or --list
+    would print there too."""
+    if output is None or os.fspath(output) != "-":
+        return False
+    if any(others_on_stdout):
+        raise typer.BadParameter("`-o -` writes the table on stdout, so it cannot go with --json or --list", param_hint="'-o'")
+    return True
+
+
+def _write_table(table, output: Path | None) -> None:
+    if output is None:
+        return
+    from .output import write_atomic, write_stdout
+
+    if os.fspath(output) == "-":
+        write_stdout(table)
+    else:
+        write_atomic(table, output)
 
 
 @app.command()
@@ -91,21 +140,20 @@ def scan(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH...", help="Tensor files or checkpoint directories.", show_default=False)],
     output: Annotated[
         Optional[Path],
-        typer.Option("--output", "-o", help="Write the table: .parquet, .arrow/.feather or .csv (atomically)."),
+        typer.Option("--output", "-o", help="Write the table: .parquet, .arrow/.feather or .csv (atomically); "
+                                            "`-` writes CSV on stdout."),
     ] = None,
     no_hash: NoHash = False,
     threads: Threads = None,
-    list_tensors: Annotated[bool, typer.Option("--list", help="Print one line per tensor.")] = False,
+    list_tensors: Annotated[bool, typer.Option("--list", help="Print one line per tensor (the count goes to stderr).")] = False,
     json_output: Json = False,
 ) -> None:
     """List every tensor (key, dtype, shape, offset, size, XXH3-128 checksum) of the given files."""
     from .scanner import scan_paths
 
+    table_on_stdout = _table_on_stdout(output, json_output, list_tensors)
     result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
-    if output is not None:
-        from .output import write_atomic
-
-        write_atomic(result.table, output)
+    _write_table(result.table, output)
     rows = result.table.to_pylist() if list_tensors else []  # table only when rows are shown
     if json_output:
         payload = {
@@ -124,8 +172,9 @@ def scan(
             shape = "[" + ",".join(map(str, row["shape"])) + "]"
             typer.echo(f"{row['checksum'] or '-':32}  {row['dtype']:<14} {shape:<20} {row['file']}:{row['key']}")
         for problem in result.problems:
-            typer.echo(f"{problem.file}: FAILED {problem.error}")
-        typer.echo(_summary(result) + ("" if result.ok else f"; {len(result.problems)} files with problems"))
+            typer.echo(f"{problem.file}: FAILED {problem.error}", err=table_on_stdout)
+        # With rows or a table on stdout, the count is not data: it goes to stderr.
+        typer.echo(_summary(result), err=table_on_stdout or list_tensors)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
 
 
@@ -212,7 +261,7 @@ def audit(
     output: Annotated[
         Optional[Path],
         typer.Option("--output", "-o", help="Write every checkpoint's per-tensor table with a `checkpoint` column: "
-                                            ".parquet, .arrow/.feather or .csv (atomically)."),
+                                            ".parquet, .arrow/.feather or .csv (atomically); `-` writes CSV on stdout."),
     ] = None,
     ray: Annotated[
         bool, typer.Option("--ray", help="Run one Ray task per checkpoint (pip install 'shardscan[ray]').")
@@ -228,6 +277,7 @@ def audit(
 ) -> None:
     """Check every checkpoint under ROOT: one row each, frozen tensors, identical checkpoints,
     and the newest clean one."""
+    table_on_stdout = _table_on_stdout(output, json_output)
     progress = None if json_output else _progress_reporter()
     if ray or ray_address is not None:
         from .ray_audit import AUTO, audit_ray
@@ -237,16 +287,13 @@ def audit(
         from .auditing import audit as run_audit
 
         result = run_audit(root, against, hash=not no_hash, threads=threads, progress=progress)
-    if output is not None:
-        from .output import write_atomic
-
-        write_atomic(result.table, output)
+    _write_table(result.table, output)
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
     else:
         from .auditing import render_audit
 
-        typer.echo(render_audit(result, colour=_colour()))
+        typer.echo(render_audit(result, colour=_colour() and not table_on_stdout), err=table_on_stdout)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
 
 
@@ -255,6 +302,7 @@ def latest(
     root: Annotated[Path, typer.Argument(metavar="ROOT", help="A training run's output directory.", show_default=False)],
     no_hash: NoHash = False,
     threads: Threads = None,
+    json_output: Json = False,
 ) -> None:
     """Print the path of the newest checkpoint under ROOT that checks clean (for
     --resume_from_checkpoint "$(shardscan latest out/)"); exit 1 with the reason on stderr
@@ -262,6 +310,15 @@ def latest(
     from .auditing import pick_latest
 
     pick = pick_latest(root, hash=not no_hash, threads=threads)
+    if json_output:
+        typer.echo(json.dumps({
+            "ok": pick.path is not None,
+            "root": os.fspath(root),
+            "path": None if pick.path is None else os.fspath(pick.path),
+            "reason": pick.reason,
+            "rejected": [{"path": path, "problem": problem} for path, problem in pick.rejected],
+        }))
+        raise typer.Exit(EXIT_OK if pick.path is not None else EXIT_PROBLEMS)
     if pick.path is None:
         typer.echo(f"shardscan: {pick.reason}", err=True)
         raise typer.Exit(EXIT_PROBLEMS)
@@ -269,21 +326,34 @@ def latest(
     raise typer.Exit(EXIT_OK)
 
 
+class _Interrupt(BaseException):
+    """Ctrl-C during a command; a BaseException so that no `except Exception` swallows it."""
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise _Interrupt()
+
+
 def main() -> None:
     """Entry point: every failure becomes one line on stderr and an exit code; a traceback
     only with SHARDSCAN_DEBUG=1."""
+    # Typer turns a KeyboardInterrupt into "Aborted!" and exit 1, which here means "problems
+    # found"; Ctrl-C raises this instead, which only main() catches. Temporary files are still
+    # removed on the way out (write_atomic cleans up on any BaseException).
+    previous = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         app()
     except SystemExit:
         raise
-    except KeyboardInterrupt:
-        sys.stderr.write("shardscan: interrupted\n")
-        sys.exit(130)
+    except (KeyboardInterrupt, _Interrupt):
+        _interrupted()
     except Exception as exc:  # the one funnel: everything else is a one-line error
         if os.environ.get("SHARDSCAN_DEBUG") == "1":
             raise
         sys.stderr.write(f"shardscan: {_describe(exc)}\n")
         sys.exit(EXIT_USAGE)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _describe(exc: Exception) -> str:

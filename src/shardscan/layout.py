@@ -536,7 +536,12 @@ def model_layout(spec: str) -> Layout:
     import importlib
     import sys
 
-    import torch
+    try:
+        import torch
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        raise ImportError("torch is not installed: pip install 'shardscan[torch]' (or drop --model)") from None
 
     module_name, sep, factory_name = spec.partition(":")
     if not sep or not module_name or not factory_name:

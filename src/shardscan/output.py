@@ -5,6 +5,7 @@ new one; on any failure it is left as it was and the temporary file is removed."
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -27,7 +28,7 @@ def _writer(suffix: str) -> Callable[[pa.Table, str], None]:
     if suffix == ".csv":
         import pyarrow.csv as csv
 
-        def write_csv(table: pa.Table, path: str) -> None:
+        def write_csv(table: pa.Table, path) -> None:
             # CSV has no lists: shapes become their JSON text, e.g. [4096, 1024].
             for i, field in enumerate(table.schema):
                 if pa.types.is_list(field.type):
@@ -37,6 +38,35 @@ def _writer(suffix: str) -> Callable[[pa.Table, str], None]:
 
         return write_csv
     raise ValueError(f"unknown output format {suffix!r}; use one of {', '.join(FORMATS)}")
+
+
+def _umask() -> int:
+    try:  # Linux reports it without changing it
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(target: Path) -> int:
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def write_stdout(table: pa.Table) -> None:
+    """Writes `table` as CSV on stdout (`-o -`): the one format that reads in a terminal and
+    pipes into other tools."""
+    import sys
+
+    _writer(".csv")(table, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
 
 
 def write_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
@@ -52,6 +82,9 @@ def write_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
     try:
         os.close(fd)
         write(table, temp)
+        # mkstemp makes the file 0600; the output gets the mode a plain open() would give it
+        # (0644 under umask 022), or keeps the mode of the file it replaces.
+        os.chmod(temp, _mode_for(target))
         with open(temp, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temp, target)

@@ -300,8 +300,7 @@ class _Paint:
 def _family_lines(label: str, keys: Sequence[str], width: int = 100) -> list[str]:
     """`label N tensors: expr`, one line when it fits, else one family per indented line."""
     exprs = families(keys)
-    noun = "tensor" if len(keys) == 1 else "tensors"
-    head = f"{label} {len(keys)} {noun}:"
+    head = f"{label} {plural(len(keys), 'tensor')}:"
     one = f"{head} {', '.join(exprs)}"
     if len(one) <= width:
         return [one]
@@ -377,7 +376,7 @@ def render_report(report: Report, *, colour: bool = False) -> str:
     lines += [paint(f"warning: {w}", _YELLOW) for w in sorted(report.warnings)]
     lines += [f"note: {n}" for n in sorted(report.notes)]
     against = f" against {', '.join(report.layouts)}" if report.layouts else ""
-    size = f"{report.files} files, {report.tensors} tensors, {human_bytes(report.bytes)}{against}"
+    size = f"{plural(report.files, 'file')}, {plural(report.tensors, 'tensor')}, {human_bytes(report.bytes)}{against}"
     if report.ok:
         lines.append(f"{report.path}: {paint('OK', _GREEN)} ({size})")
     else:
@@ -387,11 +386,10 @@ def render_report(report: Report, *, colour: bool = False) -> str:
                 (len(report.missing), "missing"),
                 (len(report.unexpected), "unexpected"),
                 (len(report.mismatched), "mismatched"),
-                (len(report.errors), "file errors" if len(report.errors) != 1 else "file error"),
                 (len(report.nonfinite), "non-finite"),
             )
             if n
-        ]
+        ] + ([plural(len(report.errors), "file error")] if report.errors else [])
         lines.append(f"{report.path}: {paint('FAILED', _RED + _BOLD)} {', '.join(counts)} ({size})")
     return "\n".join(lines)
 
@@ -421,14 +419,20 @@ def render_diff(result: Diff, *, colour: bool = False) -> str:
     differences = len(result.only_a) + len(result.only_b) + len(result.changed)
     head = f"{result.a} vs {result.b}:"
     if result.ok:
-        lines.append(f"{head} {paint('identical', _GREEN)} ({result.unchanged} tensors)")
+        lines.append(f"{head} {paint('identical', _GREEN)} ({plural(result.unchanged, 'tensor')})")
     else:
-        extra = f", {len(result.errors)} file errors" if result.errors else ""
+        extra = f", {plural(len(result.errors), 'file error')}" if result.errors else ""
         lines.append(
-            f"{head} {paint('DIFFERENT', _RED + _BOLD)} {differences} differences{extra} "
-            f"({result.unchanged} tensors unchanged)"
+            f"{head} {paint('DIFFERENT', _RED + _BOLD)} {plural(differences, 'difference')}{extra} "
+            f"({plural(result.unchanged, 'tensor')} unchanged)"
         )
     return "\n".join(lines)
+
+
+def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
+    """The count with its noun agreeing: "1 file", "2 files", "0 files"; irregular nouns give
+    their plural (`plural(n, "match", "matches")`). The one place counts meet words."""
+    return f"{count} {noun if count == 1 else plural_noun or noun + 's'}"
 
 
 def human_bytes(n: float) -> str:
