@@ -280,7 +280,7 @@ def _lightning_trainer(root: Path, max_steps: int, callbacks: list):
 
     return pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
                       enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root),
-                      callbacks=callbacks, num_sanity_val_steps=0, deterministic=True)
+                      callbacks=callbacks, num_sanity_val_steps=0)
 
 
 @contextlib.contextmanager

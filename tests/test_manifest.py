@@ -26,10 +26,13 @@ def trainer_like(directory: Path, step: int = 5) -> Path:
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 4)
     optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer)
     model(torch.randn(2, 8)).sum().backward()
     optimizer.step()
+    scheduler.step()
     save_file(model.state_dict(), path / "model.safetensors")
     torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    torch.save(scheduler.state_dict(), path / "scheduler.pt")
     torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()},
                path / "rng_state.pth")
     (path / "config.json").write_text(json.dumps({"hidden_size": 8}))
@@ -58,7 +61,7 @@ def test_a_checkpoint_checks_clean_against_its_manifest(checkpoint: Path) -> Non
 
 def test_the_manifest_covers_the_resume_set(checkpoint: Path) -> None:
     table = pq.read_table(checkpoint / "shardscan.manifest.parquet")
-    assert set(table.column("file").to_pylist()) == {"model.safetensors", "optimizer.pt", "rng_state.pth"}
+    assert set(table.column("file").to_pylist()) == {"model.safetensors", "optimizer.pt", "rng_state.pth"}  # scheduler: no tensors
     metadata = json.loads(table.schema.metadata[METADATA_KEY])
     assert metadata["version"] == 1
     digests = {e["name"]: e["xxh3_128"] for e in metadata["files"]}
