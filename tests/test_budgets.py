@@ -1,0 +1,141 @@
+"""Bounded work and memory: small hostile files that claim enormous work. Each is built here by
+a generator, scanned by the real CLI in a child process, and the child's own cost (peak RSS and
+CPU, from getrusage) is compared with torch's weights-only load of the same file measured in the
+same test, or with the cost of a tiny valid file; never with a fixed wall-clock bar.
+
+Budgets are shardscan.formats.base.BUDGET; docs/robustness.md ("Budgets") lists them."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import xxhash
+
+from hostile_torch import integer, measure, shardscan, state_dict, tensor, text, torch_load, torch_zip
+from shardscan.formats.base import BUDGET
+from shardscan.scanner import scan_paths
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """What `scan` of a one-tensor valid file costs: Python, the package, pyarrow."""
+    tmp = tmp_path_factory.mktemp("baseline")
+    path = torch_zip(tmp / "ok.pt", state_dict({"w": tensor("0", 4, (4,), (1,))}), {"0": bytes(range(4))})
+    use = measure(shardscan("scan", "--list", str(path)), tmp)
+    assert use.returncode == 0, use.stdout + use.stderr
+    return use
+
+
+def within_budget(use, baseline, file_size: int, torch_use=None) -> None:
+    """Memory proportional to the file; CPU a small multiple of torch's weights-only load of
+    the same file (torch's import alone costs more than our start-up), else of a valid scan."""
+    assert use.peak_rss <= baseline.peak_rss + 32 * MiB + 16 * file_size, (use.peak_rss, baseline.peak_rss)
+    bar = torch_use.cpu if torch_use is not None else baseline.cpu
+    assert use.cpu <= 3 * bar + 1.0, (use.cpu, bar)
+
+
+def test_expanded_view_is_a_problem_naming_the_expansion(tmp_path, baseline):
+    # A 1-byte storage viewed as 2^40 elements (stride 0): torch builds the view without
+    # allocating; hashing it byte by byte would take hours.
+    path = torch_zip(tmp_path / "expanded.pt", state_dict({"w": tensor("0", 1, (1 << 40,), (0,))}), {"0": b"\x07"})
+    torch_use = measure(torch_load(path), tmp_path)
+    assert torch_use.stdout.startswith("loaded"), torch_use.stdout
+    use = measure(shardscan("scan", str(path)), tmp_path)
+    assert use.returncode == 1, use.stdout + use.stderr
+    assert "expanded view (stride (0,))" in use.stdout and "budget" in use.stdout, use.stdout
+    within_budget(use, baseline, path.stat().st_size, torch_use)
+
+
+def test_small_expanded_view_hashes_its_logical_bytes(tmp_path):
+    # Inside the budget an expanded view is hashed like t.contiguous(): the oracle is torch's.
+    import torch
+
+    path = torch_zip(tmp_path / "small.pt", state_dict({"w": tensor("0", 3, (3, 1000), (1, 0))}), {"0": b"\x01\x02\x03"})
+    expected = torch.load(path, weights_only=True)["w"].contiguous().numpy().tobytes()
+    result = scan_paths([path])
+    assert result.ok, result.problems
+    assert result.columns.checksum == [xxhash.xxh3_128_hexdigest(expected)]
+
+
+def test_float64_view_of_2_61_elements_is_a_problem(tmp_path, baseline):
+    # 2^61 float64 elements (2^64 bytes) over one stored element: torch loads it; the C engine
+    # could not even count its bytes. A problem of that file, and the others are still read.
+    bad = torch_zip(tmp_path / "huge.pt", state_dict({"w": tensor("0", 1, (1 << 61,), (0,), storage="DoubleStorage")}),
+                    {"0": bytes(8)})
+    good = torch_zip(tmp_path / "good.pt", state_dict({"w": tensor("0", 4, (4,), (1,))}), {"0": bytes(4)})
+    use = measure(shardscan("scan", str(bad), str(good)), tmp_path)
+    assert use.returncode == 1, use.stdout + use.stderr
+    failed = [line for line in use.stdout.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and failed[0].startswith(f"{bad}: FAILED") and "expanded view" in failed[0], use.stdout
+    assert "2 files, 1 tensors" in use.stdout
+    within_budget(use, baseline, bad.stat().st_size)
+
+
+def test_one_storage_referenced_n_squared_times(tmp_path, baseline):
+    # memo[0] = the tensor; memo[1] = [memo[0]] * N; the value = [memo[1]] * N: N*N rows by path
+    # from a 4.6 KB file.
+    n = 1150
+    inner = b"](" + tensor("0", 1, (1,), (1,)) + b"q\x00" + b"h\x00" * (n - 1) + b"eq\x01"
+    outer = b"](" + inner + b"h\x01" * (n - 1) + b"e"
+    pkl = b"\x80\x02}" + text("w") + outer + b"s."
+    path = torch_zip(tmp_path / "memo.pt", pkl, {"0": b"\x01"})
+    torch_use = measure(torch_load(path), tmp_path)
+    assert torch_use.stdout.startswith("loaded"), torch_use.stdout
+    for args in (["scan"], ["scan", "--no-hash"]):
+        use = measure(shardscan(*args, str(path)), tmp_path)
+        assert use.returncode == 1, use.stdout + use.stderr
+        assert f"more than {BUDGET.rows(len(pkl))} values when flattened" in use.stdout, use.stdout
+        within_budget(use, baseline, path.stat().st_size, torch_use)
+
+
+def test_long_key_reused_at_every_level(tmp_path, baseline):
+    # One 1 MB key string, memoized, is the key of 190 nested dicts: a 190 MB key path, and
+    # gigabytes with --json --list, from a 1 MB file.
+    levels = 190
+    key = "k" * MiB
+    pkl = b"\x80\x02}" + text(key) + b"q\x00"
+    pkl += (b"}" + b"h\x00") * (levels - 1) + tensor("0", 1, (1,), (1,)) + b"s" * levels + b"."
+    path = torch_zip(tmp_path / "keys.pt", pkl, {"0": b"\x01"})
+    torch_use = measure(torch_load(path), tmp_path)
+    assert torch_use.stdout.startswith("loaded"), torch_use.stdout
+    use = measure(shardscan("scan", "--json", "--list", str(path)), tmp_path)
+    assert use.returncode == 1, use.stdout + use.stderr
+    payload = json.loads(use.stdout)
+    assert len(use.stdout) < 4096 and payload["rows"] == []
+    assert "key paths longer than" in payload["errors"][0]["error"]
+    within_budget(use, baseline, path.stat().st_size, torch_use)
+
+
+@pytest.mark.parametrize("dims, bits", [(2000, 2039), (8, 2039), (65, 1)])
+def test_huge_integer_shapes_are_refused_before_arithmetic(tmp_path, baseline, dims, bits):
+    # N dimensions of 2039-bit integers: torch refuses them ("Overflow when unpacking long");
+    # multiplying them first took seconds and then crashed. 65 one-bit dimensions pass the
+    # dimension budget.
+    value = (1 << (bits - 1)) + 1 if bits > 1 else 1
+    path = torch_zip(tmp_path / "bigints.pt", state_dict({"w": tensor("0", 1, [value] * dims, [0] * dims)}), {"0": b"\x01"})
+    torch_use = measure(torch_load(path), tmp_path)
+    use = measure(shardscan("scan", "--no-hash", str(path)), tmp_path)
+    assert use.returncode == 1, use.stdout + use.stderr
+    why = "dimensions (budget 64)" if dims > BUDGET.max_dims else "-bit integer (budget: int64"
+    assert why in use.stdout, use.stdout
+    if bits > 63:
+        assert torch_use.stdout.startswith("refused"), torch_use.stdout
+    within_budget(use, baseline, path.stat().st_size, torch_use)
+
+
+def test_shape_over_int64_is_refused_like_torch(tmp_path):
+    # (2^32, 2^32) over one byte: each size fits int64, their product does not; torch refuses
+    # the file, so a header-only check must not call it OK.
+    import torch
+
+    path = torch_zip(tmp_path / "over.pt", state_dict({"w": tensor("0", 1, (1 << 32, 1 << 32), (0, 0))}), {"0": b"\x01"})
+    with pytest.raises(RuntimeError, match="overflow"):
+        torch.load(path, weights_only=True)
+    for hashing in (True, False):
+        result = scan_paths([path], hash=hashing)
+        assert [p.error for p in result.problems] == [
+            f"w: view of shape ({1 << 32}, {1 << 32}) has {1 << 64} elements, more than int64 counts (torch refuses it)"]
