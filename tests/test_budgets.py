@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 
 import pytest
 import xxhash
@@ -139,3 +140,85 @@ def test_shape_over_int64_is_refused_like_torch(tmp_path):
         result = scan_paths([path], hash=hashing)
         assert [p.error for p in result.problems] == [
             f"w: view of shape ({1 << 32}, {1 << 32}) has {1 << 64} elements, more than int64 counts (torch refuses it)"]
+
+
+_DCP_LOAD = """
+import sys, torch, torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+md = FileSystemReader(sys.argv[1]).read_metadata()
+if sys.argv[2] == "load":
+    state = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype) for k, v in md.state_dict_metadata.items()}
+    dcp.load(state, checkpoint_id=sys.argv[1])
+print("loaded", len(md.state_dict_metadata))
+"""
+
+
+def _dcp_metadata(path, state_dict_metadata, storage_data):
+    """A .metadata written as DCP writes it: pickle of its own dataclasses (the memo shares an
+    entry object that several names hold)."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    path.mkdir(exist_ok=True)
+    (path / ".metadata").write_bytes(pickle.dumps(Metadata(state_dict_metadata=state_dict_metadata,
+                                                           storage_data=storage_data)))
+    return path
+
+
+def test_names_sharing_one_entry_of_4096_chunks(tmp_path, baseline):
+    # 200 names hold one TensorStorageMetadata of 4096 chunks: the overlap check of its chunks
+    # runs once for the entry object, as a sweep; pairwise per name it took 45 minutes.
+    import torch
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorProperties, TensorStorageMetadata
+
+    chunks = [ChunkStorageMetadata(torch.Size([i, 0]), torch.Size([1, 8])) for i in range(4096)]
+    entry = TensorStorageMetadata(TensorProperties(dtype=torch.float32), torch.Size([4096, 8]), chunks)
+    path = _dcp_metadata(tmp_path / "dcp", {f"t{i}": entry for i in range(200)}, {})
+    torch_use = measure([sys.executable, "-c", _DCP_LOAD, str(path), "metadata"], tmp_path)
+    assert torch_use.stdout.startswith("loaded 200"), torch_use.stdout + torch_use.stderr
+    use = measure(shardscan("scan", "--json", str(path)), tmp_path)
+    assert use.returncode == 1, use.stdout + use.stderr
+    errors = json.loads(use.stdout)["errors"]
+    assert len(errors) == 200 and all("no storage entry for the chunk at (0, 0)" in e["error"] for e in errors)
+    within_budget(use, baseline, (path / ".metadata").stat().st_size, torch_use)
+
+
+@pytest.mark.parametrize("offsets", [[(0, 0), (4095, 0)], [(0, 0), (0, 4)], [(0, 0), (1, 0)]])
+def test_overlap_sweep_finds_what_pairs_would(offsets):
+    # The sweep answers as comparing every pair does, for rows, columns and a grid.
+    from shardscan.formats.dcp import _overlaps, first_overlap
+
+    grid = [((r, c), (1, 4)) for r in range(0, 4096, 64) for c in (0, 4)]
+    for extra_at in offsets:
+        boxes = grid + [(extra_at, (2, 4))]
+        pairs = any(_overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        assert (first_overlap(boxes) is not None) == pairs
+    assert first_overlap(grid) is None
+
+
+def test_chunks_over_one_expanded_view_spend_the_segment_budget(tmp_path, baseline):
+    # Two column chunks of a (300000, 2) tensor point at one 1.5 KB archive of
+    # torch.zeros(1).expand(300000, 1): 600,000 segments from 2.3 KB of files. torch loads it.
+    import io
+
+    import torch
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, MetadataIndex, TensorProperties,
+                                                       TensorStorageMetadata)
+
+    n = 300_000
+    buf = io.BytesIO()
+    torch.save(torch.zeros(1).expand(n, 1), buf)
+    path = tmp_path / "dcp"
+    path.mkdir()
+    (path / "__0_0.distcp").write_bytes(buf.getvalue())
+    chunks = [ChunkStorageMetadata(torch.Size([0, c]), torch.Size([n, 1])) for c in (0, 1)]
+    entry = TensorStorageMetadata(TensorProperties(dtype=torch.float32), torch.Size([n, 2]), chunks)
+    storage = {MetadataIndex("w", c.offsets): _StorageInfo("__0_0.distcp", 0, len(buf.getvalue())) for c in chunks}
+    _dcp_metadata(path, {"w": entry}, storage)
+    torch_use = measure([sys.executable, "-c", _DCP_LOAD, str(path), "load"], tmp_path)
+    assert torch_use.stdout.startswith("loaded 1"), torch_use.stdout + torch_use.stderr
+    use = measure(shardscan("scan", str(path)), tmp_path)
+    assert use.returncode == 1, use.stdout + use.stderr
+    assert "needs more segments to stream than the directory's budget" in use.stdout, use.stdout
+    files = sum(p.stat().st_size for p in path.iterdir())
+    within_budget(use, baseline, files, torch_use)
