@@ -222,3 +222,33 @@ def test_chunks_over_one_expanded_view_spend_the_segment_budget(tmp_path, baseli
     assert "needs more segments to stream than the directory's budget" in use.stdout, use.stdout
     files = sum(p.stat().st_size for p in path.iterdir())
     within_budget(use, baseline, files, torch_use)
+
+
+_SAFE_OPEN = """
+import sys
+from safetensors import safe_open
+with safe_open(sys.argv[1], "np") as f:
+    print("loaded", len(list(f.keys())))
+"""
+
+
+def test_hundreds_of_thousands_of_tensors_cost_memory_proportional_to_the_file(tmp_path, baseline):
+    # 300,000 one-byte tensors: a 22 MB header. Peak memory stays a small multiple of the file
+    # when hashing (native jobs run in batches) and with --list / --json --list (rows streamed,
+    # never a list of dicts); CPU a small multiple of safetensors' own parse of the header.
+    import struct
+
+    n = 300_000
+    header = "{" + ",".join(f'"layer.{i:07d}.w":{{"dtype":"U8","shape":[1],"data_offsets":[{i},{i + 1}]}}'
+                            for i in range(n)) + "}"
+    path = tmp_path / "many.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(n))
+    reference = measure([sys.executable, "-c", _SAFE_OPEN, str(path)], tmp_path)
+    assert reference.stdout.startswith(f"loaded {n}"), reference.stdout + reference.stderr
+    for args in (["--no-hash"], [], ["--list"], ["--json", "--list"]):
+        use = measure(shardscan("scan", *args, str(path)), tmp_path)
+        assert use.returncode == 0, use.stderr
+        lines = use.stdout.count("\n")
+        assert lines == (n + 1 if args == ["--list"] else 1)
+        assert use.peak_rss <= baseline.peak_rss + 12 * path.stat().st_size, (args, use.peak_rss)
+        assert use.cpu <= 10 * reference.cpu + 2 * baseline.cpu, (args, use.cpu, reference.cpu)

@@ -143,7 +143,7 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
         lib.ss_st_listing_free(listing)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per tensor: no __dict__
 class Segment:
     """A strided view (shape, byte strides) or, with shape=None, a contiguous run of nbytes."""
 
@@ -154,7 +154,7 @@ class Segment:
     strides: tuple[int, ...] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per tensor: no __dict__
 class HashJob:
     """The bytes of one tensor: one contiguous run (file, offset, nbytes) or `segments`."""
 
@@ -167,7 +167,7 @@ class HashJob:
     crc32: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per tensor: no __dict__
 class HashResult:
     checksum: str | None  # 32 lowercase hex digits, None on failure
     crc32: int | None
@@ -176,18 +176,37 @@ class HashResult:
     failed_file: int = 0  # on failure: the index (into the batch's files) of the file at fault
 
 
+#: Jobs per native batch: a C job costs a few hundred bytes, so a million tiny tensors run as
+#: several batches (each still parallel) rather than one allocation proportional to all of them.
+BATCH_JOBS = 1 << 16
+
+
 def hash_jobs(
     files: Sequence[NativeFile],
     jobs: Sequence[HashJob],
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[HashResult]:
-    """Runs all jobs in one parallel batch; one result per job, in order. With `progress`,
-    the batch runs on a helper thread while this one reports bytes hashed so far (about ten
-    times a second)."""
+    """Runs all jobs in parallel batches of at most BATCH_JOBS; one result per job, in order.
+    With `progress`, each batch runs on a helper thread while this one reports bytes hashed
+    so far (about ten times a second)."""
+    results: list[HashResult] = []
+    done = [0, 0]  # bytes of the batches finished, bytes of this batch so far
+
+    def report(n: int) -> None:
+        done[1] = n
+        if progress is not None:
+            progress(done[0] + n)
+
+    for start in range(0, len(jobs), BATCH_JOBS):
+        results += _hash_batch(files, jobs[start : start + BATCH_JOBS], threads, report if progress else None)
+        done[0], done[1] = done[0] + done[1], 0
+    return results
+
+
+def _hash_batch(files: Sequence[NativeFile], jobs: Sequence[HashJob], threads: int | None,
+                progress: Callable[[int], None] | None) -> list[HashResult]:
     n = len(jobs)
-    if n == 0:
-        return []
     batch = _Batch(files, jobs)
     status = batch.run(threads or 0, progress)
     if status != lib.SS_OK:

@@ -31,8 +31,9 @@ class Columns:
 
     __slots__ = ("_lists",)
 
-    def __init__(self, lists: Mapping[str, list] | None = None) -> None:
-        self._lists = {name: list(lists[name]) if lists else [] for name in NAMES}
+    def __init__(self, lists: Mapping[str, list] | None = None, *, copy: bool = True) -> None:
+        # copy=False: the caller hands its lists over (a scan's rows are not held twice).
+        self._lists = {name: (list(lists[name]) if copy else lists[name]) if lists else [] for name in NAMES}
 
     def __getattr__(self, name: str) -> list:
         lists = object.__getattribute__(self, "_lists")
@@ -269,8 +270,8 @@ def _columns(listings: list[Listing], checksums: list[str | None] | None) -> Col
         for name, values in listing.columns.items():
             lists[name].extend(values)
         lists["format"].extend([listing.format] * len(listing))
-    lists["checksum"] = list(checksums) if checksums is not None else [None] * len(lists["key"])
-    return Columns(lists)
+    lists["checksum"] = checksums if checksums is not None else [None] * len(lists["key"])
+    return Columns(lists, copy=False)
 
 
 def scan(paths: Sequence[PathLike] | PathLike, *, hash: bool = True, threads: int | None = None) -> "pa.Table":
