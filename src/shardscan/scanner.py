@@ -95,7 +95,13 @@ class ScanResult:
 
         from .schema import SCHEMA
 
-        return pa.table(self.columns.as_dict(), schema=SCHEMA)
+        lists = self.columns.as_dict()
+        try:
+            return pa.table(lists, schema=SCHEMA)
+        except UnicodeEncodeError:
+            # Arrow strings are UTF-8, which a lone surrogate (a pickled key, a file name that
+            # is not UTF-8) cannot be: such a character is written as its escape, "\udcff".
+            return pa.table({name: [arrow_text(v) for v in values] for name, values in lists.items()}, schema=SCHEMA)
 
     @classmethod
     def combine(cls, parts: Sequence["ScanResult"]) -> "ScanResult":
@@ -136,6 +142,14 @@ class ScanResult:
             elapsed=self.elapsed,
             per_file=tuple(self.per_file[i] for i in kept),
         )
+
+
+def arrow_text(value: object) -> object:
+    """A string as Arrow can store it: lone surrogates (which UTF-8 cannot encode) as their
+    escapes ("\\udcff"); any other value unchanged."""
+    if type(value) is str:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 @dataclass(frozen=True)
