@@ -34,12 +34,14 @@ class Budget:
     allocation). Each cap is `floor + per_byte x size`, where size is the bytes that express
     the count (a torch file's data.pkl, a DCP directory's files, a safetensors file).
 
-    A real checkpoint stays far inside every cap: a tensor row costs its pickle at least a
-    dozen bytes, keys a few times the bytes of their parts, and a view's bytes are at most
-    those of its record except for expanded (zero- or overlapping-stride) views."""
+    A real checkpoint stays inside every cap: each value of a pickle costs at least an opcode
+    byte, keys a few times the bytes of their parts, and a view's bytes are at most those of
+    its record except for expanded (zero- or overlapping-stride) views."""
 
     rows_floor: int = 1 << 16
-    rows_per_byte: float = 0.5  # leaves of a pickle, reached through the memo or not
+    # Values a pickle walk visits (containers and leaves): without aliasing through the memo,
+    # each costs at least one opcode byte, so only shared containers can pass this.
+    rows_per_byte: int = 1
     key_bytes_floor: int = 16 << 20
     key_bytes_per_byte: int = 64  # every key path a pickle walk visits, in characters
     segments_floor: int = 1 << 16
@@ -50,7 +52,7 @@ class Budget:
     max_int_bits: int = 63  # a size, stride or offset fits int64, as torch requires
 
     def rows(self, size: int) -> int:
-        return self.rows_floor + int(self.rows_per_byte * size)
+        return self.rows_floor + self.rows_per_byte * size
 
     def key_bytes(self, size: int) -> int:
         return self.key_bytes_floor + self.key_bytes_per_byte * size
