@@ -14,7 +14,7 @@ import sys
 import pytest
 import xxhash
 
-from hostile_torch import integer, measure, shardscan, state_dict, tensor, text, torch_load, torch_zip
+from hostile_torch import measure, shardscan, state_dict, tensor, text, torch_load, torch_zip
 from shardscan.formats.base import BUDGET
 from shardscan.scanner import scan_paths
 
