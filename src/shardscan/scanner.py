@@ -215,6 +215,14 @@ def scan_paths(
         except (ShardscanError, OSError) as exc:
             problems.append(FileProblem(target.name, exc))
             continue
+        except (RecursionError, OverflowError, MemoryError, ValueError) as exc:
+            # A reader's own limit missed something: still a problem of this file alone, so
+            # the rest of the run is reported (SHARDSCAN_DEBUG=1 shows where it came from).
+            if os.environ.get("SHARDSCAN_DEBUG") == "1":
+                raise
+            error = FormatError(f"could not be read ({type(exc).__name__}: {exc})", path=target.name)
+            problems.append(FileProblem(target.name, error.with_traceback(None)))
+            continue
         listings.append(listing)
         problems += listing.problems
 
