@@ -6,6 +6,7 @@
  * it goes), and a file that shrinks under us faults into the SIGBUS guard, not a crash. */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,31 +46,33 @@ typedef struct {
     int with_crc;
     uint8_t *gather;
     size_t gathered;
+    ss_values values;
 } stream;
 
-#define CRC_CHUNK (128u << 10) /* hash then CRC each chunk while it is still in L2 */
+#define CHUNK (128u << 10) /* hash, then CRC and count each chunk while it is still in L2 */
 
-static void stream_bytes(stream *st, const uint8_t *p, size_t n) {
-    if (!st->with_crc) {
-        if (n) hash_update(&st->state, p, n);
-        return;
-    }
+/* Hashes and counts n bytes of the logical stream (and CRCs them when the CRC is taken on
+ * this side of the gather buffer, i.e. for plain contiguous runs). */
+static void stream_bytes(stream *st, const uint8_t *p, size_t n, int with_crc) {
     while (n) {
-        size_t len = n < CRC_CHUNK ? n : CRC_CHUNK;
+        size_t len = n < CHUNK ? n : CHUNK;
         hash_update(&st->state, p, len);
-        st->crc = libdeflate_crc32(st->crc, p, len);
+        if (with_crc) st->crc = libdeflate_crc32(st->crc, p, len);
+        ss_values_add(&st->values, p, len);
         p += len;
         n -= len;
     }
 }
 
 static void flush_gather(stream *st) {
-    stream_bytes(st, st->gather, st->gathered);
+    stream_bytes(st, st->gather, st->gathered, 0);
     st->gathered = 0;
 }
 
-/* Appends n bytes to the gather buffer, reversing each `swap`-byte element when swap > 1. */
+/* Appends n bytes to the gather buffer, reversing each `swap`-byte element when swap > 1.
+ * The CRC covers the bytes as stored, in the order read, so it is taken here, before the swap. */
 static void gather_bytes(stream *st, const uint8_t *p, size_t n, uint32_t swap) {
+    if (st->with_crc) st->crc = libdeflate_crc32(st->crc, p, n);
     while (n) {
         size_t room = GATHER - st->gathered;
         if (swap > 1) room -= room % swap;
@@ -89,25 +92,17 @@ static void gather_bytes(stream *st, const uint8_t *p, size_t n, uint32_t swap) 
 }
 
 /* Drops our mapping of the whole pages inside [p, p + n): they are hashed, keep RSS flat. */
-static void release_pages(const batch *b, const uint8_t *p, size_t n) {
-    uintptr_t lo = ((uintptr_t)p + b->page - 1) & ~(uintptr_t)(b->page - 1);
-    uintptr_t hi = ((uintptr_t)p + n) & ~(uintptr_t)(b->page - 1);
-    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
-}
+static void release_pages(const batch *b, const uint8_t *p, size_t n) { ss_release_pages(p, n, b->page); }
 
 static void stream_contiguous(const batch *b, stream *st, const uint8_t *p, uint64_t n, uint32_t swap) {
     while (n) {
         size_t len = n < WINDOW ? (size_t)n : WINDOW;
         if (n > len) madvise((void *)((uintptr_t)(p + len) & ~(uintptr_t)(b->page - 1)), WINDOW, MADV_WILLNEED);
         if (swap > 1) {
-            if (st->with_crc) st->crc = libdeflate_crc32(st->crc, p, len); /* the CRC covers stored bytes */
-            int keep = st->with_crc;
-            st->with_crc = 0;
             gather_bytes(st, p, len, swap);
             flush_gather(st);
-            st->with_crc = keep;
         } else {
-            stream_bytes(st, p, len);
+            stream_bytes(st, p, len, st->with_crc);
         }
         release_pages(b, p, len);
         if (b->progress) __atomic_fetch_add(b->progress, len, __ATOMIC_RELAXED);
@@ -154,45 +149,90 @@ static const ss_segment *job_segments(const ss_job *job, ss_segment *one, uint32
     return one;
 }
 
-/* Checks a job against the files before anything is touched; computes its size. */
+/* Formats job->message and returns status: check_job's one way out for a bad job. */
+static ss_status reject(ss_job *job, ss_status status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static ss_status reject(ss_job *job, ss_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(job->message, sizeof job->message, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+/* Checks the fields that do not depend on the files: flags, element size, segment list. */
+static ss_status check_job_fields(ss_job *job) {
+    if (job->flags & ~(uint32_t)(SS_JOB_BYTESWAP | SS_JOB_CRC32))
+        return reject(job, SS_E_ARGUMENT, "job has unknown flags 0x%x", job->flags);
+    if (job->nsegments && !job->segments)
+        return reject(job, SS_E_ARGUMENT, "job has %u segments but no segment list", job->nsegments);
+    uint32_t size = job->itemsize;
+    /* The swap loop reverses whole elements of these sizes only. */
+    if ((job->flags & SS_JOB_BYTESWAP) && size != 2 && size != 4 && size != 8 && size != 16)
+        return reject(job, SS_E_ARGUMENT, "byte-swapped job has %u-byte elements; must be 2, 4, 8 or 16", size);
+    if (job->value_kind >= SS_VALUE_KIND_COUNT)
+        return reject(job, SS_E_ARGUMENT, "job has unknown value kind %u", job->value_kind);
+    return SS_OK;
+}
+
+/* Checks one segment against its file; *bytes receives its logical length. */
+static ss_status check_segment(const batch *b, ss_job *job, uint32_t i, const ss_segment *seg, uint64_t *bytes) {
+    if (seg->file >= b->nfiles) return reject(job, SS_E_ARGUMENT, "segment %u names file %u of %u", i, seg->file, b->nfiles);
+    job->failed_file = seg->file;
+    uint64_t last = seg->nbytes; /* extent past offset */
+    *bytes = seg->nbytes;
+    if (seg->ndim) {
+        if (seg->ndim > SS_MAX_DIMS)
+            return reject(job, SS_E_ARGUMENT, "segment %u has %u dimensions; at most %u", i, seg->ndim, SS_MAX_DIMS);
+        if (job->itemsize == 0) return reject(job, SS_E_ARGUMENT, "strided segment %u has 0-byte elements", i);
+        uint64_t numel = 1, reach = 0, step;
+        for (uint32_t d = 0; d < seg->ndim; d++) {
+            if (seg->shape[d] < 0 || seg->strides[d] < 0)
+                return reject(job, SS_E_ARGUMENT, "segment %u dimension %u has shape %lld, stride %lld; both must be >= 0",
+                              i, d, (long long)seg->shape[d], (long long)seg->strides[d]);
+            if (!ss_mul_u64(numel, (uint64_t)seg->shape[d], &numel))
+                return reject(job, SS_E_ARGUMENT, "segment %u: element count overflows 64 bits", i);
+            if (seg->shape[d] == 0) continue;
+            if (!ss_mul_u64((uint64_t)(seg->shape[d] - 1), (uint64_t)seg->strides[d], &step) ||
+                !ss_add_u64(reach, step, &reach))
+                return reject(job, SS_E_RANGE, "segment %u: extent overflows 64 bits", i);
+        }
+        if (!ss_mul_u64(numel, job->itemsize, bytes))
+            return reject(job, SS_E_ARGUMENT, "segment %u: byte length overflows 64 bits", i);
+        if (numel && !ss_add_u64(reach, job->itemsize, &last))
+            return reject(job, SS_E_RANGE, "segment %u: extent overflows 64 bits", i);
+        if (!numel) last = 0;
+    } else if (job->itemsize > 1 && seg->nbytes % job->itemsize) {
+        /* A run must hold whole elements: the swap loop would read past a partial last one. */
+        return reject(job, SS_E_ARGUMENT, "segment %u: %llu bytes is not a whole number of %u-byte elements", i,
+                      (unsigned long long)seg->nbytes, job->itemsize);
+    }
+    const ss_file *f = b->files[seg->file];
+    uint64_t end;
+    if (!ss_add_u64(seg->offset, last, &end) || end > f->size)
+        return reject(job, SS_E_RANGE, "bytes %llu..%llu lie outside the %llu-byte file", (unsigned long long)seg->offset,
+                      (unsigned long long)(end < seg->offset ? UINT64_MAX : end), (unsigned long long)f->size);
+    return SS_OK;
+}
+
+/* Checks every field of a job against the batch before anything is touched; computes its
+ * size. A bad job gets its status and message here and is never run. */
 static ss_status check_job(const batch *b, ss_job *job, uint64_t *size) {
     *size = 0;
-    if (job->nsegments && !job->segments) return SS_E_ARGUMENT;
-    if ((job->flags & SS_JOB_BYTESWAP) && job->itemsize == 0) return SS_E_ARGUMENT;
+    ss_status status = check_job_fields(job);
+    if (status) return status;
     ss_segment one;
     uint32_t count;
     const ss_segment *segs = job_segments(job, &one, &count);
     for (uint32_t i = 0; i < count; i++) {
-        const ss_segment *seg = &segs[i];
-        if (seg->file >= b->nfiles) {
-            snprintf(job->message, sizeof job->message, "segment %u names file %u of %u", i, seg->file, b->nfiles);
-            return SS_E_ARGUMENT;
-        }
-        const ss_file *f = b->files[seg->file];
-        uint64_t bytes = seg->nbytes, last = seg->nbytes; /* last: extent past offset */
-        if (seg->ndim) {
-            if (seg->ndim > SS_MAX_DIMS || job->itemsize == 0) return SS_E_ARGUMENT;
-            uint64_t numel = 1, reach = 0, step;
-            for (uint32_t d = 0; d < seg->ndim; d++) {
-                if (seg->shape[d] < 0 || seg->strides[d] < 0) return SS_E_ARGUMENT;
-                if (!ss_mul_u64(numel, (uint64_t)seg->shape[d], &numel)) return SS_E_ARGUMENT;
-                if (seg->shape[d] == 0) continue;
-                if (!ss_mul_u64((uint64_t)(seg->shape[d] - 1), (uint64_t)seg->strides[d], &step) ||
-                    !ss_add_u64(reach, step, &reach))
-                    return SS_E_RANGE;
-            }
-            if (!ss_mul_u64(numel, job->itemsize, &bytes)) return SS_E_ARGUMENT;
-            last = numel ? reach + job->itemsize : 0;
-        }
-        uint64_t end;
-        if (!ss_add_u64(seg->offset, last, &end) || end > f->size) {
-            job->failed_file = seg->file;
-            snprintf(job->message, sizeof job->message, "bytes %llu..%llu lie outside the %llu-byte file",
-                     (unsigned long long)seg->offset, (unsigned long long)end, (unsigned long long)f->size);
-            return SS_E_RANGE;
-        }
-        if (!ss_add_u64(*size, bytes, size)) return SS_E_ARGUMENT;
+        uint64_t bytes = 0;
+        status = check_segment(b, job, i, &segs[i], &bytes);
+        if (status) return status;
+        if (!ss_add_u64(*size, bytes, size)) return reject(job, SS_E_ARGUMENT, "job length overflows 64 bits");
     }
+    uint32_t width = ss_value_width(job->value_kind);
+    if (width > 1 && *size % width)
+        return reject(job, SS_E_ARGUMENT, "%llu bytes is not a whole number of %u-byte %s values",
+                      (unsigned long long)*size, width, ss_value_kind_name(job->value_kind));
     return SS_OK;
 }
 
@@ -223,6 +263,7 @@ static void hash_job(const batch *b, ss_job *job, stream *st, volatile uint32_t 
             release_pages(b, base, (size_t)extent);
             if (b->progress) __atomic_fetch_add(b->progress, bytes, __ATOMIC_RELAXED);
         } else {
+            flush_gather(st); /* strided bytes gathered so far come first */
             stream_contiguous(b, st, base, seg->nbytes, swap);
         }
     }
@@ -239,6 +280,7 @@ static void run_job(const batch *b, ss_job *job, uint8_t *gather) {
     st.with_crc = (job->flags & SS_JOB_CRC32) != 0;
     st.crc = 0; /* libdeflate_crc32's initial value */
     st.gather = gather;
+    ss_values_start(&st.values, job->value_kind);
     sigjmp_buf jump;
     if (sigsetjmp(jump, 0)) {
         ss_guard_jump = NULL;
@@ -254,6 +296,9 @@ static void run_job(const batch *b, ss_job *job, uint8_t *gather) {
     XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(&st.state));
     memcpy(job->digest, canonical.digest, 16);
     job->crc32 = st.crc;
+    job->nan_count = st.values.nan;
+    job->inf_count = st.values.inf;
+    job->all_zero = !st.values.nonzero;
     job->status = SS_OK;
 }
 
@@ -303,7 +348,8 @@ ss_status ss_hash_batch(ss_file *const *files, uint32_t nfiles, ss_job *jobs, ui
     }
     for (uint32_t i = 0; i < njobs; i++) {
         jobs[i].message[0] = '\0';
-        jobs[i].failed_file = jobs[i].nsegments && jobs[i].segments ? jobs[i].segments[0].file : jobs[i].file;
+        uint32_t first = jobs[i].nsegments && jobs[i].segments ? jobs[i].segments[0].file : jobs[i].file;
+        jobs[i].failed_file = first < nfiles ? first : 0; /* always a valid index for the caller */
         jobs[i].status = check_job(&b, &jobs[i], &sizes[i].size);
         if (jobs[i].status && !jobs[i].message[0])
             snprintf(jobs[i].message, sizeof jobs[i].message, "%s", ss_strerror(jobs[i].status));

@@ -4,6 +4,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <sys/mman.h>
 
 #include "shardscan.h"
 
@@ -26,6 +27,32 @@ ss_status ss_fail(ss_error *err, ss_status status, const char *fmt, ...)
 
 /* Writes a printable, length-capped rendering of a tensor name into out (for messages). */
 void ss_quote_name(char *out, size_t cap, const char *name, size_t len);
+
+/* 1 if s[0..n) is well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF). */
+int ss_utf8_valid(const unsigned char *s, size_t n);
+
+/* Value counts over a job's logical little-endian bytes (values.c), fed in pieces of any
+ * length: an element cut between two pieces is carried over. */
+typedef struct {
+    uint32_t kind;     /* ss_value_kind */
+    uint32_t carried;  /* bytes of a cut element in carry */
+    uint8_t carry[8];
+    uint64_t nan, inf;
+    int nonzero;       /* some byte was not zero */
+} ss_values;
+/* Bytes per counted element (a complex kind counts each part): 0 for SS_VALUES_NONE and
+ * for numbers out of range. */
+uint32_t ss_value_width(uint32_t kind);
+void ss_values_start(ss_values *v, uint32_t kind);
+void ss_values_add(ss_values *v, const uint8_t *p, size_t n);
+
+/* Drops our mapping of the whole pages inside [p, p + n) once they are read: the page cache
+ * keeps the data, resident memory stays flat. */
+static inline void ss_release_pages(const uint8_t *p, size_t n, size_t page) {
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t hi = ((uintptr_t)p + n) & ~(uintptr_t)(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
 
 /* Overflow-checked arithmetic: return 0 on overflow. */
 static inline int ss_add_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_add_overflow(a, b, out); }

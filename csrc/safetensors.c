@@ -406,29 +406,6 @@ static ss_status parse_metadata(parser *ps) {
     }
 }
 
-static int utf8_valid(const unsigned char *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        if (c < 0x80) { i++; continue; }
-        size_t len;
-        uint32_t cp;
-        if (c >= 0xC2 && c <= 0xDF) len = 2, cp = c & 0x1F;
-        else if (c >= 0xE0 && c <= 0xEF) len = 3, cp = c & 0x0F;
-        else if (c >= 0xF0 && c <= 0xF4) len = 4, cp = c & 0x07;
-        else return 0;
-        if (n - i < len) return 0;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
-            return 0;
-        i += len;
-    }
-    return 1;
-}
-
 /* Sort entries by (begin, end), as the reference does before validating. */
 static int by_offsets(const void *a, const void *b) {
     const entry *x = a, *y = b;
@@ -632,7 +609,7 @@ ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err) {
         return ss_fail(err, SS_E_NOMEM, "out of memory");
     }
     uint64_t data_len = 0, data_end = 0;
-    if (!utf8_valid((const unsigned char *)header, n)) s = ss_fail(err, SS_E_ST_UTF8, "header is not valid UTF-8");
+    if (!ss_utf8_valid((const unsigned char *)header, n)) s = ss_fail(err, SS_E_ST_UTF8, "header is not valid UTF-8");
     else s = parse_header(&ps);
     if (!s) {
         if (ps.entries.len > 1) /* a header of no tensors has entries.data == NULL: qsort(NULL) is UB */

@@ -54,7 +54,12 @@
     X(SS_E_ZIP_PAST_EOF, 57, "zip record runs past the end of the file")                  \
     X(SS_E_ZIP_LOCAL_HEADER, 58, "zip local header does not match the central directory")  \
     X(SS_E_ZIP_DUPLICATE, 59, "zip has two entries with the same name")                    \
-    X(SS_E_ZIP_ENCRYPTED, 60, "zip record is encrypted")
+    X(SS_E_ZIP_ENCRYPTED, 60, "zip record is encrypted")                                    \
+    X(SS_E_ZIP_TWO_EOCD, 61, "zip has a second end record: torch may read another archive")  \
+    X(SS_E_ZIP_CASE, 62, "zip record names differ only in case: torch may load either")      \
+    X(SS_E_ZIP_NAME_UTF8, 63, "zip record name is not valid UTF-8: torch refuses it")        \
+    X(SS_E_ZIP_NOT_AT_START, 64, "archive does not start with a zip local header")          \
+    X(SS_E_ZIP_DIRECTORY, 65, "zip record is marked as a folder: torch reads none of its bytes")
 
 typedef enum {
 #define SS_ENUM_ITEM(name, number, message) name = number,
@@ -170,7 +175,13 @@ void ss_st_listing_free(ss_st_listing *listing);
  * run of `nbytes`. Strided views are walked in row-major order, so the digest equals that of
  * the contiguous tensor. Elements are `itemsize` bytes; SS_JOB_BYTESWAP reverses each element
  * (big-endian sources) so a digest always means little-endian row-major bytes. SS_JOB_CRC32
- * also computes the zlib CRC32 of the bytes as stored (contiguous runs only).
+ * also computes the zlib CRC32 of the bytes as stored, in the order read (before any swap).
+ * ss_hash_batch validates every job before it runs any: unknown flags, a segment count with no
+ * list, BYTESWAP with an itemsize other than 2, 4, 8 or 16, a strided segment with itemsize 0
+ * or more than SS_MAX_DIMS dimensions, a negative shape or stride, a contiguous run that is
+ * not a whole number of itemsize elements (itemsize 0 or 1: any length), a file index out of
+ * range and every overflow fail that job with SS_E_ARGUMENT (SS_E_RANGE for bytes outside the
+ * file) and a message; the job reads nothing.
  * ------------------------------------------------------------------------------------------ */
 #define SS_MAX_DIMS 16
 
@@ -185,6 +196,31 @@ typedef struct {
 
 enum { SS_JOB_BYTESWAP = 1, SS_JOB_CRC32 = 2 };
 
+/* What a job's elements are, for its value counts: X(name, number, torch dtype name). A kind
+ * is counted on the bytes as hashed (little-endian, after any swap). NaN and Inf are counted
+ * for IEEE kinds and F8_E5M2; F8_E4M3FN has NaN (S.1111.111) and no Inf; a complex kind
+ * counts each part as its own float. Numbers are stable. */
+#define SS_VALUE_KIND_LIST(X)                  \
+    X(SS_VALUES_NONE, 0, "none")               \
+    X(SS_VALUES_F64, 1, "float64")             \
+    X(SS_VALUES_F32, 2, "float32")             \
+    X(SS_VALUES_F16, 3, "float16")             \
+    X(SS_VALUES_BF16, 4, "bfloat16")           \
+    X(SS_VALUES_F8_E5M2, 5, "float8_e5m2")     \
+    X(SS_VALUES_F8_E4M3FN, 6, "float8_e4m3fn") \
+    X(SS_VALUES_C64, 7, "complex64")           \
+    X(SS_VALUES_C128, 8, "complex128")
+
+typedef enum {
+#define SS_KIND_ITEM(name, number, torch_name) name = number,
+    SS_VALUE_KIND_LIST(SS_KIND_ITEM)
+#undef SS_KIND_ITEM
+    SS_VALUE_KIND_COUNT
+} ss_value_kind;
+
+/* The torch dtype name of a kind ("none" for SS_VALUES_NONE); NULL when out of range. */
+const char *ss_value_kind_name(uint32_t kind);
+
 typedef struct {
     /* The contiguous case, used when nsegments == 0. */
     uint32_t file;
@@ -195,10 +231,14 @@ typedef struct {
     uint32_t nsegments;
     uint32_t itemsize;        /* bytes per element: needed for BYTESWAP and strided views */
     uint32_t flags;
+    uint32_t value_kind;      /* ss_value_kind; the job's length must be whole elements of it */
     /* Outputs. */
     ss_status status;
     uint32_t crc32;
     uint8_t digest[16];       /* XXH3-128, canonical (big-endian) byte order */
+    uint64_t nan_count;       /* NaN elements (parts, for complex); 0 for SS_VALUES_NONE */
+    uint64_t inf_count;       /* +-Inf elements likewise */
+    uint32_t all_zero;        /* 1 when every byte is zero (also for an empty job), else 0 */
     uint32_t failed_file;     /* on failure: the batch index of the file at fault */
     char message[256];        /* on failure: what went wrong (the file is failed_file) */
 } ss_job;
@@ -217,11 +257,36 @@ ss_status ss_hash_batch(ss_file *const *files, uint32_t nfiles, ss_job *jobs, ui
 void ss_hex_digests(const ss_job *jobs, uint32_t njobs, char *out);
 
 /* ------------------------------------------------------------------------------------------
+ * Whole-file digests (digest.c): SHA-256 (OpenSSL libcrypto, EVP_sha256) and XXH3-128 of
+ * every byte of each file, as the hub and sha256sum publish them. Files are digested in
+ * parallel, one per worker thread, largest first; memory stays bounded as in ss_hash_batch.
+ * ------------------------------------------------------------------------------------------ */
+typedef struct {
+    /* Outputs. */
+    ss_status status;         /* SS_OK, or SS_E_CHANGED for a file that shrank while read */
+    uint64_t size;            /* bytes digested: the size measured when the file was opened */
+    uint8_t sha256[32];
+    uint8_t xxh3[16];         /* XXH3-128, canonical (big-endian) byte order */
+    char message[256];        /* on failure: what went wrong (never the path) */
+} ss_file_digest;
+
+/* Digests every file of `files` into out[i] (the caller's array of nfiles entries) on
+ * `threads` threads (0 = online CPUs). A NULL file fails its own entry with SS_E_ARGUMENT.
+ * Each entry's outcome is in its own status; returns SS_OK when the batch ran, SS_E_NOMEM or
+ * SS_E_ARGUMENT when it could not start. `progress`, if not NULL, receives the bytes read so
+ * far, added atomically. */
+ss_status ss_digest_files(ss_file *const *files, uint32_t nfiles, ss_file_digest *out, uint32_t threads,
+                          uint64_t *progress);
+
+/* ------------------------------------------------------------------------------------------
  * ZIP archives written by torch.save (zip.c). ss_zip_parse reads the end record (ZIP64-aware)
  * and the central directory of an opened file and checks what torch.load never does: every
  * record stored (not compressed, not encrypted), under one top-level folder, names unique,
  * its local header present and agreeing, its data inside the file, no two records overlapping
- * and none reaching into the directory. Data offsets come from each record's own local header.
+ * and none reaching into the directory. It also refuses what torch's own reader (miniz) could
+ * resolve differently: a second end-record candidate, names equal under ASCII case folding
+ * (or to a name torch looks up), names that are not UTF-8, an archive not starting with a
+ * local header. Data offsets come from each record's own local header.
  * CRCs are reported, not verified (that costs reading the data: hash jobs do it).
  * ss_zip_walk_local is for forensics on a file with no end record (a cut-short save): it
  * walks local headers from byte 0 and reports every record it finds, `intact` = 0 for the one

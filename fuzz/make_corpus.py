@@ -2,8 +2,10 @@
 
     python fuzz/make_corpus.py [OUT_DIR]      (default: fuzz/corpus)
 
-One folder per target: safetensors/, zip/ (torch.save archives), pickle/ (their data.pkl),
-dcp/ (a torch.distributed.checkpoint .metadata). Deterministic, a few KiB in all, so it can
+One folder per target: safetensors/, zip/ (torch.save archives, and the archives of
+tests/hostile/make_zips.py that torch would read differently), pickle/ (their data.pkl),
+dcp/ (a torch.distributed.checkpoint .metadata), hash/ (hashing jobs over a small file, in the
+encoding fuzz/fuzz_hash.c describes). Deterministic, a few KiB in all, so it can
 be regenerated and kept in the repository.
 """
 
@@ -22,6 +24,7 @@ from safetensors.torch import save as st_save
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from hostile.make_safetensors import CASES, VALID  # noqa: E402
+from hostile.make_zips import cases as zip_differentials  # noqa: E402
 
 
 def state_dicts() -> dict[str, dict]:
@@ -35,7 +38,7 @@ def state_dicts() -> dict[str, dict]:
 
 
 def main(out: Path) -> None:
-    dirs = {name: out / name for name in ("safetensors", "zip", "pickle", "dcp")}
+    dirs = {name: out / name for name in ("safetensors", "zip", "pickle", "dcp", "hash")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     (dirs["safetensors"] / "valid").write_bytes(VALID)
@@ -52,8 +55,34 @@ def main(out: Path) -> None:
         with zipfile.ZipFile(io.BytesIO(blob)) as z:
             pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
             (dirs["pickle"] / name).write_bytes(z.read(pkl))
+    for case in zip_differentials():  # archives torch would read differently: seeds near those rules
+        (dirs["zip"] / f"differential-{case.name}").write_bytes(case.data)
     (dirs["pickle"] / "ordered").write_bytes(_plain_pickle())
     _dcp_metadata(dirs["dcp"])
+    _hash_jobs(dirs["hash"])
+
+
+def _hash_jobs(out: Path) -> None:
+    """Seeds for fuzz_hash.c: jobs near the shapes the readers make, over 256 file bytes."""
+    import struct
+
+    file = bytes(range(256))
+    run = lambda offset, n: struct.pack("<HH", offset, n)  # noqa: E731
+    strided = lambda offset, dims: struct.pack("<BH", len(dims), offset) + b"".join(  # noqa: E731
+        struct.pack("<bh", d, s) for d, s in dims)
+    contiguous = lambda offset, n: struct.pack("<BHH", 0, offset, n)  # noqa: E731
+    # Per job: flags (1 swap, 2 CRC), itemsize, value kind (1 F64, 2 F32, 3 F16, 4 BF16, 5 E5M2,
+    # 6 E4M3FN, 7 C64), segment count.
+    seeds = {
+        # a transposed 3x4 float32 view, swapped, with a CRC of the stored bytes
+        "transpose-swapped": bytes([0, 3, 4, 2, 1]) + strided(16, [(4, 4), (3, 16)]),
+        # a big-endian run of float64 and a plain run of float8, on two threads
+        "runs": bytes([4 | 1, 1, 8, 1, 0]) + run(8, 64) + bytes([2, 1, 5, 0]) + run(100, 33),
+        # a bfloat16 job of three segments: an expanded view, a run, a 3-d slice
+        "mixed": bytes([0, 1, 2, 4, 3]) + strided(0, [(5, 0)]) + contiguous(32, 16) + strided(64, [(2, 48), (3, 8), (2, 2)]),
+    }
+    for name, jobs in seeds.items():
+        (out / name).write_bytes(jobs + file)
 
 
 def _plain_pickle() -> bytes:

@@ -3,8 +3,8 @@
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET]
 #
-# C targets (fuzz_*.c) are libFuzzer programs built with clang, ASan and UBSan over the
-# csrc/ parsers; Python targets (fuzz_*.py) run under atheris. Seeds come from fuzz/corpus
+# C targets (fuzz_*.c) are libFuzzer programs built with clang, ASan and UBSan over the C core
+# (parsers and the hashing engine); Python targets (fuzz_*.py) run under atheris. Seeds come from fuzz/corpus
 # (python fuzz/make_corpus.py regenerates them); new inputs go to a temporary folder, so the
 # repository is not touched unless something crashes: the reproducer is then kept in
 # fuzz/crashes/<target>/ and the script exits 1. Move it into fuzz/regressions/<target>/ with
@@ -38,8 +38,7 @@ run_target() { # name, command...: one bounded run; a crash leaves its input in 
 for target in "$HERE"/fuzz_*.c; do
     name="$(basename "$target" .c)"; name="${name#fuzz_}"
     clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE \
-        -I"$ROOT/csrc" "$target" "$ROOT/csrc/file.c" "$ROOT/csrc/safetensors.c" "$ROOT/csrc/zip.c" \
-        -pthread -o "$WORK/fuzz_$name"
+        -I"$ROOT/csrc" "$target" "$ROOT"/csrc/*.c -pthread -lxxhash -ldeflate -lcrypto -lm -o "$WORK/fuzz_$name"
     ASAN_OPTIONS=detect_leaks=1 run_target "$name" "$WORK/fuzz_$name"
 done
 

@@ -7,9 +7,9 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$repo/.venv"
 
 missing=()
-# libxxhash-dev, libdeflate-dev: XXH3 and CRC32 for the C core; xxhash, b3sum: peers in
-# benches/; clang and libclang-rt-14-dev: libFuzzer for fuzz/.
-for pkg in libxxhash-dev libdeflate-dev xxhash b3sum gcc python3-venv clang libclang-rt-14-dev; do
+# libxxhash-dev, libdeflate-dev, libssl-dev: XXH3, CRC32 and SHA-256 for the C core; xxhash,
+# b3sum: peers in benches/; clang and libclang-rt-14-dev: libFuzzer for fuzz/.
+for pkg in libxxhash-dev libdeflate-dev libssl-dev xxhash b3sum gcc python3-venv clang libclang-rt-14-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

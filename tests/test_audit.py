@@ -314,7 +314,7 @@ def test_audit_reads_what_check_reads(tmp_path: Path) -> None:
     (directory / "pytorch_model.bin.index.json").write_text(
         json.dumps({"weight_map": {k: "pytorch_model.bin" for k in tensors}}))
     (directory / "model.safetensors").write_bytes(b"not a safetensors file")
-    (directory / "trainer_state.json").write_text("{}")
+    (directory / "trainer_state.json").write_text(json.dumps({"global_step": 1}))
 
     (row,) = audit(tmp_path / "out").rows
     report = check(directory)

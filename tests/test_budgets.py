@@ -32,9 +32,10 @@ def baseline(tmp_path_factory):
 
 
 def within_budget(use, baseline, file_size: int, torch_use=None) -> None:
-    """Memory proportional to the file; CPU a small multiple of torch's weights-only load of
-    the same file (torch's import alone costs more than our start-up), else of a valid scan."""
-    assert use.peak_rss <= baseline.peak_rss + 32 * MiB + 16 * file_size, (use.peak_rss, baseline.peak_rss)
+    """Memory proportional to the file (plus what the budgets' floors allow: 65,536 rows cost
+    about 40 MiB); CPU a small multiple of torch's weights-only load of the same file (torch's
+    import alone costs more than our start-up), else of a valid scan."""
+    assert use.peak_rss <= baseline.peak_rss + 64 * MiB + 16 * file_size, (use.peak_rss, baseline.peak_rss)
     bar = torch_use.cpu if torch_use is not None else baseline.cpu
     assert use.cpu <= 3 * bar + 1.0, (use.cpu, bar)
 
@@ -250,5 +251,5 @@ def test_hundreds_of_thousands_of_tensors_cost_memory_proportional_to_the_file(t
         assert use.returncode == 0, use.stderr
         lines = use.stdout.count("\n")
         assert lines == (n + 1 if args == ["--list"] else 1)
-        assert use.peak_rss <= baseline.peak_rss + 12 * path.stat().st_size, (args, use.peak_rss)
+        assert use.peak_rss <= baseline.peak_rss + 64 * MiB + 12 * path.stat().st_size, (args, use.peak_rss)
         assert use.cpu <= 10 * reference.cpu + 2 * baseline.cpu, (args, use.cpu, reference.cpu)

@@ -161,3 +161,25 @@ def test_tie_groups_need_one_member() -> None:
     assert _keys_against(found, present("head2", "x")) == (set(), set())  # any member stands in for the group
     assert _keys_against(found, present("x")) == ({"emb", "head", "head2"}, set())  # none: all missing
     assert _keys_against(found, present("emb", "x", "y")) == (set(), {"y"})
+
+
+def test_structural_layout_first_block_holds_its_own(tmp_path: Path) -> None:
+    """T5 keeps its relative position bias in block 0 only: a tensor of block 0 alone is not
+    missing from the others, while a tensor most blocks hold still is."""
+    transformers = pytest.importorskip("transformers")
+    import shardscan
+    from safetensors import safe_open
+
+    config = transformers.T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_layers=4, num_heads=2)
+    transformers.T5ForConditionalGeneration(config).save_pretrained(tmp_path)
+    assert shardscan.check(tmp_path, hash=False).ok
+    with safe_open(tmp_path / "model.safetensors", "pt") as handle:
+        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    bias = "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    assert bias in shapes
+    found = layout.structural_layout(json.loads((tmp_path / "config.json").read_text()), shapes, "config.json")
+    assert set(found.specs) == {k for k in shapes if k.startswith("decoder.block.")}
+    del shapes["decoder.block.2.layer.1.EncDecAttention.k.weight"]
+    del shapes[bias]  # lost, block 0's own tensor cannot be known; the partial block 2 still is
+    found = layout.structural_layout(json.loads((tmp_path / "config.json").read_text()), shapes, "config.json")
+    assert set(found.specs) - set(shapes) == {"decoder.block.2.layer.1.EncDecAttention.k.weight"}

@@ -38,8 +38,14 @@ def assert_clean_lines(run: subprocess.CompletedProcess) -> None:
 def good_checkpoint(path: Path, name: str = "model.safetensors") -> Path:
     path.mkdir(parents=True, exist_ok=True)
     save_file({"w": torch.ones(2)}, str(path / name))
-    (path / "trainer_state.json").write_text("{}")  # the Trainer writes it last: a finished save
+    finished(path)
     return path
+
+
+def finished(path: Path) -> None:
+    """The Trainer's last file of a save, naming the step its directory is named after."""
+    step = int(path.name.rpartition("-")[2]) if path.name.startswith("checkpoint-") else 0
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
 
 
 # ---- one bad file never takes down a run ---------------------------------------------------
@@ -110,7 +116,7 @@ def test_lone_surrogate_key_and_non_utf8_file_name(tmp_path):
     ckpt = tmp_path / "run" / "checkpoint-1"
     ckpt.mkdir(parents=True)
     torch_zip(ckpt / "pytorch_model.bin", state_dict({"a\ud800b": tensor("0", 2, (2,), (1,))}), {"0": b"\x01\x02"})
-    (ckpt / "trainer_state.json").write_text("{}")
+    finished(ckpt)
     assert list(torch.load(ckpt / "pytorch_model.bin", weights_only=True)) == ["a\ud800b"]
     odd = os.fsencode(tmp_path / "run") + b"/\xff-odd.bin"
     with open(odd, "wb") as f:

@@ -4,6 +4,7 @@ torch.load(weights_only=True) + the xxhash package; hostile zips and pickles ref
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 import zipfile
 
 import pytest
@@ -322,3 +323,35 @@ def test_truncated_inside_a_tensor(tmp_path):
     assert problem.intact == ("a",) and problem.cut == ("b",) and problem.lost == ("c",)
     (row,) = result.table.to_pylist()
     assert row["key"] == "a" and row["checksum"] is not None
+
+
+def _rewritten(source: Path, target: Path, *, drop: str | None = None, change: tuple[str, bytes] | None = None) -> Path:
+    """A copy of a torch.save archive with one record dropped or its bytes replaced."""
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            if drop and info.filename.endswith(drop):
+                continue
+            data = change[1] if change and info.filename.endswith(change[0]) else zin.read(info)
+            zout.writestr(info.filename, data)
+    return target
+
+
+@pytest.mark.parametrize("variant, refused", [
+    ({"drop": "/version"}, True),
+    ({"change": ("/version", b"99\n")}, True),
+    ({"change": ("/version", b"0\n")}, True),
+    ({"change": ("/version", b"abc\n")}, True),
+    ({"change": ("/version", b"10\n")}, False),
+    ({"change": ("/.storage_alignment", b"x")}, True),
+], ids=["no-version", "version-99", "version-0", "version-text", "version-10", "alignment-text"])
+def test_archive_records_torch_insists_on(tmp_path, variant, refused):
+    source = tmp_path / "source.pt"
+    torch.save({"a": torch.ones(3)}, source)
+    path = _rewritten(source, tmp_path / "variant.pt", **variant)
+    try:
+        torch.load(path, weights_only=True)
+        torch_refuses = False
+    except Exception:
+        torch_refuses = True
+    assert torch_refuses == refused
+    assert bool(scan_paths(path).problems) == refused

@@ -27,6 +27,7 @@ __all__ = [
     "check",
     "diff",
     "Report",
+    "write_manifest",
 ]
 
 _LAZY = {
@@ -39,6 +40,7 @@ _LAZY = {
     "check": "checker",
     "diff": "checker",
     "Report": "report",
+    "write_manifest": "manifest",
 }
 
 

@@ -18,6 +18,15 @@ DTYPE_NAMES: tuple[str, ...] = tuple(ffi.string(lib.ss_dtype_name(i)).decode() f
 ST_DTYPE_NAMES: dict[str, str] = {
     ffi.string(lib.ss_dtype_st_name(i)).decode(): DTYPE_NAMES[i] for i in range(lib.SS_DTYPE_COUNT)
 }
+#: dtype name -> the C core's value kind, for every dtype whose NaN/Inf it counts.
+VALUE_KINDS: dict[str, int] = {
+    ffi.string(lib.ss_value_kind_name(i)).decode(): i for i in range(1, lib.SS_VALUE_KIND_COUNT)
+}
+
+
+def value_kind_for(dtype: str) -> str | None:
+    """`dtype` when the engine counts its NaN/Inf (a HashJob's `value_kind`), else None."""
+    return dtype if dtype in VALUE_KINDS else None
 
 
 #: The exception class of every status that is not a FormatError (the structural ones).
@@ -156,7 +165,10 @@ class Segment:
 
 @dataclass(frozen=True, slots=True)  # one per tensor: no __dict__
 class HashJob:
-    """The bytes of one tensor: one contiguous run (file, offset, nbytes) or `segments`."""
+    """The bytes of one tensor: one contiguous run (file, offset, nbytes) or `segments`.
+    `value_kind` is a dtype name of VALUE_KINDS ("float32", "bfloat16", "float8_e4m3fn",
+    "complex64", ...) to count its NaN and Inf values while hashing; None counts nothing but
+    whether every byte is zero."""
 
     file: int
     offset: int = 0
@@ -165,15 +177,23 @@ class HashJob:
     itemsize: int = 1
     byteswap: bool = False
     crc32: bool = False
+    value_kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)  # one per tensor: no __dict__
 class HashResult:
+    """One job's outcome. On failure (status != 0) every value is None and `message` says why.
+    `nan_count` / `inf_count` count elements (each part of a complex one) and are None when
+    the job had no value_kind; `all_zero` is True when every byte is zero (an empty job too)."""
+
     checksum: str | None  # 32 lowercase hex digits, None on failure
     crc32: int | None
     status: int
     message: str  # on failure: what went wrong, without the file
     failed_file: int = 0  # on failure: the index (into the batch's files) of the file at fault
+    nan_count: int | None = None
+    inf_count: int | None = None
+    all_zero: bool | None = None
 
 
 #: Jobs per native batch: a C job costs a few hundred bytes, so a million tiny tensors run as
@@ -217,7 +237,13 @@ def _hash_batch(files: Sequence[NativeFile], jobs: Sequence[HashJob], threads: i
     results = []
     for i, cjob in enumerate(batch.cjobs):
         if cjob.status == lib.SS_OK:
-            results.append(HashResult(blob[32 * i : 32 * i + 32], cjob.crc32 if jobs[i].crc32 else None, 0, ""))
+            counted = jobs[i].value_kind is not None
+            results.append(HashResult(
+                blob[32 * i : 32 * i + 32], cjob.crc32 if jobs[i].crc32 else None, 0, "",
+                nan_count=cjob.nan_count if counted else None,
+                inf_count=cjob.inf_count if counted else None,
+                all_zero=bool(cjob.all_zero),
+            ))
         else:
             results.append(HashResult(None, None, cjob.status, _message(cjob), cjob.failed_file))
     return results
@@ -239,6 +265,11 @@ class _Batch:
             cjob.nbytes = job.nbytes
             cjob.itemsize = job.itemsize
             cjob.flags = (lib.SS_JOB_BYTESWAP if job.byteswap else 0) | (lib.SS_JOB_CRC32 if job.crc32 else 0)
+            if job.value_kind is not None:
+                try:
+                    cjob.value_kind = VALUE_KINDS[job.value_kind]
+                except KeyError:
+                    raise ValueError(f"no value counts for dtype {job.value_kind!r}; use value_kind_for()") from None
             if job.segments:
                 segs = self._segments(job.segments)
                 cjob.segments = segs
@@ -264,28 +295,98 @@ class _Batch:
         return lib.ss_hash_batch(self.handles, len(self.files), self.cjobs, len(self.cjobs), threads, counter)
 
     def run(self, threads: int, progress: Callable[[int], None] | None) -> int:
-        if progress is None:
-            return self._call(threads, ffi.NULL)
-        counter = ffi.new("uint64_t *")
-        outcome: list[int] = []
-        # cffi drops the GIL for the call, so this thread is free to poll the counter. The
-        # worker holds this batch (and so everything C reads) until the call returns.
-        worker = threading.Thread(target=lambda: outcome.append(self._call(threads, counter)),
-                                  name="shardscan-hash", daemon=True)
-        worker.start()
-        try:
-            while worker.is_alive():
-                worker.join(0.1)
-                progress(counter[0])
+        return _with_progress(lambda counter: self._call(threads, counter), progress)
+
+
+def _with_progress(call: Callable[[object], int], progress: Callable[[int], None] | None) -> int:
+    """call(counter) -> status, with counter NULL when there is no `progress`; otherwise the
+    call runs on a helper thread while this one reports the counter about ten times a second.
+    The caller's objects must outlive the call: this returns only once it has returned, even
+    when progress() raises or Ctrl-C lands while polling."""
+    if progress is None:
+        return call(ffi.NULL)
+    counter = ffi.new("uint64_t *")
+    outcome: list[int] = []
+    # cffi drops the GIL for the call, so this thread is free to poll the counter.
+    worker = threading.Thread(target=lambda: outcome.append(call(counter)), name="shardscan-hash", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
             progress(counter[0])
-        finally:
-            # An exception from progress() or a Ctrl-C must not free what the workers read.
-            while worker.is_alive():
-                try:
-                    worker.join()
-                except KeyboardInterrupt:
-                    continue
-        return outcome[0]
+        progress(counter[0])
+    finally:
+        while worker.is_alive():
+            try:
+                worker.join()
+            except KeyboardInterrupt:
+                continue
+    return outcome[0]
+
+
+# ---- whole-file digests (csrc/digest.c) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    """SHA-256 and XXH3-128 (lowercase hex) of every byte of one file and its size at open time.
+    On failure the digests (and, when the file could not be opened, the size) are None and
+    `error` is the exception: OSError for the OS, IntegrityError for a file that shrank while
+    it was read."""
+
+    path: str
+    sha256: str | None
+    xxh3: str | None
+    size: int | None
+    error: Exception | None = None
+
+
+def file_digests(
+    files: Sequence[str | os.PathLike[str] | NativeFile],
+    threads: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[FileDigest]:
+    """Digests every file in one parallel batch (one file per thread, largest first); one
+    result per file, in order. Paths are opened (and closed) here, and a file that cannot be
+    opened gets its error in its own result; NativeFiles stay open. `progress` as for hash_jobs."""
+    opened: list[NativeFile | None] = []
+    results: list[FileDigest | None] = []
+    owned: list[NativeFile] = []
+    try:
+        for item in files:
+            if isinstance(item, NativeFile):
+                opened.append(item)
+                results.append(None)
+                continue
+            path = os.fspath(item)
+            try:
+                native = NativeFile(path)
+            except (OSError, FormatError) as exc:
+                opened.append(None)
+                results.append(FileDigest(path, None, None, None, exc))
+                continue
+            owned.append(native)
+            opened.append(native)
+            results.append(None)
+        todo = [i for i, f in enumerate(opened) if f is not None]
+        if todo:
+            handles = ffi.new("ss_file *[]", [opened[i].handle for i in todo])
+            out = ffi.new("ss_file_digest[]", len(todo))
+            status = _with_progress(lambda counter: lib.ss_digest_files(handles, len(todo), out, threads or 0, counter),
+                                    progress)
+            if status != lib.SS_OK:
+                raise error_for(status, ffi.string(lib.ss_strerror(status)).decode(), None)
+            for slot, i in zip(out, todo):
+                path = opened[i].path
+                if slot.status == lib.SS_OK:
+                    results[i] = FileDigest(path, bytes(ffi.buffer(slot.sha256, 32)).hex(),
+                                            bytes(ffi.buffer(slot.xxh3, 16)).hex(), slot.size)
+                else:
+                    results[i] = FileDigest(path, None, None, slot.size, error_for(slot.status, _message(slot), path))
+    finally:
+        for native in owned:
+            native.close()
+    return results  # type: ignore[return-value]
 
 
 # ---- torch zip archives (csrc/zip.c) ---------------------------------------------------------

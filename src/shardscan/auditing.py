@@ -239,7 +239,8 @@ def _row(checkpoint: Checkpoint, report: "Report") -> AuditRow:
 
     words: list[str] = list(checkpoint.problems)
     for error in sorted(report.errors, key=lambda e: e.file):
-        words.append(f"{error.file}: {error.error}")
+        if error.error not in checkpoint.problems:  # check reports the markers too
+            words.append(f"{error.file}: {error.error}")
     for label, keys in (("missing", report.missing), ("unexpected", report.unexpected)):
         if keys:
             noun = "tensor" if len(keys) == 1 else "tensors"
@@ -253,7 +254,7 @@ def _row(checkpoint: Checkpoint, report: "Report") -> AuditRow:
         path=os.fspath(checkpoint.path), step=checkpoint.step, format=checkpoint.kind,
         files=report.files, tensors=report.tensors, bytes=report.bytes, ok=ok,
         missing=len(report.missing), unexpected=len(report.unexpected), mismatched=len(report.mismatched),
-        errors=len(report.errors) + len(checkpoint.problems),
+        errors=len({e.error for e in report.errors} | set(checkpoint.problems)),
         problem=words[0] if words and not ok else None, problems=tuple(words), markers=checkpoint.problems,
     )
 

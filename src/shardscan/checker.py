@@ -25,12 +25,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
 
 from . import formats
 from . import layout as layouts
 from ._typing import PathLike
+from .discover import markers
 from .layout import Layout, Spec
+from .resume import MODEL, OBJECTS, STATE, resume_set, role_of
 from .report import Diff, FileError, Mismatch, Report, families, natural_sorted
 
 if TYPE_CHECKING:
@@ -42,7 +44,7 @@ class _Actual:
     """The checkpoint as scanned: key -> Spec of each intact tensor, keys whose bytes are gone
     (cut or lost by a truncation), and everything reported per file."""
 
-    specs: dict[str, Spec]
+    specs: dict[str, Spec]  # the weights
     damaged: set[str]
     errors: list[FileError]
     files: int
@@ -51,6 +53,7 @@ class _Actual:
     bytes_by_file: dict[str, int]
     duplicates: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    state_specs: dict[str, Spec] = field(default_factory=dict)  # other files' tensors, by qualified key
 
 
 @dataclass(frozen=True)
@@ -80,25 +83,15 @@ class CheckOptions:
 
 
 def files_to_scan(path: Path, index_shards: Iterable[str] | None = None) -> list[Path]:
-    """The paths `check` reads for the checkpoint at `path`, in reading order: `path` itself
-    for a file or a DCP directory (read as a whole); for any other directory its tensor files
-    (shardscan.formats.tensor_files). Of a directory holding more than one family of them
-    (model.safetensors beside pytorch_model.bin, as many hub repositories do) only one family
-    is read, since a loader reads only one: the family its index names, else the preferred
-    one (shardscan.formats.family_of). `index_shards`: the shard names the directory's indexes map, if the caller
-    has read them; None reads them when the choice needs them (an unreadable index names
-    nothing). Raises OSError when the directory cannot be listed."""
-    if not path.is_dir() or formats.directory_format(path):
-        return [path]
-    files = formats.tensor_files(path)
-    present = {formats.family_of(file.name) for file in files}
-    if len(present) <= 1:
-        return files
-    if index_shards is None:
+    """The paths `check` reads for the checkpoint at `path`, in reading order: its resume set
+    (shardscan.resume: `path` itself for a file or a DCP directory; for any other directory its
+    weights, in the one family a loader reads, and the other files its framework reads at
+    resume). `index_shards`: the shard names the directory's indexes map, if the caller has
+    read them; None reads them when the choice of family needs them. Raises OSError when the
+    directory cannot be listed."""
+    if index_shards is None and path.is_dir():
         index_shards = [name for index in _own_indexes(path)[0] for name in index.files]
-    wanted = {formats.family_of(name) for name in index_shards} & present
-    chosen = min(wanted or present)
-    return [file for file in files if formats.family_of(file.name) == chosen]
+    return resume_set(path, list(index_shards or ())).paths()
 
 
 def _own_indexes(directory: Path) -> tuple[list[Layout], list[FileError]]:
@@ -115,52 +108,64 @@ def _own_indexes(directory: Path) -> tuple[list[Layout], list[FileError]]:
 
 
 def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = (), label: str | None = None,
-          given: ScanResult | None = None) -> _Actual:
-    """Scans the files_to_scan of a file or checkpoint directory into an _Actual, with a note
-    when a directory's other family of tensor files was left unread. `label` prefixes file
-    names in errors (diff names both sides). `given`: a scan the caller already made of
-    exactly those files, used instead of scanning."""
+          given: ScanResult | None = None, roles: Collection[str] = (MODEL, STATE, OBJECTS)) -> _Actual:
+    """Scans the resume set of a file or checkpoint directory (its members of `roles`) into an
+    _Actual, with a note when a directory's other family of weights was left unread. `label`
+    prefixes file names in errors (diff names both sides). `given`: a scan the caller already
+    made of exactly files_to_scan(path), used instead of scanning."""
     from .scanner import scan_paths
 
+    members = resume_set(path, list(index_shards))
     notes: list[str] = []
-    targets = files_to_scan(path, index_shards)
+    if members.skipped:
+        family = formats.family_suffix(members.paths(MODEL)[0].name) if members.paths(MODEL) else "?"
+        notes.append(f"{path} also holds {', '.join(members.skipped)}: checked the {family} files only")
+    if given is None:
+        wanted = [m.path for m in members.members if m.role in roles]
+        given = scan_paths(wanted, hash=options.hash, threads=options.threads, progress=options.progress)
     # Files given one by one are named by their path; show them relative, as a directory scan does.
     relabel = os.fspath(path) + os.sep if path.is_dir() else ""
-    if targets != [path]:
-        chosen = set(targets)
-        skipped = [file.name for file in formats.tensor_files(path) if file not in chosen]
-        if skipped:
-            notes.append(f"{path} also holds {', '.join(skipped)}: checked the {formats.family_suffix(targets[0].name)} "
-                         "files only")
-    result = given if given is not None else scan_paths(targets, hash=options.hash, threads=options.threads,
-                                                        progress=options.progress)
-    columns = result.columns
-    names = columns.file
-    if relabel:
-        names = [n[len(relabel):] if n.startswith(relabel) else n for n in names]
+    name_of = lambda n: n[len(relabel):] if relabel and n.startswith(relabel) else n  # noqa: E731
+    role = (lambda name: role_of(name)) if path.is_dir() else (lambda name: MODEL)
     prefix = f"{label}/" if label and path.is_dir() else ""
-    specs: dict[str, Spec] = {}
-    duplicates: dict[str, list[str]] = {}
-    bytes_by_file: dict[str, int] = {}
-    for key, dtype, shape, checksum, name, nbytes in zip(
-        columns.key, columns.dtype, columns.shape, columns.checksum, names, columns.nbytes
+    actual = _Actual(specs={}, damaged=set(), errors=[], files=len(given.files), tensors=len(given.columns),
+                     nbytes=sum(given.columns.nbytes), bytes_by_file={}, notes=notes)
+    _collect_rows(actual, given, name_of, role)
+    for problem in given.problems:
+        file = name_of(problem.file)
+        qualify = _qualifier(file, role(file))
+        actual.damaged.update(qualify(k) for k in problem.cut + problem.lost)
+        actual.errors.append(FileError(prefix + file, problem.error, tuple(problem.intact), tuple(problem.cut),
+                                       tuple(problem.lost)))
+    actual.errors += [FileError(prefix + file, error) for file, error in members.problems]
+    actual.damaged -= set(actual.specs) | set(actual.state_specs)
+    return actual
+
+
+def _qualifier(file: str, role: str) -> Callable[[str], str]:
+    """How keys of a file of this role are named in findings: weights by their own key, other
+    files' tensors under the file ("optimizer.pt:state.0.exp_avg"), since their keys repeat."""
+    return (lambda key: key) if role == MODEL else (lambda key: f"{file}:{key}")
+
+
+def _collect_rows(actual: _Actual, result: ScanResult, name_of: Callable[[str], str],
+                  role: Callable[[str], str]) -> None:
+    """Specs of the scanned rows: the weights' by key (a key in two weight files is a
+    duplicate), the other files' by qualified key."""
+    columns = result.columns
+    for key, dtype, shape, checksum, raw, nbytes in zip(
+        columns.key, columns.dtype, columns.shape, columns.checksum, columns.file, columns.nbytes
     ):
-        bytes_by_file[name] = bytes_by_file.get(name, 0) + nbytes
-        if key in specs:
-            duplicates.setdefault(key, [specs[key].file or ""]).append(name)
-            continue
-        specs[key] = Spec(dtype=dtype, shape=tuple(shape), checksum=checksum, file=name)
-    damaged: set[str] = set()
-    errors = []
-    for problem in result.problems:
-        damaged.update(problem.cut)
-        damaged.update(problem.lost)
-        file = problem.file[len(relabel):] if relabel and problem.file.startswith(relabel) else problem.file
-        errors.append(FileError(prefix + file, problem.error, tuple(problem.intact), tuple(problem.cut), tuple(problem.lost)))
-    return _Actual(
-        specs=specs, damaged=damaged - set(specs), errors=errors, files=len(result.files), tensors=len(columns),
-        nbytes=sum(columns.nbytes), bytes_by_file=bytes_by_file, duplicates=duplicates, notes=notes,
-    )
+        name = name_of(raw)
+        actual.bytes_by_file[name] = actual.bytes_by_file.get(name, 0) + nbytes
+        spec = Spec(dtype=dtype, shape=tuple(shape), checksum=checksum, file=name)
+        file_role = role(name)
+        if file_role != MODEL:
+            actual.state_specs.setdefault(_qualifier(name, file_role)(key), spec)
+        elif key in actual.specs:
+            actual.duplicates.setdefault(key, [actual.specs[key].file or ""]).append(name)
+        else:
+            actual.specs[key] = spec
 
 
 def _strip_specs(specs: dict[str, Spec], prefixes: Sequence[str]) -> dict[str, Spec]:
@@ -294,14 +299,17 @@ def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: 
     found: list[Layout] = list(own_indexes)
     notes: list[str] = []
     config: tuple[Path, bool] | None = None  # (config.json, named by `against`)
-    if against is None and root.is_dir():
+    if against is None:
         manifest = layouts.find_manifest(root)
         if manifest is not None:
             try:
-                found.append(layouts.manifest_layout(manifest))
+                layout = layouts.manifest_layout(manifest, root)
             except (ValueError, OSError, NotImplementedError) as exc:  # pyarrow's errors derive from these
                 # The checkpoint's own manifest is part of it: a broken one is a finding.
                 errors.append(FileError(manifest.name, f"unreadable manifest: {str(exc).removeprefix(f'{manifest}: ')}"))
+            else:
+                found.append(_resume_manifest(layout) if root.is_dir() else layout)
+    if against is None and root.is_dir():
         if (root / "config.json").is_file():
             config = (root / "config.json", False)
     elif against is not None:
@@ -326,6 +334,17 @@ def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: 
     return found, notes
 
 
+def _resume_manifest(layout: Layout) -> Layout:
+    """A manifest of a checkpoint directory, its rows named as _scan names them: tensors of
+    files other than the weights under their file."""
+    specs: dict[str, Spec] = {}
+    for key, spec in layout.specs.items():
+        file = spec.file or ""
+        specs.setdefault(_qualifier(file, role_of(file) if file else MODEL)(key), spec)
+    layout.specs = specs
+    return layout
+
+
 def _named_layout(kind: str, against: Path, root: Path, options: CheckOptions) -> Layout:
     """The layout of an `against` source that is no config: an index, a manifest or a
     reference checkpoint."""
@@ -339,7 +358,8 @@ def _named_layout(kind: str, against: Path, root: Path, options: CheckOptions) -
     if kind == "manifest":
         manifest = layouts.find_manifest(against) if against.is_dir() else against
         assert manifest is not None, "classify() says the directory holds a manifest"
-        return layouts.manifest_layout(manifest)
+        layout = layouts.manifest_layout(manifest, root)
+        return _resume_manifest(layout) if root.is_dir() else layout
     return _reference_layout(against, options)
 
 
@@ -371,7 +391,7 @@ def _reference_layout(path: Path, options: CheckOptions) -> Layout:
     """A reference checkpoint: its keys, dtypes, shapes (and checksums when hashed); its own
     unreadable files become errors of this layout, named under the reference's path."""
     reading = CheckOptions(hash=options.hash and options.checksums, threads=options.threads)
-    ref = _scan(path, reading, label=os.fspath(path))
+    ref = _scan(path, reading, label=os.fspath(path), roles=(MODEL,))
     layout = Layout(kind="reference", source=f"reference {path}", specs=ref.specs)
     layout.errors = [(e.file, e.error) for e in ref.errors]
     return layout
@@ -392,11 +412,14 @@ class _Findings:
 def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, options: CheckOptions) -> _Findings:
     """Measures the checkpoint against every layout."""
     prefixes = options.strip_prefix
-    present = _strip_specs(actual.specs, prefixes)
+    weights = _strip_specs(actual.specs, prefixes)
+    everything = {**weights, **actual.state_specs}
     out = _Findings(missing={layouts.strip_prefixes(k, prefixes) for k in actual.damaged}, errors=list(actual.errors))
     compared_checksums = False
     for raw in found:
         layout = _strip_layout(raw, prefixes)
+        # A manifest covers the whole resume set; every other layout describes the weights.
+        present = everything if layout.kind == "manifest" else weights
         lost, extra = _keys_against(layout, present)
         out.missing |= lost
         out.unexpected |= extra
@@ -417,6 +440,9 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
         out.warnings.append("checksums not compared (--no-hash)")
     for key, files in sorted(actual.duplicates.items()):
         out.errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
+    # The markers discovery reads (trainer_state.json written last, DCP's .metadata): check and
+    # audit give one directory one verdict.
+    out.errors += [FileError(path, marker) for marker in markers(root)]
     if actual.files == 0 and not actual.errors and not any(layout.kind == "index" for layout in found):
         # an interrupted save can leave config.json and nothing else: that is not "OK"
         out.errors.append(FileError(path, "no tensor files found"))
@@ -515,8 +541,8 @@ def diff(
             raise FileNotFoundError(f"{given}: no such file or directory")
     prefixes = CheckOptions.prefixes(strip_prefix)
     options = CheckOptions(hash=hash, threads=threads, strip_prefix=prefixes)
-    left = _scan(Path(a), options, label=os.fspath(a))
-    right = _scan(Path(b), options, label=os.fspath(b))
+    left = _scan(Path(a), options, label=os.fspath(a), roles=(MODEL,))
+    right = _scan(Path(b), options, label=os.fspath(b), roles=(MODEL,))
     a_specs, b_specs = _strip_specs(left.specs, prefixes), _strip_specs(right.specs, prefixes)
     as_layout = Layout(kind="reference", source=os.fspath(a), specs=a_specs)
     changed: dict[tuple[str, str], Mismatch] = {}

@@ -234,6 +234,14 @@ class _Walk:
                                      (f"'latest' names {tag}, which does not exist",), readable=False))
 
 
+def markers(path: Path) -> tuple[str, ...]:
+    """What the completeness markers of the checkpoint directory `path` say is wrong (the
+    problems `find_checkpoints` gives its Checkpoint); () for a file."""
+    if not path.is_dir():
+        return ()
+    return tuple(_classify(path, _scan_names(path))[1])
+
+
 def _classify(path: Path, names: dict[str, os.DirEntry[str]]) -> tuple[str | None, list[str]]:
     """The kind of checkpoint directory `path` is (None for a plain folder) and the problems
     its completeness markers show."""

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from . import moe
+
 #: The manifest `check` uses automatically when it lies inside the checkpoint directory.
 MANIFEST_NAME = "shardscan.manifest.parquet"
 #: Also accepted inside a directory, in this order after MANIFEST_NAME.
@@ -40,6 +42,10 @@ LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
 #: Container names whose numbered children are the config's repeated blocks.
 _BLOCK_CONTAINERS = ("layers", "h", "layer", "blocks", "block", "decoder_layers")
+
+#: A key inside a numbered block: (container, block number, suffix), the first block-list
+#: component followed by a number deciding.
+_BLOCK_KEY = re.compile(r"((?:[^.]*\.)*?(?:%s))\.([0-9]+)\.(.*)" % "|".join(_BLOCK_CONTAINERS), re.DOTALL)
 
 _SERIES = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})(?P<ext>\.[^.]+)$")
 
@@ -131,7 +137,11 @@ def series_gaps(names: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def find_manifest(directory: Path) -> Path | None:
-    """The manifest inside a checkpoint directory (MANIFEST_NAMES), or None."""
+    """The manifest inside a checkpoint directory (MANIFEST_NAMES), or beside a checkpoint
+    file (`<file name>.shardscan.manifest.parquet`), or None."""
+    if not directory.is_dir():
+        beside = directory.with_name(f"{directory.name}.{MANIFEST_NAME}")
+        return beside if beside.is_file() else None
     for name in MANIFEST_NAMES:
         candidate = directory / name
         if candidate.is_file():
@@ -192,9 +202,17 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def manifest_layout(path: Path) -> Layout:
-    """Keys, dtypes, shapes and checksums from a manifest (checksums compared when present)."""
-    return Layout(kind="manifest", source=f"manifest {path.name}", specs=table_specs(read_manifest(path), checksums=True))
+def manifest_layout(path: Path, checkpoint: Path | None = None) -> Layout:
+    """Keys, dtypes, shapes and checksums from a manifest (checksums compared when present);
+    with `checkpoint`, the files the manifest lists by size and digest are verified too
+    (shardscan.manifest), each mismatch an error of the layout."""
+    from .manifest import verify_files
+
+    table = read_manifest(path)
+    layout = Layout(kind="manifest", source=f"manifest {path.name}", specs=table_specs(table, checksums=True))
+    if checkpoint is not None:
+        layout.errors += verify_files(table, checkpoint)
+    return layout
 
 
 # ----------------------------------------------------------------------------------------
@@ -231,61 +249,179 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int,
     The block container is the one named like a block list (layers, h, blocks, ...) that
     holds the most keys; its expected keys are every present suffix at every index, each
     with the shape most blocks agree on. Keys of blocks numbered N or beyond are `extra`
-    (unexpected); keys outside the container are not judged (the layout is not complete)."""
+    (unexpected); keys outside the container are not judged (the layout is not complete).
+
+    A config that declares routed experts (moe.py) adds what the blocks cannot show: every
+    MoE block holds experts 0..E-1 (each with every per-expert tensor any expert has), or
+    fused expert tensors whose first dimension is E; its shared experts when declared; dense
+    blocks hold no experts (expert tensors there are unexpected); and the multi-token-
+    prediction blocks N.. are allowed, whole when present, never required."""
     count = layer_count(config)
     layout = Layout(kind="config", source=f"{source} (structural)", specs={}, complete=False)
     if count is None:
         layout.warnings.append(f"{source}: no num_hidden_layers (or n_layer, num_layers): no structural check")
         return layout
     by_container: dict[str, dict[int, dict[str, tuple[int, ...] | None]]] = {}
+    match = _BLOCK_KEY.fullmatch
     for key, shape in actual.items():
-        parts = key.split(".")
         # the first block-list component followed by a number decides: model.layers.3.mlp.experts.7.w
         # is block 3 of model.layers with the suffix mlp.experts.7.w
-        for i in range(len(parts) - 2):
-            if parts[i] in _BLOCK_CONTAINERS and parts[i + 1].isdigit():
-                blocks = by_container.setdefault(".".join(parts[: i + 1]), {})
-                blocks.setdefault(int(parts[i + 1]), {})[".".join(parts[i + 2 :])] = shape
-                break
+        found = match(key)
+        if found is not None:
+            container, number, suffix = found.groups()
+            index = int(number)
+            blocks = by_container.get(container)
+            if blocks is None:
+                blocks = by_container[container] = {}
+            block = blocks.get(index)
+            if block is None:
+                block = blocks[index] = {}
+            block[suffix] = shape
     if not by_container:
         if count:
             layout.warnings.append(f"{source}: num_hidden_layers = {count} but no numbered blocks (layers.N, h.N) found")
         return layout
     container = max(by_container, key=lambda c: (sum(len(b) for b in by_container[c].values()), c))
     blocks = by_container[container]
-    shapes: dict[str, Counter] = {}
-    for block in blocks.values():
-        for suffix, shape in block.items():
-            shapes.setdefault(suffix, Counter())[shape] += 1
-    # most common shape per suffix; ties broken by the shape's text so the result is deterministic
-    shape_of = {suffix: max(c.items(), key=lambda item: (item[1], str(item[0])))[0] for suffix, c in shapes.items()}
-    for i, suffixes in block_suffixes(blocks, count).items():
-        for suffix in suffixes:
-            layout.specs[f"{container}.{i}.{suffix}"] = Spec(shape=shape_of[suffix])
-    # blocks the config does not have: a checkpoint of a deeper model, or a wrong config
-    layout.extra = {f"{container}.{i}.{suffix}" for i, block in blocks.items() if i >= count for suffix in block}
+    plan = moe.moe_plan(config, count)
+    if plan is None:
+        _expect_blocks(layout, container, blocks, count)
+    else:
+        _expect_moe_blocks(layout, container, blocks, plan)
     return layout
 
 
-def block_suffixes(blocks: Mapping[int, Mapping[str, Any]], count: int) -> dict[int, frozenset[str]]:
-    """The suffixes each block 0..count-1 must hold.
+def _majority_specs(blocks: Iterable[Mapping[str, tuple[int, ...] | None]],
+                    rename: Mapping[str, str] | None = None) -> dict[str, Spec]:
+    """suffix -> a Spec with the shape most of its tensors have; ties broken by the shape's
+    text so the result is deterministic. `rename` maps a suffix to the one it is counted
+    under. One Spec per suffix, shared by every block (Specs are frozen)."""
+    counts: Counter = Counter()
+    for block in blocks:
+        counts.update(zip(map(rename.__getitem__, block) if rename else block, block.values()))
+    best: dict[str, tuple[int, str, Any]] = {}
+    for (suffix, shape), n in counts.items():
+        rank = (n, str(shape), shape)
+        if suffix not in best or rank[:2] > best[suffix][:2]:
+            best[suffix] = rank
+    return {suffix: Spec(shape=rank[2]) for suffix, rank in best.items()}
+
+
+def _expect_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapping[str, Any]], count: int) -> None:
+    spec_of = _majority_specs(blocks.values())
+    for i, suffixes in block_suffixes(blocks, count).items():
+        layout.specs.update((f"{container}.{i}.{suffix}", spec_of[suffix]) for suffix in suffixes)
+    # blocks the config does not have: a checkpoint of a deeper model, or a wrong config
+    layout.extra = {f"{container}.{i}.{suffix}" for i, block in blocks.items() if i >= count for suffix in block}
+
+
+def _expect_moe_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapping[str, Any]], plan: moe.MoePlan) -> None:
+    """The structural layout of an MoE config (see structural_layout). Per-expert tensors are
+    compared as one placeholder suffix (mlp.experts.*.w1.weight), so a block's signature does
+    not depend on which of its experts are there; each placeholder is then expanded to
+    experts 0..E-1. Work is per distinct suffix where it can be: an MoE checkpoint has ~100k
+    keys but a few thousand suffixes."""
+    placeholder = {}
+    for suffix in {s for block in blocks.values() for s in block}:
+        found = moe.expert_placeholder(suffix) if "experts." in suffix else None
+        placeholder[suffix] = found[0] if found else suffix
+    fused = {s for s in set(placeholder.values()) | set(plan.tensors) if moe.is_fused_expert(s)}
+    spec_of = _majority_specs(blocks.values(), placeholder)
+    for suffix in fused & spec_of.keys():
+        # fused experts: one tensor of every expert, the experts along the first dimension
+        shape = spec_of[suffix].shape
+        if shape and shape[0] != plan.experts:
+            spec_of[suffix] = Spec(shape=(plan.experts, *shape[1:]))
+    signatures = {i: set(map(placeholder.__getitem__, block)) for i, block in blocks.items()}
+    kinds = {i: plan.kind(i) for i in set(blocks) | set(range(len(plan.kinds)))}
+    moe_suffixes = {s for i, sig in signatures.items() if kinds[i] == moe.MOE for s in sig}
+    expert_suffixes = {s for s in moe_suffixes if "*" in s}
+    declared = _declared_moe_tensors(layout, container, plan, moe_suffixes)
+    expanded: dict[str, list[str]] = {}  # placeholder suffix -> its suffix for every expert
+    for i, suffixes in block_suffixes(signatures, len(plan.kinds), kinds).items():
+        kind = kinds[i]
+        if kind == moe.DENSE:
+            suffixes = {s for s in suffixes if "*" not in s and s not in fused}
+        elif kind == moe.MOE:
+            suffixes = set(suffixes) | declared | (expert_suffixes if plan.explicit else set())
+        prefix = f"{container}.{i}."
+        for suffix in suffixes:
+            if "*" not in suffix:
+                layout.specs[prefix + suffix] = spec_of.get(suffix) or Spec()
+                continue
+            if suffix not in expanded:
+                expanded[suffix] = [suffix.replace("*", str(e), 1) for e in range(plan.experts)]
+            spec = spec_of.get(suffix) or Spec()
+            layout.specs.update((prefix + one, spec) for one in expanded[suffix])
+    for i, block in blocks.items():
+        kind = kinds[i]
+        if kind is None:  # beyond the blocks and MTP blocks the config declares
+            layout.extra.update(f"{container}.{i}.{suffix}" for suffix in block)
+        elif kind == moe.DENSE and plan.explicit:
+            layout.extra.update(f"{container}.{i}.{suffix}" for suffix in block
+                                if placeholder[suffix] != suffix or suffix in fused)
+
+
+def _declared_moe_tensors(layout: Layout, container: str, plan: moe.MoePlan, moe_suffixes: set[str]) -> set[str]:
+    """What every MoE block must hold that no MoE block shows: the shared experts the config
+    declares when no block holds any, and the family's expert tensors (moe.MOE_TENSORS) when
+    no block holds an expert. What the blocks do hold, every MoE block is held to already."""
+    declared = set()
+    holds_experts = any("*" in s or moe.is_fused_expert(s) for s in moe_suffixes)
+    if plan.shared and not any("shared_expert" in s for s in moe_suffixes):
+        holders = sorted({s[: s.index("experts.")] for s in moe_suffixes if "experts.*" in s or moe.is_fused_expert(s)})
+        parent = holders[0] if holders else "mlp."
+        declared |= {parent + s for s in plan.shared}
+    if not holds_experts:
+        declared |= set(plan.tensors)
+        if not plan.tensors and moe.MOE in plan.kinds:
+            layout.warnings.append(f"{layout.source}: {plan.experts} experts per MoE layer declared, "
+                                   f"but no block {container}.N holds an expert tensor")
+    return declared
+
+
+def block_suffixes(blocks: Mapping[int, Iterable[str]], count: int,
+                   kinds: Mapping[int, str | None] | None = None) -> dict[int, frozenset[str]]:
+    """The suffixes each block 0..count-1 must hold (and, with `kinds`, each present block
+    whose kind is not None).
 
     A block's set of suffixes is its signature. A partly written block's signature is a strict
     subset of a complete one; hybrid models (attention and Mamba blocks, dense and MoE blocks)
     have several signatures none of which contains another: the maximal ones. A present block
     must hold the smallest maximal signature containing its own; an absent block, whose kind
-    cannot be known, the suffixes common to every maximal signature."""
-    signatures = {frozenset(block) for block in blocks.values()}
-    maximal = [s for s in signatures if not any(s < other for other in signatures)]
-    common = frozenset.intersection(*maximal) if maximal else frozenset()
+    cannot be known, the suffixes common to every maximal signature. With `kinds` (block ->
+    its kind from the config, e.g. MoE or dense) signatures are compared only within a kind,
+    and an absent block gets what every maximal signature of its own kind has.
+
+    Block 0 may hold what no other block does (T5's relative_attention_bias): when two or more
+    other blocks are present and none holds such a suffix, it is block 0's own, required of
+    block 0 alone."""
+    kind_of = kinds or {}
+    first_only: frozenset[str] = frozenset()
+    if 0 in blocks and len(blocks) >= 3:
+        first_only = frozenset(blocks[0]).difference(*(block for i, block in blocks.items() if i != 0))
+    signatures_by_kind: dict[str | None, set[frozenset[str]]] = {}
+    for i, block in blocks.items():
+        signatures_by_kind.setdefault(kind_of.get(i), set()).add(frozenset(block) - first_only if i == 0 else frozenset(block))
+    everything = set().union(*signatures_by_kind.values())
+
+    def maximal(signatures: set[frozenset[str]]) -> list[frozenset[str]]:
+        return [s for s in signatures if not any(s < other for other in signatures)]
+
+    maximal_by_kind = {kind: maximal(sigs) for kind, sigs in signatures_by_kind.items()}
+    all_maximal = maximal(everything)
+    indices = set(range(count)) | {i for i in blocks if kind_of.get(i) is not None}
     out = {}
-    for i in range(count):
-        own = frozenset(blocks.get(i, ()))
+    for i in sorted(indices):
+        own = frozenset(blocks.get(i, ())) - first_only if i == 0 else frozenset(blocks.get(i, ()))
+        candidates = maximal_by_kind.get(kind_of.get(i)) or all_maximal
         if not own:
-            out[i] = common
+            out[i] = frozenset.intersection(*candidates) if candidates else frozenset()
             continue
-        containing = [s for s in maximal if own <= s]
+        containing = [s for s in candidates if own <= s]
         out[i] = min(containing, key=lambda s: (len(s), sorted(s))) if containing else own
+    if 0 in out:
+        out[0] |= first_only
     return out
 
 

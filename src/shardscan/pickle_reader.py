@@ -128,16 +128,21 @@ Handler = Callable[[tuple[Any, ...]], Any]
 class Policy:
     """`reduce` maps a global's full name to what REDUCE with it builds; `newobj` names the
     classes NEWOBJ may instantiate (as `Instance`); `values` the globals that are plain
-    values (dtypes, schemes); `persistent_id` decodes BINPERSID or is None to refuse it."""
+    values (dtypes, schemes); `persistent_id` decodes BINPERSID or is None to refuse it.
+    `describe_others`: any other global is described too (REDUCE and NEWOBJ with it give an
+    `Instance`) instead of refused: for files the framework unpickles in full, where the
+    question is whether the pickle is intact, not whether a weights-only loader takes it.
+    Nothing is imported or called either way."""
 
     name: str
     values: dict[str, Any]
     reduce: dict[str, Handler]
     newobj: frozenset[str]
     persistent_id: Callable[[Any], Any] | None
+    describe_others: bool = False
 
     def permits(self, full: str) -> bool:
-        return full in self.values or full in self.reduce or full in self.newobj
+        return self.describe_others or full in self.values or full in self.reduce or full in self.newobj
 
 
 def fail(msg: str) -> FormatError:
@@ -320,13 +325,15 @@ class _Machine:
     def reduce(self, func: Any, args: Any) -> Any:
         expect(type(args) is tuple, "REDUCE arguments are not a tuple")
         handler = self.policy.reduce.get(self.callable_name(func))
+        if handler is None and self.policy.describe_others and isinstance(func, Global):
+            return Instance(func, args)
         expect(handler is not None, f"{self.callable_name(func)} cannot be called")
         return handler(args)
 
     def newobj(self, cls: Any, args: Any) -> Any:
         expect(type(args) is tuple, "NEWOBJ arguments are not a tuple")
         name = self.callable_name(cls)
-        if name in self.policy.newobj:
+        if name in self.policy.newobj or (self.policy.describe_others and isinstance(cls, Global)):
             return Instance(cls, args)
         raise fail(f"cannot instantiate {name}")
 

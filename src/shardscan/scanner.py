@@ -154,26 +154,32 @@ def arrow_text(value: object) -> object:
 
 @dataclass(frozen=True)
 class Target:
-    """A file to read, the name it is shown by, and the directory it belongs to."""
+    """A file (or DCP directory) to read and the name it is shown by; `objects`: its
+    framework unpickles it in full (shardscan.resume's "objects" role)."""
 
     path: Path
     name: str
+    objects: bool = False
 
 
-def discover(paths: Iterable[PathLike]) -> list[Target]:
-    """Expands directories into their tensor files. Raises FileNotFoundError for a path that
-    does not exist."""
+def discover(paths: Sequence[PathLike], *, under_given: bool | None = None) -> list[Target]:
+    """Expands checkpoint directories into their resume sets (shardscan.resume). A directory's
+    files are named relative to it, or under the directory as given when `under_given`
+    (default: when several paths are given), so that names identify files. Raises
+    FileNotFoundError for a path that does not exist."""
+    from .resume import OBJECTS, resume_set, role_of
+
     targets = []
     for given in paths:
         path = Path(given)
         if not path.exists() and not path.is_symlink():
             raise FileNotFoundError(f"{given}: no such file or directory")
-        if path.is_dir() and formats.directory_format(path):  # a DCP checkpoint is read as a whole
-            targets.append(Target(path, os.fspath(given)))
-        elif path.is_dir():
-            targets += [Target(p, p.name) for p in formats.tensor_files(path)]
-        else:
-            targets.append(Target(path, os.fspath(given)))
+        if path.is_dir() and not formats.directory_format(path):
+            many = len(paths) > 1 if under_given is None else under_given
+            under = os.fspath(given).rstrip(os.sep) + os.sep if many else ""
+            targets += [Target(m.path, under + m.name, m.role == OBJECTS) for m in resume_set(path).members]
+        else:  # a file, or a DCP checkpoint read as a whole
+            targets.append(Target(path, os.fspath(given), role_of(path.name) == OBJECTS))
     return targets
 
 
@@ -185,7 +191,7 @@ def read_listing(target: Target) -> Listing:
         if fmt is None or fmt.read_directory is None:
             raise FormatError("a directory that no format reads as one checkpoint", path=target.name)
         return fmt.read_directory(target.path, target.name)
-    return formats.read_file(NativeFile(target.path), target.name)
+    return formats.read_file(NativeFile(target.path), target.name, objects=target.objects)
 
 
 def scan_paths(
@@ -205,7 +211,7 @@ def scan_paths(
     problems: list[FileProblem] = []
     targets = []
     for given in paths:
-        found = discover([given])
+        found = discover([given], under_given=len(paths) > 1)
         if not found:
             problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given))))
         targets += found

@@ -119,9 +119,10 @@ def directory_format(path: Path, names: Collection[str] | None = None) -> Format
     return next((f for f in FORMATS if f.is_directory is not None and f.is_directory(names)), None)
 
 
-def read_file(file: "NativeFile", name: str) -> Listing:
+def read_file(file: "NativeFile", name: str, objects: bool = False) -> Listing:
     """Hands an opened file to the reader its first bytes call for, else to a reader that
-    claims its name (by_name), else raises NotACheckpointError."""
+    claims its name (by_name), else raises NotACheckpointError. `objects`: the framework
+    unpickles this file in full (Format.read_objects)."""
     head = file.read(0, min(file.size, HEAD))
     readers = [f for f in FORMATS if f.read is not None]
     fmt = next((f for f in readers if f.sniff is not None and f.sniff(head)), None)
@@ -129,4 +130,6 @@ def read_file(file: "NativeFile", name: str) -> Listing:
     if fmt is None or fmt.read is None:
         known = " or ".join(f.name for f in readers)
         raise NotACheckpointError(f"not a {known} checkpoint file", path=file.path)
+    if objects and fmt.read_objects is not None:
+        return fmt.read_objects(file, name)
     return fmt.read(file, name)

@@ -75,7 +75,9 @@ class Format:
 
     `name`: the `format` column. `suffixes`: the file names that mark its files inside a
     checkpoint directory, in the order a loader prefers them. `sniff(head)`: whether the
-    first HEAD bytes are this format. `read(file, name)`: the Listing of one opened file.
+    first HEAD bytes are this format. `read(file, name)`: the Listing of one opened file;
+    `read_objects`, where the format can hold pickled Python objects, the same for a file its
+    framework unpickles in full (shardscan.resume's "objects" role; default: `read`).
     `by_name`: a file carrying one of the suffixes that no format recognises by its bytes is
     still given to this reader, whose validator then names the actual violation.
     `is_directory(entry_names)`: whether a directory holding these entries is one checkpoint of
@@ -87,6 +89,7 @@ class Format:
     suffixes: tuple[str, ...] = ()
     sniff: Callable[[bytes], bool] | None = None
     read: Callable[["NativeFile", str], "Listing"] | None = None
+    read_objects: Callable[["NativeFile", str], "Listing"] | None = None
     by_name: bool = False
     is_directory: Callable[[Collection[str]], bool] | None = None
     read_directory: Callable[[Path, str], "Listing"] | None = None

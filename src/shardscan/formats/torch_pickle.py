@@ -5,6 +5,7 @@ Nothing here imports torch: every handler builds a description (shardscan.pickle
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..errors import FormatError
@@ -264,3 +265,6 @@ def _torch_policy() -> Policy:
 
 
 TORCH_POLICY = _torch_policy()
+#: For files the framework unpickles in full (RNG states with numpy arrays, pickled training
+#: arguments): torch's storages and tensors as above, every other global described.
+OBJECTS_POLICY = replace(TORCH_POLICY, name="objects", describe_others=True)

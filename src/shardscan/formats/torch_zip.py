@@ -30,7 +30,7 @@ from .._core import HashJob, NativeFile, ZipListing, ZipRecord, ZipTruncated, pa
 from ..errors import FormatError, IntegrityError, NotACheckpointError
 from . import _views
 from .base import BUDGET, FileProblem, Format, Job, Listing
-from .torch_pickle import COMPLEX, ITEMSIZE, TORCH_POLICY
+from .torch_pickle import COMPLEX, ITEMSIZE, OBJECTS_POLICY, TORCH_POLICY
 
 NAME = "torch"
 
@@ -116,6 +116,36 @@ def _not_a_checkpoint(records: dict[str, ZipRecord], path: str) -> NotACheckpoin
     return None
 
 
+#: The archive format versions torch's reader accepts (caffe2/serialize/versions.h).
+_VERSIONS = range(1, 11)
+
+
+def _small_record(file: NativeFile, records: dict[str, ZipRecord], name: str) -> bytes | None:
+    rec = records.get(name)
+    if rec is None or not rec.intact:
+        return None
+    if rec.size > 64:
+        raise FormatError(f"{name} record of {rec.size} bytes", path=file.path)
+    return file.read(rec.offset, rec.size)
+
+
+def check_records(file: NativeFile, records: dict[str, ZipRecord], truncated: bool) -> None:
+    """The records torch's reader insists on before reading any tensor: a `version` it
+    supports, written as a decimal number, and a `.storage_alignment` that is one."""
+    version = _small_record(file, records, "version")
+    if version is None:
+        if not truncated:  # a cut archive is reported as cut; the record may be lost with it
+            raise FormatError("no version record: torch refuses the archive", path=file.path)
+        return
+    digits = version.strip()
+    if not digits.isdigit() or int(digits) not in _VERSIONS:
+        raise FormatError(f"archive format version {version[:16]!r} is not one torch reads "
+                          f"({_VERSIONS.start}..{_VERSIONS.stop - 1})", path=file.path)
+    alignment = _small_record(file, records, ".storage_alignment")
+    if alignment is not None and not alignment.strip().isdigit():
+        raise FormatError(f".storage_alignment record {alignment[:16]!r} is not a number", path=file.path)
+
+
 def byteorder_is_big(file: NativeFile, records: dict[str, ZipRecord]) -> bool:
     """True for big-endian files. An absent record means little (torch < 1.10 wrote none)."""
     rec = records.get("byteorder")
@@ -162,10 +192,11 @@ def _directory(file: NativeFile) -> tuple[ZipListing, bool]:
         raise
 
 
-def read(file: NativeFile, name: str) -> Listing:
+def read(file: NativeFile, name: str, policy: pickle_reader.Policy = TORCH_POLICY) -> Listing:
     """Rows for every tensor of a torch.save file. Raises FormatError for a legacy file, a
-    TorchScript archive, a damaged directory or an unsafe pickle (UnsafePickleError); a
-    truncated archive still yields the tensors whose records survived, with a FileProblem."""
+    TorchScript archive, a damaged directory or an unsafe pickle (UnsafePickleError: a global
+    outside `policy`); a truncated archive still yields the tensors whose records survived,
+    with a FileProblem."""
     if file.read(0, min(file.size, len(_LEGACY_MAGIC))).startswith(_LEGACY_MAGIC):
         raise FormatError("a legacy torch.save file (torch < 1.6, not a zip archive); not supported", path=file.path)
     zl, truncated = _directory(file)
@@ -173,10 +204,11 @@ def read(file: NativeFile, name: str) -> Listing:
     refusal = _not_a_checkpoint(records, file.path)
     if refusal is not None:
         raise refusal
+    check_records(file, records, truncated)
     pkl = records["data.pkl"]
     if not pkl.intact:
         raise FormatError("truncated inside data.pkl: no tensor can be named", path=file.path)
-    obj = read_pickle(file, pkl)
+    obj = read_pickle(file, pkl, policy)
     listing = Listing(format=NAME, files=[file], names=[name])
     found = _list_tensors(listing, obj, records, byteorder_is_big(file, records))
     covered = {job.record for job in listing.jobs or () if job.record} | {"data.pkl"}
@@ -268,10 +300,28 @@ def _report(listing: Listing, name: str, path: str, truncated: bool, found: _Fou
         listing.problems.append(FileProblem(name, FormatError(message, path=path)))
 
 
+def load_objects(file: NativeFile) -> object:
+    """The description of a torch.save file's whole pickle (every global described, none
+    called), for reading a framework's bookkeeping values such as a world size."""
+    zl, _ = _directory(file)
+    records = zl.by_name()
+    refusal = _not_a_checkpoint(records, file.path)
+    if refusal is not None:
+        raise refusal
+    return read_pickle(file, records["data.pkl"], OBJECTS_POLICY)
+
+
+def read_objects(file: NativeFile, name: str) -> Listing:
+    """read() for a file its framework unpickles in full: any global is described, none
+    refused (and none imported or called); the archive and every CRC are checked the same."""
+    return read(file, name, OBJECTS_POLICY)
+
+
 FORMAT = Format(
     name=NAME,
     suffixes=(".bin", ".pt", ".pth", ".ckpt"),
     sniff=sniff,
     read=read,
+    read_objects=read_objects,
     kinds={".ckpt": "lightning"},
 )
