@@ -144,9 +144,8 @@ def _echo_json(payload: dict, rows) -> None:
     if rows is None:
         typer.echo(json.dumps(payload))
         return
-    head = json.dumps(payload)
     out = sys.stdout
-    out.write(head[:-1] + (', "rows": [' if payload else '"rows": ['))
+    out.write(json.dumps(payload)[:-1] + ', "rows": [')  # payload is never empty
     for n, row in enumerate(rows):
         out.write((", " if n else "") + json.dumps(row))
     out.write("]}\n")
