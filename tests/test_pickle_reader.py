@@ -72,7 +72,7 @@ def test_shared_containers_cannot_explode_when_flattened():
     data += b"h\x00."
     obj = pr.load(data, TORCH_POLICY)
     with pytest.raises(FormatError, match="values when flattened"):
-        list(pr.iter_leaves(obj, pr.Limits(max_objects=100_000)))
+        list(pr.iter_leaves(obj, pr.Limits(max_leaves=100_000)))
 
 
 def test_self_containing_list_is_refused():

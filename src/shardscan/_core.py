@@ -159,7 +159,7 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
         lib.ss_st_listing_free(listing)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per tensor: no __dict__
 class Segment:
     """A strided view (shape, byte strides) or, with shape=None, a contiguous run of nbytes."""
 
@@ -170,7 +170,7 @@ class Segment:
     strides: tuple[int, ...] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per tensor: no __dict__
 class HashJob:
     """The bytes of one tensor: one contiguous run (file, offset, nbytes) or `segments`.
     `value_kind` is a dtype name of VALUE_KINDS ("float32", "bfloat16", "float8_e4m3fn",
@@ -187,7 +187,7 @@ class HashJob:
     value_kind: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per tensor: no __dict__
 class HashResult:
     """One job's outcome. On failure (status != 0) every value is None and `message` says why.
     `nan_count` / `inf_count` count elements (each part of a complex one) and are None when
@@ -203,18 +203,37 @@ class HashResult:
     all_zero: bool | None = None
 
 
+#: Jobs per native batch: a C job costs a few hundred bytes, so a million tiny tensors run as
+#: several batches (each still parallel) rather than one allocation proportional to all of them.
+BATCH_JOBS = 1 << 16
+
+
 def hash_jobs(
     files: Sequence[NativeFile],
     jobs: Sequence[HashJob],
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[HashResult]:
-    """Runs all jobs in one parallel batch; one result per job, in order. With `progress`,
-    the batch runs on a helper thread while this one reports bytes hashed so far (about ten
-    times a second)."""
+    """Runs all jobs in parallel batches of at most BATCH_JOBS; one result per job, in order.
+    With `progress`, each batch runs on a helper thread while this one reports bytes hashed
+    so far (about ten times a second)."""
+    results: list[HashResult] = []
+    done = [0, 0]  # bytes of the batches finished, bytes of this batch so far
+
+    def report(n: int) -> None:
+        done[1] = n
+        if progress is not None:
+            progress(done[0] + n)
+
+    for start in range(0, len(jobs), BATCH_JOBS):
+        results += _hash_batch(files, jobs[start : start + BATCH_JOBS], threads, report if progress else None)
+        done[0], done[1] = done[0] + done[1], 0
+    return results
+
+
+def _hash_batch(files: Sequence[NativeFile], jobs: Sequence[HashJob], threads: int | None,
+                progress: Callable[[int], None] | None) -> list[HashResult]:
     n = len(jobs)
-    if n == 0:
-        return []
     batch = _Batch(files, jobs)
     status = batch.run(threads or 0, progress)
     if status != lib.SS_OK:

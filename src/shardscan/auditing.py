@@ -124,11 +124,12 @@ class AuditResult:
         (the row's path): the table `audit -o` writes."""
         import pyarrow as pa
 
+        from .scanner import arrow_text
         from .schema import SCHEMA
 
         schema = pa.schema([pa.field("checkpoint", pa.string(), nullable=False), *SCHEMA])
         parts = [
-            table.add_column(0, schema.field("checkpoint"), pa.array([row.path] * table.num_rows, pa.string()))
+            table.add_column(0, schema.field("checkpoint"), pa.array([arrow_text(row.path)] * table.num_rows, pa.string()))
             for row, table in zip(self.rows, self.tables)
             if table is not None
         ]
@@ -345,7 +346,7 @@ def render_audit(result: AuditResult, *, colour: bool = False) -> str:
     """One aligned row per checkpoint (paths relative to the root) with its first problem
     indented below a failed one, then one line per summary (frozen, identical, skipped) and
     a closing count naming the newest clean checkpoint."""
-    from .report import families, human_bytes, plural
+    from .report import families, human_bytes, plural, printable_lines
 
     root = result.root.rstrip(os.sep) + os.sep
 
@@ -384,7 +385,7 @@ def render_audit(result: AuditResult, *, colour: bool = False) -> str:
     newest = shown(result.latest_ok) if result.latest_ok else "none"
     lines.append(f"{plural(len(result.rows), 'checkpoint')}, {good} OK, {len(result.rows) - good} FAILED; "
                  f"latest OK: {newest} ({result.elapsed:.2f} s)")
-    return "\n".join(lines)
+    return printable_lines(lines, colour)
 
 
 # ----------------------------------------------------------------------------------------

@@ -305,7 +305,8 @@ def _prefix_note(layout: Layout, present: dict[str, Spec], base: tuple[set[str],
 
 
 def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: CheckOptions,
-          actual_shapes: Callable[[], dict[str, tuple[int, ...] | None]]) -> tuple[list[Layout], list[str]]:
+          actual_shapes: Callable[[], dict[str, tuple[int, ...] | None]],
+          errors: list[FileError]) -> tuple[list[Layout], list[str]]:
     """The layouts to check against and notes on how they were chosen (see the module doc):
     without `against`, what the checkpoint declares (its indexes, manifest and config.json);
     with it, what it names; and the `model` option's module."""
@@ -315,8 +316,13 @@ def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: 
     if against is None:
         manifest = layouts.find_manifest(root)
         if manifest is not None:
-            layout = layouts.manifest_layout(manifest, root)
-            found.append(_resume_manifest(layout) if root.is_dir() else layout)
+            try:
+                layout = layouts.manifest_layout(manifest, root)
+            except (ValueError, OSError, NotImplementedError) as exc:  # pyarrow's errors derive from these
+                # The checkpoint's own manifest is part of it: a broken one is a finding.
+                errors.append(FileError(manifest.name, f"unreadable manifest: {str(exc).removeprefix(f'{manifest}: ')}"))
+            else:
+                found.append(_resume_manifest(layout) if root.is_dir() else layout)
     if against is None and root.is_dir():
         if (root / "config.json").is_file():
             config = (root / "config.json", False)
@@ -327,9 +333,16 @@ def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: 
         else:
             found.append(_named_layout(kind, against, root, options))
     if config is not None:
-        layout, note = _config_layout(*config, options, actual_shapes)
-        found.append(layout)
-        notes += [note] if note else []
+        try:
+            layout, note = _config_layout(*config, options, actual_shapes)
+        except ValueError as exc:
+            if config[1]:
+                raise  # named by --against: a usage error
+            # The checkpoint's own config.json is part of it: a broken one is a finding.
+            errors.append(FileError(config[0].name, str(exc).removeprefix(f"{config[0]}: ")))
+        else:
+            found.append(layout)
+            notes += [note] if note else []
     if options.model is not None:
         found.append(layouts.model_layout(options.model))
     return found, notes
@@ -502,7 +515,8 @@ def check(
     actual = _scan(root, options, index_shards=[name for index in own_indexes for name in index.files], given=scan)
     actual.errors += index_errors
     found, notes = _plan(root, against_path, own_indexes, options,
-                         lambda: {k: s.shape for k, s in _strip_specs(actual.specs, options.strip_prefix).items()})
+                         lambda: {k: s.shape for k, s in _strip_specs(actual.specs, options.strip_prefix).items()},
+                         actual.errors)
     findings = _compare(found, actual, root, os.fspath(path), options)
     return Report(
         path=os.fspath(path),

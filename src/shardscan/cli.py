@@ -152,9 +152,10 @@ def scan(
     from .scanner import scan_paths
 
     table_on_stdout = _table_on_stdout(output, json_output, list_tensors)
+    if output is not None and not table_on_stdout:
+        _refuse_output_among_inputs(output, paths)
     result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
     _write_table(result.table, output)
-    rows = result.table.to_pylist() if list_tensors else []  # table only when rows are shown
     if json_output:
         payload = {
             "ok": result.ok,
@@ -164,18 +165,58 @@ def scan(
             "elapsed": round(result.elapsed, 6),
             "errors": [{"file": p.file, "error": p.error} for p in result.problems],
         }
-        if list_tensors:
-            payload["rows"] = rows
-        typer.echo(json.dumps(payload))
+        _echo_json(payload, _rows(result) if list_tensors else None)
     else:
-        for row in rows:
+        from .report import printable
+
+        for row in _rows(result) if list_tensors else ():
             shape = "[" + ",".join(map(str, row["shape"])) + "]"
-            typer.echo(f"{row['checksum'] or '-':32}  {row['dtype']:<14} {shape:<20} {row['file']}:{row['key']}")
+            typer.echo(printable(f"{row['checksum'] or '-':32}  {row['dtype']:<14} {shape:<20} {row['file']}:{row['key']}"))
         for problem in result.problems:
-            typer.echo(f"{problem.file}: FAILED {problem.error}", err=table_on_stdout)
+            typer.echo(printable(f"{problem.file}: FAILED {problem.error}"), err=table_on_stdout)
         # With rows or a table on stdout, the count is not data: it goes to stderr.
         typer.echo(_summary(result), err=table_on_stdout or list_tensors)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
+
+
+def _rows(result: ScanResult):
+    """The scan's rows as dicts, one at a time (a list of a million dicts costs gigabytes)."""
+    columns = result.columns.as_dict()
+    names = list(columns)
+    for values in zip(*columns.values()):
+        yield dict(zip(names, values))
+
+
+def _echo_json(payload: dict, rows) -> None:
+    """`payload` as one JSON object on stdout, with `rows` (an iterable) streamed as its last
+    member "rows", so the text of every row is never held at once."""
+    if rows is None:
+        typer.echo(json.dumps(payload))
+        return
+    out = sys.stdout
+    out.write(json.dumps(payload)[:-1] + ', "rows": [')  # payload is never empty
+    for n, row in enumerate(rows):
+        out.write((", " if n else "") + json.dumps(row))
+    out.write("]}\n")
+    out.flush()
+
+
+def _refuse_output_among_inputs(output: Path, paths: list[Path]) -> None:
+    """Exit 2 before anything is read or written when `output` is one of the files the scan
+    reads (by samefile: the same name, a hard link, a symlink or another spelling of it)."""
+    if not output.exists():
+        return
+    from .report import printable
+    from .scanner import discover
+
+    for candidate in list(paths) + [target.path for target in discover(paths)]:
+        try:
+            same = os.path.samefile(output, candidate)
+        except OSError:
+            continue
+        if same:
+            sys.stderr.write(printable(f"shardscan: {output}: is one of the inputs; refusing to overwrite it") + "\n")
+            raise typer.Exit(EXIT_USAGE)
 
 
 StripPrefix = Annotated[
@@ -320,9 +361,14 @@ def latest(
         }))
         raise typer.Exit(EXIT_OK if pick.path is not None else EXIT_PROBLEMS)
     if pick.path is None:
-        typer.echo(f"shardscan: {pick.reason}", err=True)
+        from .report import printable
+
+        typer.echo(printable(f"shardscan: {pick.reason}"), err=True)
         raise typer.Exit(EXIT_PROBLEMS)
-    typer.echo(os.fspath(pick.path))
+    # The exact path, as bytes: a name that is not UTF-8 must still reach the resuming script.
+    sys.stdout.flush()
+    sys.stdout.buffer.write(os.fsencode(pick.path) + b"\n")
+    sys.stdout.buffer.flush()
     raise typer.Exit(EXIT_OK)
 
 
@@ -350,7 +396,9 @@ def main() -> None:
     except Exception as exc:  # the one funnel: everything else is a one-line error
         if os.environ.get("SHARDSCAN_DEBUG") == "1":
             raise
-        sys.stderr.write(f"shardscan: {_describe(exc)}\n")
+        from .report import printable
+
+        sys.stderr.write(printable(f"shardscan: {_describe(exc)}") + "\n")
         sys.exit(EXIT_USAGE)
     finally:
         signal.signal(signal.SIGINT, previous)

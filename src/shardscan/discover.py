@@ -40,6 +40,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from . import formats
 _TRAINER = re.compile(r"^checkpoint-(\d+)$")
@@ -115,7 +116,7 @@ def find_checkpoints(root: str | os.PathLike[str]) -> Discovery:
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "not a directory or regular file", os.fspath(root))
     walk = _Walk(root.resolve())
-    walk.directory(root, st)
+    walk.walk(root, st)
     found = sorted(walk.found, key=lambda c: c.sort_key)
     return Discovery(root, tuple(found), tuple(walk.skipped))
 
@@ -128,11 +129,31 @@ class _Walk:
     visited: set[tuple[int, int]] = field(default_factory=set)
     seen_files: set[tuple[int, int]] = field(default_factory=set)
 
-    def directory(self, path: Path, st: os.stat_result) -> None:
+    def walk(self, root: Path, st: os.stat_result) -> None:
+        """Depth first in name order, with an explicit stack: a tree thousands of levels deep
+        is walked like any other (recursion would end in RecursionError)."""
+        stack: list[tuple[Path, Iterator[os.DirEntry[str]]]] = []
+        opened = self.directory(root, st)
+        if opened is not None:
+            stack.append(opened)
+        while stack:
+            parent, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                continue
+            below = self.entry(parent, entry)
+            if below is not None:
+                opened = self.directory(*below)
+                if opened is not None:
+                    stack.append(opened)
+
+    def directory(self, path: Path, st: os.stat_result) -> tuple[Path, Iterator[os.DirEntry[str]]] | None:
+        """Classifies a directory; returns its entries to walk when it is no checkpoint itself."""
         identity = (st.st_dev, st.st_ino)
         if identity in self.visited:
             self.skipped.append((os.fspath(path), "already visited (symlink loop)"))
-            return
+            return None
         self.visited.add(identity)
         try:
             with os.scandir(path) as it:
@@ -140,17 +161,17 @@ class _Walk:
         except OSError as exc:
             self.found.append(Checkpoint(path, "unreadable", step_of(path.name), st.st_mtime,
                                          (f"cannot list directory: {exc.strerror or exc}",), readable=False))
-            return
+            return None
         names = {e.name: e for e in entries}
         kind, problems = _classify(path, names)
         if kind is not None:
             self.found.append(Checkpoint(path, kind, step_of(path.name), _newest(entries, st), tuple(problems)))
-            return
+            return None
         self._deepspeed_tag(path, names)
-        for entry in entries:
-            self.entry(path, entry)
+        return path, iter(entries)
 
-    def entry(self, parent: Path, entry: os.DirEntry[str]) -> None:
+    def entry(self, parent: Path, entry: os.DirEntry[str]) -> tuple[Path, os.stat_result] | None:
+        """Records a file entry; returns (path, stat) of a directory to walk next."""
         path = parent / entry.name
         looks_like_checkpoint = formats.is_tensor_file_name(entry.name)
         is_link = False
@@ -173,8 +194,8 @@ class _Walk:
                 # The target is walked under its own name; following the link as well
                 # would list the same checkpoint twice, or loop (sub/up -> ..).
                 self.skipped.append((os.fspath(path), "symlink into the tree or above it (not followed)"))
-                return
-            self.directory(path, st)
+                return None
+            return path, st
         elif stat.S_ISREG(st.st_mode):
             if not looks_like_checkpoint:
                 return

@@ -592,6 +592,8 @@ def _read_json(path: Path) -> Any:
             return json.load(handle)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        except RecursionError:  # json nests by recursion: 100,000 '[' end here
+            raise ValueError(f"{path}: JSON nested too deeply to read") from None
 
 
 def classify(path: Path) -> str:

@@ -116,6 +116,8 @@ class Limits:
     max_objects: int = 1 << 24  # values pushed in total
     max_stack: int = 1 << 20
     max_string: int = 1 << 28
+    max_leaves: int = 1 << 24  # values visited when flattened (iter_leaves)
+    max_key_bytes: int = 1 << 32  # characters of every key path iter_leaves visits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,8 +165,17 @@ def is_int(x: Any) -> bool:
     return type(x) is int
 
 
-def int_tuple(x: Any, what: str) -> tuple[int, ...]:
-    expect(type(x) in (tuple, list) and all(is_int(v) for v in x), f"{what} is not a tuple of integers")
+def int_tuple(x: Any, what: str, max_len: int | None = None, max_bits: int | None = None) -> tuple[int, ...]:
+    """`x` as a tuple of ints. With `max_len`/`max_bits`, a longer tuple or a value of more
+    bits (sign apart) is refused before anything is computed from it."""
+    expect(type(x) in (tuple, list), f"{what} is not a tuple of integers")
+    if max_len is not None and len(x) > max_len:
+        raise fail(f"{what} has {len(x)} dimensions (budget {max_len})")
+    expect(all(is_int(v) for v in x), f"{what} is not a tuple of integers")
+    if max_bits is not None:
+        big = next((v for v in x if v.bit_length() > max_bits), None)
+        if big is not None:
+            raise fail(f"{what} holds a {big.bit_length()}-bit integer (budget: int64, as torch requires)")
     return tuple(x)
 
 
@@ -582,14 +593,19 @@ def iter_leaves(obj: Any, limits: Limits = Limits()) -> Iterable[tuple[tuple[str
     """Yields (path, leaf) for every leaf under nested dicts, lists and tuples, depth first in
     insertion order; path elements are dict keys (as str) and sequence indices. A container
     reached again through the memo (aliasing) is walked again, which is what key paths mean;
-    a container inside itself, or more than `limits.max_objects` visits, raises FormatError."""
-    budget = [limits.max_objects]
+    a container inside itself, more than `limits.max_leaves` values visited, or key paths
+    longer than `limits.max_key_bytes` characters in total (a long key reused at every level)
+    raise FormatError before the paths are built."""
+    budget = [limits.max_leaves, limits.max_key_bytes]
     active: set[int] = set()
 
-    def walk(value: Any, path: tuple[str, ...]) -> Iterable[tuple[tuple[str, ...], Any]]:
+    def walk(value: Any, path: tuple[str, ...], path_len: int) -> Iterable[tuple[tuple[str, ...], Any]]:
         budget[0] -= 1
+        budget[1] -= path_len
         if budget[0] < 0:
-            raise fail(f"more than {limits.max_objects} values when flattened (shared containers?)")
+            raise fail(f"more than {limits.max_leaves} values when flattened (budget of the file's size; shared containers?)")
+        if budget[1] < 0:
+            raise fail(f"key paths longer than {limits.max_key_bytes} characters in all (budget of the file's size)")
         if type(value) is dict:
             items: Iterable[tuple[Any, Any]] = value.items()
         elif type(value) in (list, tuple):
@@ -603,10 +619,11 @@ def iter_leaves(obj: Any, limits: Limits = Limits()) -> Iterable[tuple[tuple[str
             raise fail("a container contains itself")
         active.add(id(value))
         for k, v in items:
-            yield from walk(v, path + (_key_text(k),))
+            text = _key_text(k)
+            yield from walk(v, path + (text,), path_len + len(text) + 1)
         active.discard(id(value))
 
-    yield from walk(obj, ())
+    yield from walk(obj, (), 0)
 
 
 def _key_text(key: Any) -> str:

@@ -286,6 +286,34 @@ def _common_affixes(names: Sequence[str]) -> tuple[str, str]:
 
 _GREEN, _RED, _YELLOW, _BOLD, _RESET = "\x1b[32m", "\x1b[31m", "\x1b[33m", "\x1b[1m", "\x1b[0m"
 
+# What a name must not put on a terminal: C0 and C1 controls and DEL (escape sequences, carriage
+# returns and newlines that forge lines), bidi embeddings, overrides and isolates and other
+# invisible format characters that reorder or hide text, line/paragraph separators, and lone
+# surrogates (a file name that is not UTF-8, a pickled key), which no encoder can write.
+_UNPRINTABLE = re.compile(
+    "(\x1b\\[(?:0|1|31|32|33)m)|([\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ud800-\udfff])")
+
+
+def printable(text: str, colour: bool = False) -> str:
+    """`text` safe to print as one line: every character in _UNPRINTABLE as a visible escape
+    (\\x1b, \\u202e, \\udcff). With `colour`, the few colour codes the renderers themselves
+    emit are kept. JSON and tables keep names exactly; only human output goes through here."""
+    if _UNPRINTABLE.search(text) is None:
+        return text
+
+    def escape(match: re.Match) -> str:
+        if match.group(1) is not None:
+            return match.group(1) if colour else "\\x1b" + match.group(1)[1:]
+        code = ord(match.group(2))
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _UNPRINTABLE.sub(escape, text)
+
+
+def printable_lines(lines: Iterable[str], colour: bool = False) -> str:
+    """The lines of a human report joined, each made printable (see printable)."""
+    return "\n".join(printable(line, colour) for line in lines)
+
 
 class _Paint:
     """ANSI colour when asked for, plain text otherwise (the caller decides: terminal only)."""
@@ -391,7 +419,7 @@ def render_report(report: Report, *, colour: bool = False) -> str:
             if n
         ] + ([plural(len(report.errors), "file error")] if report.errors else [])
         lines.append(f"{report.path}: {paint('FAILED', _RED + _BOLD)} {', '.join(counts)} ({size})")
-    return "\n".join(lines)
+    return printable_lines(lines, colour)
 
 
 def _nonfinite_lines(items: Sequence[NonFinite], paint: "_Paint") -> list[str]:
@@ -426,7 +454,7 @@ def render_diff(result: Diff, *, colour: bool = False) -> str:
             f"{head} {paint('DIFFERENT', _RED + _BOLD)} {plural(differences, 'difference')}{extra} "
             f"({plural(result.unchanged, 'tensor')} unchanged)"
         )
-    return "\n".join(lines)
+    return printable_lines(lines, colour)
 
 
 def plural(count: int, noun: str, plural_noun: str | None = None) -> str:

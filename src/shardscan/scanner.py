@@ -31,8 +31,9 @@ class Columns:
 
     __slots__ = ("_lists",)
 
-    def __init__(self, lists: Mapping[str, list] | None = None) -> None:
-        self._lists = {name: list(lists[name]) if lists else [] for name in NAMES}
+    def __init__(self, lists: Mapping[str, list] | None = None, *, copy: bool = True) -> None:
+        # copy=False: the caller hands its lists over (a scan's rows are not held twice).
+        self._lists = {name: (list(lists[name]) if copy else lists[name]) if lists else [] for name in NAMES}
 
     def __getattr__(self, name: str) -> list:
         lists = object.__getattribute__(self, "_lists")
@@ -94,7 +95,13 @@ class ScanResult:
 
         from .schema import SCHEMA
 
-        return pa.table(self.columns.as_dict(), schema=SCHEMA)
+        lists = self.columns.as_dict()
+        try:
+            return pa.table(lists, schema=SCHEMA)
+        except UnicodeEncodeError:
+            # Arrow strings are UTF-8, which a lone surrogate (a pickled key, a file name that
+            # is not UTF-8) cannot be: such a character is written as its escape, "\udcff".
+            return pa.table({name: [arrow_text(v) for v in values] for name, values in lists.items()}, schema=SCHEMA)
 
     @classmethod
     def combine(cls, parts: Sequence["ScanResult"]) -> "ScanResult":
@@ -135,6 +142,14 @@ class ScanResult:
             elapsed=self.elapsed,
             per_file=tuple(self.per_file[i] for i in kept),
         )
+
+
+def arrow_text(value: object) -> object:
+    """A string as Arrow can store it: lone surrogates (which UTF-8 cannot encode) as their
+    escapes ("\\udcff"); any other value unchanged."""
+    if type(value) is str:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 @dataclass(frozen=True)
@@ -205,6 +220,14 @@ def scan_paths(
             listing = read_listing(target)
         except (ShardscanError, OSError) as exc:
             problems.append(FileProblem(target.name, exc))
+            continue
+        except (RecursionError, OverflowError, MemoryError, ValueError) as exc:
+            # A reader's own limit missed something: still a problem of this file alone, so
+            # the rest of the run is reported (SHARDSCAN_DEBUG=1 shows where it came from).
+            if os.environ.get("SHARDSCAN_DEBUG") == "1":
+                raise
+            error = FormatError(f"could not be read ({type(exc).__name__}: {exc})", path=target.name)
+            problems.append(FileProblem(target.name, error.with_traceback(None)))
             continue
         listings.append(listing)
         problems += listing.problems
@@ -278,7 +301,7 @@ def _columns(listings: list[Listing], hashed: list[HashResult] | None) -> Column
     rows = len(lists["key"])
     for name in HASHED:
         lists[name] = [getattr(r, name) for r in hashed] if hashed is not None else [None] * rows
-    return Columns(lists)
+    return Columns(lists, copy=False)
 
 
 def scan(paths: Sequence[PathLike] | PathLike, *, hash: bool = True, threads: int | None = None) -> "pa.Table":

@@ -27,6 +27,48 @@ HEAD = 64
 
 
 @dataclass(frozen=True)
+class Budget:
+    """The work and memory one file may cost, relative to its size: a small hostile file can
+    claim anything, so every count that can grow faster than the bytes holding it is capped
+    here, once, and an excess becomes a FileProblem naming the budget (never a hang or a huge
+    allocation). Each cap is `floor + per_byte x size`, where size is the bytes that express
+    the count (a torch file's data.pkl, a DCP directory's files, a safetensors file).
+
+    A real checkpoint stays inside every cap: each value of a pickle costs at least an opcode
+    byte, keys a few times the bytes of their parts, and a view's bytes are at most those of
+    its record except for expanded (zero- or overlapping-stride) views."""
+
+    rows_floor: int = 1 << 16
+    # Values a pickle walk visits (containers and leaves): without aliasing through the memo,
+    # each costs at least one opcode byte, so only shared containers can pass this.
+    rows_per_byte: int = 1
+    key_bytes_floor: int = 16 << 20
+    key_bytes_per_byte: int = 64  # every key path a pickle walk visits, in characters
+    segments_floor: int = 1 << 16
+    segments_per_byte: int = 1  # each segment of a real layout streams distinct stored bytes
+    view_bytes_floor: int = 16 << 20
+    view_bytes_per_byte: int = 64  # logical bytes hashed: expanded views and tied tensors
+    max_dims: int = 64  # dimensions of a shape (numpy's and torch's practical bound)
+    max_int_bits: int = 63  # a size, stride or offset fits int64, as torch requires
+
+    def rows(self, size: int) -> int:
+        return self.rows_floor + self.rows_per_byte * size
+
+    def key_bytes(self, size: int) -> int:
+        return self.key_bytes_floor + self.key_bytes_per_byte * size
+
+    def segments(self, size: int) -> int:
+        return self.segments_floor + self.segments_per_byte * size
+
+    def view_bytes(self, size: int) -> int:
+        return self.view_bytes_floor + self.view_bytes_per_byte * size
+
+
+#: The budget every reader applies.
+BUDGET = Budget()
+
+
+@dataclass(frozen=True)
 class Format:
     """Everything the package knows about one format. The registry, shardscan.formats.FORMATS,
     is the only list of these: scanner, discover and checker ask it instead of naming suffixes.

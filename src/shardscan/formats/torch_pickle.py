@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import FormatError
+from .base import BUDGET
 from ..pickle_reader import (DType, Global, Handler, Instance, Policy, StorageClass, StorageRef, TensorRef,
                              expect, fail, frozen_set, int_tuple, is_int, setitem)
 
@@ -25,6 +26,12 @@ ITEMSIZE = {
     "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
 }
 COMPLEX = frozenset({"complex32", "complex64", "complex128"})
+
+
+def dims(x: Any, what: str) -> tuple[int, ...]:
+    """A size or stride: a tuple of at most BUDGET.max_dims int64 values, checked before any
+    arithmetic (a shape of a thousand 2000-bit integers is refused, never multiplied)."""
+    return int_tuple(x, what, BUDGET.max_dims, BUDGET.max_int_bits)
 
 # Legacy typed storage classes and the element type each holds.
 _STORAGE_DTYPES = {
@@ -58,8 +65,9 @@ _QSCHEMES = (
 def _tensor_from(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, dtype: str | None) -> TensorRef:
     expect(isinstance(storage, StorageRef), "tensor storage is not a persistent storage reference")
     expect(is_int(offset) and offset >= 0, "tensor storage offset is not a non-negative integer")
-    shape = int_tuple(size, "tensor size")
-    strides = int_tuple(stride, "tensor stride")
+    expect(offset.bit_length() <= BUDGET.max_int_bits, "tensor storage offset does not fit int64")
+    shape = dims(size, "tensor size")
+    strides = dims(stride, "tensor stride")
     expect(len(shape) == len(strides), "tensor size and stride differ in length")
     expect(all(d >= 0 for d in shape), "tensor size has a negative dimension")
     expect(all(s >= 0 for s in strides), "tensor stride is negative")
@@ -114,7 +122,7 @@ def _rebuild_from_type_v2(args: tuple[Any, ...]) -> Any:
 def _meta_tensor(args: tuple[Any, ...]) -> TensorRef:
     # (dtype, size, stride, requires_grad): a tensor on the meta device has no bytes.
     expect(len(args) == 4 and isinstance(args[0], DType), "_rebuild_meta_tensor_no_storage arguments")
-    shape, stride = int_tuple(args[1], "tensor size"), int_tuple(args[2], "tensor stride")
+    shape, stride = dims(args[1], "tensor size"), dims(args[2], "tensor stride")
     return TensorRef(None, 0, shape, stride, args[0].name, args[3] is True)
 
 
@@ -149,7 +157,7 @@ def _ordered_dict(args: tuple[Any, ...]) -> dict[Any, Any]:
 
 def _size(args: tuple[Any, ...]) -> tuple[int, ...]:
     expect(len(args) <= 1, "torch.Size takes at most one argument")
-    return int_tuple(args[0], "torch.Size") if args else ()
+    return dims(args[0], "torch.Size") if args else ()
 
 
 def _device(args: tuple[Any, ...]) -> Instance:
@@ -203,6 +211,7 @@ def _torch_persistent_id(pid: Any) -> StorageRef:
     expect(type(key) is str and 0 < len(key) <= 256, "persistent id storage key is not a short string")
     expect(type(location) is str and len(location) <= 256, "persistent id location is not a string")
     expect(is_int(numel) and numel >= 0, "persistent id numel is not a non-negative integer")
+    expect(numel.bit_length() <= BUDGET.max_int_bits, "persistent id numel does not fit int64")
     return StorageRef(key, stype.name, stype.dtype, location, numel)
 
 

@@ -29,7 +29,7 @@ from .. import pickle_reader
 from .._core import HashJob, NativeFile, ZipListing, ZipRecord, ZipTruncated, parse_zip, walk_zip
 from ..errors import FormatError, IntegrityError, NotACheckpointError
 from . import _views
-from .base import FileProblem, Format, Job, Listing
+from .base import BUDGET, FileProblem, Format, Job, Listing
 from .torch_pickle import COMPLEX, ITEMSIZE, OBJECTS_POLICY, TORCH_POLICY
 
 NAME = "torch"
@@ -72,7 +72,12 @@ def place_tensor(t: pickle_reader.TensorRef, record: ZipRecord, file_index: int,
     not lie inside the record."""
     itemsize = itemsize_of(t.dtype)
     shape = list(t.shape)
-    nbytes = _views.numel(shape) * itemsize
+    count = _views.numel(shape)
+    if count.bit_length() > BUDGET.max_int_bits:
+        # torch counts a view's elements in int64 and refuses the file ("numel: integer
+        # multiplication overflow"); so does this reader.
+        raise FormatError(f"view of shape {tuple(shape)} has {count} elements, more than int64 counts (torch refuses it)")
+    nbytes = count * itemsize
     start = record.offset + t.storage_offset * itemsize
     if nbytes == 0:
         # No bytes to find: torch accepts any storage offset here (torch.empty(2, 0)[1:] points
@@ -220,10 +225,29 @@ class _Found:
     broken: list[str]  # "key: why" for views that do not fit their record
 
 
+def pickle_limits(pickle_size: int) -> pickle_reader.Limits:
+    """The bounds of flattening a pickle of this many bytes (rows and key paths, BUDGET)."""
+    return pickle_reader.Limits(max_leaves=BUDGET.rows(pickle_size), max_key_bytes=BUDGET.key_bytes(pickle_size))
+
+
+def expansion(t: pickle_reader.TensorRef, nbytes: int, record_size: int, spent: int, budget: int) -> str | None:
+    """Why hashing a view of `nbytes` logical bytes would pass the file's budget of logical
+    bytes (`spent` of `budget` used already), or None. An expanded view (a zero or
+    overlapping stride: torch.zeros(1).expand(n)) is named as one."""
+    if spent + nbytes <= budget:
+        return None
+    what = (f"an expanded view (stride {tuple(t.stride)}) of {nbytes} logical bytes over a {record_size}-byte record"
+            if nbytes > record_size else f"a view of {nbytes} bytes")
+    return f"{what} passes the file's budget of {budget} logical bytes to hash ({BUDGET.view_bytes_per_byte}x its size)"
+
+
 def _list_tensors(listing: Listing, obj: object, records: dict[str, ZipRecord], big: bool) -> _Found:
     found = _Found([], [], [], [])
     crc_owner: set[str] = set()
-    for path, leaf in pickle_reader.iter_leaves(obj):
+    size = listing.files[0].size
+    limits = pickle_limits(records["data.pkl"].size)
+    budget, spent = BUDGET.view_bytes(size), 0
+    for path, leaf in pickle_reader.iter_leaves(obj, limits):
         if not isinstance(leaf, pickle_reader.TensorRef) or leaf.storage is None:
             listing.non_tensor_leaves += 1
             continue
@@ -244,6 +268,11 @@ def _list_tensors(listing: Listing, obj: object, records: dict[str, ZipRecord], 
         except FormatError as e:
             found.broken.append(f"{key}: {e.message}")
             continue
+        too_much = expansion(leaf, placed.nbytes, rec.size, spent, budget)
+        if too_much is not None:
+            found.broken.append(f"{key}: {too_much}")
+            continue
+        spent += placed.nbytes
         job = Job(placed.job)
         if placed.whole_record and rec.crc32 and rec_name not in crc_owner:
             job = Job.checked(placed.job, rec.crc32, rec_name)  # the row covers its record: check the CRC in the same pass
