@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
 
@@ -159,15 +160,47 @@ def _qualifier(file: str, role: str) -> Callable[[str], str]:
 def _collect_rows(actual: _Actual, result: ScanResult, name_of: Callable[[str], str],
                   role: Callable[[str], str]) -> None:
     """Specs of the scanned rows: the weights' by key (a key in two weight files is a
-    duplicate), the other files' by qualified key."""
+    duplicate), the other files' by qualified key. A file's rows are contiguous (one listing
+    each), so names, roles and byte totals are worked out once per file, not once per tensor."""
     columns = result.columns
-    for key, dtype, shape, checksum, raw, nbytes, nan, inf, zero in zip(
-        columns.key, columns.dtype, columns.shape, columns.checksum, columns.file, columns.nbytes,
-        columns.nan_count, columns.inf_count, columns.all_zero,
-    ):
-        name = name_of(raw)
-        actual.bytes_by_file[name] = actual.bytes_by_file.get(name, 0) + nbytes
-        spec = Spec(dtype=dtype, shape=tuple(shape), checksum=checksum, file=name)
+    files = columns.file
+    order = list(dict.fromkeys(files))
+    start = 0
+    for i, raw in enumerate(order):
+        end = files.index(order[i + 1], start) if i + 1 < len(order) else len(files)
+        # A file's rows elsewhere too would break the next block's count: then row by row.
+        if files[start:end].count(raw) != end - start:
+            return _collect_row_by_row(actual, columns, range(start, len(files)), name_of, role)
+        _collect_file(actual, columns, start, end, name_of(raw), role)
+        start = end
+
+
+def _collect_file(actual: _Actual, columns, start: int, end: int, name: str, role: Callable[[str], str]) -> None:
+    keys = columns.key[start:end]
+    nbytes = columns.nbytes[start:end]
+    actual.bytes_by_file[name] = actual.bytes_by_file.get(name, 0) + sum(nbytes)
+    if role(name) != MODEL or not actual.specs.keys().isdisjoint(keys) or len(set(keys)) != len(keys):
+        return _collect_row_by_row(actual, columns, range(start, end), lambda raw: name, role, count_bytes=False)
+    nan, inf, zero = columns.nan_count[start:end], columns.inf_count[start:end], columns.all_zero[start:end]
+    shapes = columns.shape[start:end]
+    if any(nan) or any(inf):
+        actual.nonfinite += [NonFinite(key, name, n or 0, i or 0) for key, n, i in zip(keys, nan, inf)
+                             if (n or i) and not key.startswith(_BOOKKEEPING)]
+    if any(zero):
+        actual.zeros += [key for key, z, shape, size in zip(keys, zero, shapes, nbytes) if z and len(shape) >= 2 and size]
+    specs = map(Spec, columns.dtype[start:end], map(tuple, shapes), columns.checksum[start:end], repeat(name))
+    actual.specs.update(zip(keys, specs))
+
+
+def _collect_row_by_row(actual: _Actual, columns, rows: Iterable[int], name_of: Callable[[str], str],
+                        role: Callable[[str], str], count_bytes: bool = True) -> None:
+    for row in rows:
+        key, dtype, shape, nbytes = columns.key[row], columns.dtype[row], columns.shape[row], columns.nbytes[row]
+        nan, inf, zero = columns.nan_count[row], columns.inf_count[row], columns.all_zero[row]
+        name = name_of(columns.file[row])
+        if count_bytes:
+            actual.bytes_by_file[name] = actual.bytes_by_file.get(name, 0) + nbytes
+        spec = Spec(dtype=dtype, shape=tuple(shape), checksum=columns.checksum[row], file=name)
         file_role = role(name)
         shown = _qualifier(name, file_role)(key)
         if (nan or inf) and not key.startswith(_BOOKKEEPING):
