@@ -25,6 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from itertools import repeat
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
 
@@ -151,6 +152,10 @@ def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = ()
 _BOOKKEEPING = ("callbacks.", "loops.")
 
 
+_FILE = attrgetter("file")
+_COMPARED = attrgetter("shape", "dtype", "checksum")
+
+
 def _qualifier(file: str, role: str) -> Callable[[str], str]:
     """How keys of a file of this role are named in findings: weights by their own key, other
     files' tensors under the file ("optimizer.pt:state.0.exp_avg"), since their keys repeat."""
@@ -263,6 +268,8 @@ def _keys_against(layout: Layout, present: Mapping[str, Spec]) -> tuple[set[str]
 def _mismatches(layout: Layout, actual: dict[str, Spec], out: dict[tuple[str, str], Mismatch]) -> None:
     """Adds shape, dtype and checksum differences. A checksum is compared only when both sides
     have one and shape and dtype agree (a changed dtype changes every byte: one finding is enough)."""
+    if set(map(_COMPARED, layout.specs.values())) <= {(None, None, None)}:
+        return  # an index's layout knows only files: nothing to compare, key by key
     for key, want in layout.specs.items():
         have = actual.get(key)
         if have is None:
@@ -295,15 +302,14 @@ def _index_findings(layout: Layout, actual: _Actual, directory: Path, index_name
     for name, series in layouts.series_gaps(named_or_present) if whole_directory else ():
         if name not in absent:
             errors.append(FileError(name, f"absent: the series {series} has a gap here"))
+    # a file checked alone is named as given; the index names it relative to its directory
+    shown = {f: (f if whole_directory else os.path.basename(f or "")) or "?" for f in set(map(_FILE, actual.specs.values()))}
+    found_in = dict(zip(actual.specs, map(shown.__getitem__, map(_FILE, actual.specs.values()))))
+    named_in = dict(zip(layout.specs, map(_FILE, layout.specs.values())))
+    differ = {key for key, named in named_in.items() - found_in.items() if named is not None and key in found_in}
     moved: dict[tuple[str, str], list[str]] = {}
-    for key, spec in layout.specs.items():
-        have = actual.specs.get(key)
-        if have is None or spec.file is None:
-            continue
-        # a file checked alone is named as given; the index names it relative to its directory
-        found = (have.file if whole_directory else os.path.basename(have.file or "")) or "?"
-        if found != spec.file:
-            moved.setdefault((spec.file, found), []).append(key)
+    for key in (k for k in layout.specs if k in differ) if differ else ():  # in the index's order
+        moved.setdefault((named_in[key], found_in[key]), []).append(key)
     for (named, found), keys in sorted(moved.items()):
         errors.append(FileError(
             index_name, f"maps {len(keys)} tensors to {named} but they are in {found}: {', '.join(families(keys))}"

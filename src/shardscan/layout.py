@@ -103,15 +103,20 @@ def index_layout(path: Path) -> Layout:
     file is not a shard index (no `weight_map` object of key -> file name)."""
     data = _read_json(path)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+    try:  # checked on the few distinct values, not on every key's
+        shards = set(weight_map.values()) if isinstance(weight_map, dict) else None
+    except TypeError:  # a list or object as a value
+        shards = None
+    if shards is None or not all(isinstance(v, str) for v in shards):
         raise ValueError(f"{path}: not a shard index (no weight_map of key -> shard file)")
+    spec_of = {shard: Spec(file=shard) for shard in shards}  # Specs are frozen: one per shard
     metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
     total = metadata.get("total_size")
     return Layout(
         kind="index",
         source=f"index {path.name}",
-        specs={key: Spec(file=shard) for key, shard in weight_map.items()},
-        files=tuple(sorted(set(weight_map.values()))),
+        specs=dict(zip(weight_map, map(spec_of.__getitem__, weight_map.values()))),
+        files=tuple(sorted(shards)),
         total_size=int(total) if isinstance(total, (int, float)) and not isinstance(total, bool) else None,
     )
 
