@@ -137,10 +137,12 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
         n = listing.count
         key_offsets = ffi.unpack(listing.key_offsets, n + 1)
         keys_blob = ffi.buffer(listing.keys, key_offsets[-1])[:]
-        keys = [keys_blob[key_offsets[i] : key_offsets[i + 1]].decode() for i in range(n)]
+        # Sliced by map over slice objects: the loops run in C, not one bytecode step per tensor.
+        key_slices = map(slice, key_offsets[:-1], key_offsets[1:])
+        keys = list(map(bytes.decode, map(keys_blob.__getitem__, key_slices)))
         shape_offsets = ffi.unpack(listing.shape_offsets, n + 1)
         dims = ffi.unpack(listing.dims, shape_offsets[-1])
-        shapes = [dims[shape_offsets[i] : shape_offsets[i + 1]] for i in range(n)]
+        shapes = list(map(dims.__getitem__, map(slice, shape_offsets[:-1], shape_offsets[1:])))
         dtypes = [DTYPE_NAMES[code] for code in ffi.unpack(listing.dtypes, n)]
         meta_offsets = ffi.unpack(listing.metadata_offsets, 2 * listing.metadata_count + 1)
         meta_blob = ffi.buffer(listing.metadata, meta_offsets[-1])[:]

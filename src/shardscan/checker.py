@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, ne
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
 
@@ -193,7 +193,12 @@ def _collect_file(actual: _Actual, columns, start: int, end: int, name: str, rol
                              if (n or i) and not key.startswith(_BOOKKEEPING)]
     if any(zero):
         actual.zeros += [key for key, z, shape, size in zip(keys, zero, shapes, nbytes) if z and len(shape) >= 2 and size]
-    specs = map(Spec, columns.dtype[start:end], map(tuple, shapes), columns.checksum[start:end], repeat(name))
+    rows = list(zip(columns.dtype[start:end], map(tuple, shapes), columns.checksum[start:end], repeat(name)))
+    if any(columns.checksum[start:end]):
+        specs = map(Spec, *zip(*rows)) if rows else iter(())
+    else:  # unhashed: one Spec per distinct (dtype, shape) of the file (Specs are frozen)
+        distinct = {row: Spec(*row) for row in set(rows)}
+        specs = map(distinct.__getitem__, rows)
     actual.specs.update(zip(keys, specs))
 
 
@@ -261,7 +266,7 @@ def _keys_against(layout: Layout, present: Mapping[str, Spec]) -> tuple[set[str]
     unexpected = {k for k in layout.extra if k in present}
     if layout.complete:
         ignore = layout.ignore_unexpected
-        unexpected.update(k for k in present if k not in layout.specs and not (ignore is not None and ignore.search(k)))
+        unexpected.update(k for k in present.keys() - layout.specs.keys() if not (ignore is not None and ignore.search(k)))
     return missing, unexpected
 
 
@@ -270,10 +275,11 @@ def _mismatches(layout: Layout, actual: dict[str, Spec], out: dict[tuple[str, st
     have one and shape and dtype agree (a changed dtype changes every byte: one finding is enough)."""
     if set(map(_COMPARED, layout.specs.values())) <= {(None, None, None)}:
         return  # an index's layout knows only files: nothing to compare, key by key
-    for key, want in layout.specs.items():
-        have = actual.get(key)
-        if have is None:
-            continue
+    # Only keys whose (shape, dtype, checksum) differ at all can differ below; found in bulk.
+    common = list(compress(layout.specs, map(actual.__contains__, layout.specs)))
+    wants = list(map(layout.specs.__getitem__, common))
+    haves = list(map(actual.__getitem__, common))
+    for key, want, have in compress(zip(common, wants, haves), map(ne, map(_COMPARED, wants), map(_COMPARED, haves))):
         changed = False
         if want.shape is not None and have.shape is not None and want.shape != have.shape:
             out.setdefault((key, "shape"), Mismatch(key, "shape", want.shape, have.shape))
@@ -306,10 +312,11 @@ def _index_findings(layout: Layout, actual: _Actual, directory: Path, index_name
     shown = {f: (f if whole_directory else os.path.basename(f or "")) or "?" for f in set(map(_FILE, actual.specs.values()))}
     found_in = dict(zip(actual.specs, map(shown.__getitem__, map(_FILE, actual.specs.values()))))
     named_in = dict(zip(layout.specs, map(_FILE, layout.specs.values())))
-    differ = {key for key, named in named_in.items() - found_in.items() if named is not None and key in found_in}
+    differ = compress(layout.specs, map(ne, named_in.values(), map(found_in.get, layout.specs)))
     moved: dict[tuple[str, str], list[str]] = {}
-    for key in (k for k in layout.specs if k in differ) if differ else ():  # in the index's order
-        moved.setdefault((named_in[key], found_in[key]), []).append(key)
+    for key in differ:  # in the index's order
+        if named_in[key] is not None and key in found_in:
+            moved.setdefault((named_in[key], found_in[key]), []).append(key)
     for (named, found), keys in sorted(moved.items()):
         errors.append(FileError(
             index_name, f"maps {len(keys)} tensors to {named} but they are in {found}: {', '.join(families(keys))}"
