@@ -139,7 +139,11 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
         keys_blob = ffi.buffer(listing.keys, key_offsets[-1])[:]
         # Sliced by map over slice objects: the loops run in C, not one bytecode step per tensor.
         key_slices = map(slice, key_offsets[:-1], key_offsets[1:])
-        keys = list(map(bytes.decode, map(keys_blob.__getitem__, key_slices)))
+        text = keys_blob.decode()
+        if len(text) == len(keys_blob):  # ASCII: byte offsets are character offsets
+            keys = list(map(text.__getitem__, key_slices))
+        else:
+            keys = list(map(bytes.decode, map(keys_blob.__getitem__, key_slices)))
         shape_offsets = ffi.unpack(listing.shape_offsets, n + 1)
         dims = ffi.unpack(listing.dims, shape_offsets[-1])
         shapes = list(map(dims.__getitem__, map(slice, shape_offsets[:-1], shape_offsets[1:])))

@@ -153,7 +153,11 @@ _BOOKKEEPING = ("callbacks.", "loops.")
 
 
 _FILE = attrgetter("file")
-_COMPARED = attrgetter("shape", "dtype", "checksum")
+_SHAPE = attrgetter("shape")
+
+
+def _shapes(specs: Mapping[str, Spec]) -> dict[str, tuple[int, ...] | None]:
+    return dict(zip(specs, map(_SHAPE, specs.values())))
 
 
 def _qualifier(file: str, role: str) -> Callable[[str], str]:
@@ -273,13 +277,16 @@ def _keys_against(layout: Layout, present: Mapping[str, Spec]) -> tuple[set[str]
 def _mismatches(layout: Layout, actual: dict[str, Spec], out: dict[tuple[str, str], Mismatch]) -> None:
     """Adds shape, dtype and checksum differences. A checksum is compared only when both sides
     have one and shape and dtype agree (a changed dtype changes every byte: one finding is enough)."""
-    if set(map(_COMPARED, layout.specs.values())) <= {(None, None, None)}:
-        return  # an index's layout knows only files: nothing to compare, key by key
-    # Only keys whose (shape, dtype, checksum) differ at all can differ below; found in bulk.
+    # Only the fields the layout knows can differ (an index's: none), and only at keys where
+    # they differ at all: both found in bulk, then each candidate judged as before.
+    known = [f for f in ("shape", "dtype", "checksum") if set(map(attrgetter(f), layout.specs.values())) - {None}]
+    if not known:
+        return
+    fields = attrgetter(*known)
     common = list(compress(layout.specs, map(actual.__contains__, layout.specs)))
     wants = list(map(layout.specs.__getitem__, common))
     haves = list(map(actual.__getitem__, common))
-    for key, want, have in compress(zip(common, wants, haves), map(ne, map(_COMPARED, wants), map(_COMPARED, haves))):
+    for key, want, have in compress(zip(common, wants, haves), map(ne, map(fields, wants), map(fields, haves))):
         changed = False
         if want.shape is not None and have.shape is not None and want.shape != have.shape:
             out.setdefault((key, "shape"), Mismatch(key, "shape", want.shape, have.shape))
@@ -561,7 +568,7 @@ def check(
     actual = _scan(root, options, index_shards=[name for index in own_indexes for name in index.files], given=scan)
     actual.errors += index_errors
     found, notes = _plan(root, against_path, own_indexes, options,
-                         lambda: {k: s.shape for k, s in _strip_specs(actual.specs, options.strip_prefix).items()},
+                         lambda: _shapes(_strip_specs(actual.specs, options.strip_prefix)),
                          actual.errors)
     findings = _compare(found, actual, root, os.fspath(path), options)
     return Report(
