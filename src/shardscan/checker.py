@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import attrgetter, ne
+from operator import attrgetter, is_not, ne
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
 
@@ -154,6 +154,7 @@ _BOOKKEEPING = ("callbacks.", "loops.")
 
 _FILE = attrgetter("file")
 _SHAPE = attrgetter("shape")
+_ABSENT = Spec()  # stands in for a key a side lacks: every field None
 
 
 def _shapes(specs: Mapping[str, Spec]) -> dict[str, tuple[int, ...] | None]:
@@ -279,14 +280,13 @@ def _mismatches(layout: Layout, actual: dict[str, Spec], out: dict[tuple[str, st
     have one and shape and dtype agree (a changed dtype changes every byte: one finding is enough)."""
     # Only the fields the layout knows can differ (an index's: none), and only at keys where
     # they differ at all: both found in bulk, then each candidate judged as before.
-    known = [f for f in ("shape", "dtype", "checksum") if set(map(attrgetter(f), layout.specs.values())) - {None}]
+    wants = list(layout.specs.values())
+    known = [f for f in ("shape", "dtype", "checksum") if any(map(is_not, map(attrgetter(f), wants), repeat(None)))]
     if not known:
         return
     fields = attrgetter(*known)
-    common = list(compress(layout.specs, map(actual.__contains__, layout.specs)))
-    wants = list(map(layout.specs.__getitem__, common))
-    haves = list(map(actual.__getitem__, common))
-    for key, want, have in compress(zip(common, wants, haves), map(ne, map(fields, wants), map(fields, haves))):
+    haves = list(map(actual.get, layout.specs, repeat(_ABSENT)))  # _ABSENT differs in nothing below
+    for key, want, have in compress(zip(layout.specs, wants, haves), map(ne, map(fields, wants), map(fields, haves))):
         changed = False
         if want.shape is not None and have.shape is not None and want.shape != have.shape:
             out.setdefault((key, "shape"), Mismatch(key, "shape", want.shape, have.shape))
@@ -316,14 +316,15 @@ def _index_findings(layout: Layout, actual: _Actual, directory: Path, index_name
         if name not in absent:
             errors.append(FileError(name, f"absent: the series {series} has a gap here"))
     # a file checked alone is named as given; the index names it relative to its directory
-    shown = {f: (f if whole_directory else os.path.basename(f or "")) or "?" for f in set(map(_FILE, actual.specs.values()))}
-    found_in = dict(zip(actual.specs, map(shown.__getitem__, map(_FILE, actual.specs.values()))))
-    named_in = dict(zip(layout.specs, map(_FILE, layout.specs.values())))
-    differ = compress(layout.specs, map(ne, named_in.values(), map(found_in.get, layout.specs)))
+    found_in = list(map(_FILE, map(actual.specs.get, layout.specs, repeat(_ABSENT))))
+    if not whole_directory:
+        shown = {f: os.path.basename(f or "") or "?" for f in set(found_in)}
+        found_in = list(map(shown.__getitem__, found_in))
+    named_in = list(map(_FILE, layout.specs.values()))
     moved: dict[tuple[str, str], list[str]] = {}
-    for key in differ:  # in the index's order
-        if named_in[key] is not None and key in found_in:
-            moved.setdefault((named_in[key], found_in[key]), []).append(key)
+    for key, named, found in compress(zip(layout.specs, named_in, found_in), map(ne, named_in, found_in)):
+        if named is not None and key in actual.specs:  # in the index's order
+            moved.setdefault((named, found or "?"), []).append(key)
     for (named, found), keys in sorted(moved.items()):
         errors.append(FileError(
             index_name, f"maps {len(keys)} tensors to {named} but they are in {found}: {', '.join(families(keys))}"
