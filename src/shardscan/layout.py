@@ -24,6 +24,8 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import compress, groupby
+from operator import itemgetter, methodcaller
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -46,6 +48,9 @@ _BLOCK_CONTAINERS = ("layers", "h", "layer", "blocks", "block", "decoder_layers"
 #: A key inside a numbered block: (container, block number, suffix), the first block-list
 #: component followed by a number deciding.
 _BLOCK_KEY = re.compile(r"((?:[^.]*\.)*?(?:%s))\.([0-9]+)\.(.*)" % "|".join(_BLOCK_CONTAINERS), re.DOTALL)
+
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+_CONTAINER_AND_NUMBER, _SUFFIX = methodcaller("group", 1, 2), methodcaller("group", 3)
 
 _SERIES = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})(?P<ext>\.[^.]+)$")
 
@@ -267,21 +272,16 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int,
         layout.warnings.append(f"{source}: no num_hidden_layers (or n_layer, num_layers): no structural check")
         return layout
     by_container: dict[str, dict[int, dict[str, tuple[int, ...] | None]]] = {}
-    match = _BLOCK_KEY.fullmatch
-    for key, shape in actual.items():
-        # the first block-list component followed by a number decides: model.layers.3.mlp.experts.7.w
-        # is block 3 of model.layers with the suffix mlp.experts.7.w
-        found = match(key)
-        if found is not None:
-            container, number, suffix = found.groups()
-            index = int(number)
-            blocks = by_container.get(container)
-            if blocks is None:
-                blocks = by_container[container] = {}
-            block = blocks.get(index)
-            if block is None:
-                block = blocks[index] = {}
-            block[suffix] = shape
+    # the first block-list component followed by a number decides: model.layers.3.mlp.experts.7.w
+    # is block 3 of model.layers with the suffix mlp.experts.7.w. The keys are matched and split
+    # by C-level maps; Python runs once per run of consecutive keys of one block.
+    found = list(map(_BLOCK_KEY.fullmatch, actual))
+    hits = list(compress(zip(found, actual.values()), found))
+    heads = map(_CONTAINER_AND_NUMBER, map(_FIRST, hits))
+    tails = zip(map(_SUFFIX, map(_FIRST, hits)), map(_SECOND, hits))
+    for (container, number), run in groupby(zip(heads, tails), key=_FIRST):
+        block = by_container.setdefault(container, {}).setdefault(int(number), {})
+        block.update(map(_SECOND, run))
     if not by_container:
         if count:
             layout.warnings.append(f"{source}: num_hidden_layers = {count} but no numbered blocks (layers.N, h.N) found")
