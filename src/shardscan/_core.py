@@ -147,7 +147,7 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
         shape_offsets = ffi.unpack(listing.shape_offsets, n + 1)
         dims = ffi.unpack(listing.dims, shape_offsets[-1])
         shapes = list(map(dims.__getitem__, map(slice, shape_offsets[:-1], shape_offsets[1:])))
-        dtypes = [DTYPE_NAMES[code] for code in ffi.unpack(listing.dtypes, n)]
+        dtypes = list(map(DTYPE_NAMES.__getitem__, ffi.unpack(listing.dtypes, n)))
         meta_offsets = ffi.unpack(listing.metadata_offsets, 2 * listing.metadata_count + 1)
         meta_blob = ffi.buffer(listing.metadata, meta_offsets[-1])[:]
         strings = [meta_blob[meta_offsets[i] : meta_offsets[i + 1]].decode() for i in range(2 * listing.metadata_count)]

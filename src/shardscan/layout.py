@@ -24,7 +24,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import compress, groupby
+from itertools import compress, groupby, repeat
 from operator import itemgetter, methodcaller
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -357,7 +357,7 @@ def _expect_moe_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapp
             if suffix not in expanded:
                 expanded[suffix] = [suffix.replace("*", str(e), 1) for e in range(plan.experts)]
             spec = spec_of.get(suffix) or Spec()
-            layout.specs.update((prefix + one, spec) for one in expanded[suffix])
+            layout.specs.update(zip(map(prefix.__add__, expanded[suffix]), repeat(spec)))
     for i, block in blocks.items():
         kind = kinds[i]
         if kind is None:  # beyond the blocks and MTP blocks the config declares
