@@ -29,6 +29,7 @@ from operator import attrgetter, is_not, ne
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
 
+from . import _gc
 from . import formats
 from . import layout as layouts
 from ._typing import PathLike
@@ -524,6 +525,7 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
     return out
 
 
+@_gc.paused()
 def check(
     path: PathLike,
     against: PathLike | None = None,

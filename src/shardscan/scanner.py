@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
 
+from . import _gc
 from . import formats
 from ._core import HashJob, HashResult, NativeFile, error_for, hash_jobs
 from ._typing import PathLike
@@ -194,6 +195,7 @@ def read_listing(target: Target) -> Listing:
     return formats.read_file(NativeFile(target.path), target.name, objects=target.objects)
 
 
+@_gc.paused()
 def scan_paths(
     paths: Sequence[PathLike] | PathLike,
     *,
