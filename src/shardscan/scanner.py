@@ -296,7 +296,7 @@ def _rebase(job: HashJob, base: int) -> HashJob:
 def _columns(listings: list[Listing], hashed: list[HashResult] | None) -> Columns:
     lists: dict[str, list] = {name: [] for name in NAMES}
     for listing in listings:
-        lists["file"].extend(listing.names[i] for i in listing.row_file)
+        lists["file"].extend(map(listing.names.__getitem__, listing.row_file))
         for name, values in listing.columns.items():
             lists[name].extend(values)
         lists["format"].extend([listing.format] * len(listing))
