@@ -315,9 +315,29 @@ def audit(
     no_hash: NoHash = False,
     threads: Threads = None,
     json_output: Json = False,
+    sample: Annotated[
+        Optional[str], typer.Option("--sample", metavar="N/T", help="Sweep: hash only the N-th of T stable subsets of the files "
+                                                                   "(headers of all are still checked).")
+    ] = None,
+    state: Annotated[
+        Optional[Path], typer.Option("--state", metavar="FILE", help="Sweep: journal each file's verdict here; a rerun resumes.")
+    ] = None,
+    changed_only: Annotated[
+        bool, typer.Option("--changed-only", help="Sweep: skip files whose size, mtime and inode match their last verified record.")
+    ] = False,
+    max_rate: Annotated[
+        Optional[str], typer.Option("--max-rate", metavar="RATE", help="Sweep: cap reads at RATE bytes/s (500M, 2G).")
+    ] = None,
+    history: Annotated[
+        Optional[Path], typer.Option("--history", metavar="FILE.parquet", help="Sweep: append the summary to this Parquet history.")
+    ] = None,
 ) -> None:
     """Check every checkpoint under ROOT: one row each, frozen tensors, identical checkpoints,
-    and the newest clean one."""
+    and the newest clean one. With --sample, --state, --max-rate or --history: an integrity
+    sweep (docs/audit.md, "Sweeps")."""
+    if sample is not None or state is not None or changed_only or max_rate is not None or history is not None:
+        _sweep(root, sample, state, changed_only, max_rate, history, threads=threads, json_output=json_output,
+               conflicts={"--against": against, "--output": output, "--ray": ray or ray_address, "--no-hash": no_hash})
     table_on_stdout = _table_on_stdout(output, json_output)
     progress = None if json_output else _progress_reporter()
     if ray or ray_address is not None:
@@ -336,6 +356,28 @@ def audit(
 
         typer.echo(render_audit(result, colour=_colour() and not table_on_stdout), err=table_on_stdout)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
+
+
+def _sweep(root: Path, sample: Optional[str], state: Optional[Path], changed_only: bool, max_rate: Optional[str],
+           history: Optional[Path], *, threads: Optional[int], json_output: bool, conflicts: dict) -> None:
+    """`audit` as an integrity sweep; always ends the command."""
+    from .sweep import append_history, parse_rate, parse_sample, render_sweep, sweep
+
+    for name, value in conflicts.items():
+        if value:
+            raise typer.BadParameter(f"{name} does not combine with a sweep (--sample/--state/--max-rate/--history)")
+    try:
+        chosen = parse_sample(sample) if sample is not None else None
+        rate = parse_rate(max_rate) if max_rate is not None else None
+        if changed_only and state is None:
+            raise ValueError("--changed-only needs --state")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    summary = sweep(root, sample=chosen, state=state, changed_only=changed_only, max_rate=rate, threads=threads)
+    if history is not None:
+        append_history(summary, history)
+    typer.echo(json.dumps(summary.to_dict()) if json_output else render_sweep(summary))
+    raise typer.Exit(EXIT_OK if summary.ok else EXIT_PROBLEMS)
 
 
 @app.command()
