@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .scanner import ScanResult
 
 BATCH_BYTES = 128 << 20  # between 64 and 256 MiB: long enough to hash at full speed, short enough to throttle evenly
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_POWERS = {"K": 1, "M": 2, "G": 3, "T": 4}
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,20 @@ def parse_sample(text: str) -> Sample:
 
 
 def parse_rate(text: str) -> float:
-    """Bytes per second from "500M", "2G", "750K" or a plain number (binary multiples, as
-    rclone's --bwlimit; a trailing "B" or "/s" is allowed). Raises ValueError otherwise."""
-    cleaned = text.strip().upper().removesuffix("/S").removesuffix("B").removesuffix("I")
-    unit = cleaned[-1:] if cleaned[-1:] in _UNITS and cleaned[-1:] else ""
+    """Bytes per second from "500M", "2G", "750K" or a plain number: decimal multiples, as
+    the summary prints them ("500M" is 500 MB/s); "500Mi" or "500MiB" for binary ones. A
+    trailing "B" or "/s" is allowed. Raises ValueError otherwise."""
+    cleaned = text.strip().upper().removesuffix("/S").removesuffix("B")
+    binary = cleaned.endswith("I")
+    cleaned = cleaned.removesuffix("I")
+    unit = cleaned[-1:] if cleaned[-1:] in _POWERS else ""
     try:
-        value = float(cleaned[: len(cleaned) - len(unit)]) * _UNITS[unit]
+        number = float(cleaned[: len(cleaned) - len(unit)])
     except ValueError:
         raise ValueError(f"rate {text!r} is not a number of bytes per second (for example 500M)") from None
+    if binary and not unit:
+        raise ValueError(f"rate {text!r} is not a number of bytes per second (for example 500M)")
+    value = number * (1024 if binary else 1000) ** _POWERS.get(unit, 0)
     if not value > 0:
         raise ValueError(f"rate {text!r} must be positive")
     return value
