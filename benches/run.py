@@ -42,6 +42,7 @@ sys.path.insert(0, str(HERE))
 import make_checkpoint  # noqa: E402  (sibling script, not a package)
 
 PY = sys.executable
+SWEEP_CAP = "500M"  # the throttled sweep's --max-rate: below this machine's disk and hashing rates
 GB = 1e9  # throughput in decimal GB/s, like dd, b3sum and every disk vendor
 
 
@@ -277,6 +278,14 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
     return [
         Bench("shardscan scan (XXH3-128)", ss_argv("scan", str(ckpt)), st_bytes, st_in, "shardscan",
               note=have_scan),
+        # An integrity sweep of the same checkpoint (audit's header pass, then every shard hashed
+        # in batches), at full speed and under a cap: GB/s verified per node, and how closely the
+        # throttle holds a rate well below it.
+        Bench("shardscan audit --sample 1/1 (sweep)", ss_argv("audit", "--sample", "1/1", str(ckpt)),
+              st_bytes, st_in, "shardscan", note=have_scan),
+        Bench(f"shardscan audit --sample 1/1 --max-rate {SWEEP_CAP} (sweep, throttled)",
+              ss_argv("audit", "--sample", "1/1", "--max-rate", SWEEP_CAP, str(ckpt)), st_bytes, st_in, "shardscan",
+              note=have_scan, modes=("warm",)),
         Bench("shardscan scan --no-hash", ss_argv("scan", "--no-hash", str(ckpt)), st_bytes, st_in,
               "shardscan", note=have_scan, header_only=True),
         Bench("shardscan check --no-hash", ss_argv("check", "--no-hash", str(ckpt), avail=have_check),
