@@ -207,7 +207,6 @@ def scan_paths(
     started = time.perf_counter()
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    listings: list[Listing] = []
     problems: list[FileProblem] = []
     targets = []
     for given in paths:
@@ -215,6 +214,22 @@ def scan_paths(
         if not found:
             problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given))))
         targets += found
+    result = scan_targets(targets, hash=hash, threads=threads, progress=progress)
+    return replace(result, problems=tuple(problems) + result.problems, elapsed=time.perf_counter() - started)
+
+
+def scan_targets(
+    targets: Sequence[Target],
+    *,
+    hash: bool = True,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
+    """scan_paths on targets already discovered (what a Ray task runs for one target: the
+    rows keep the names discovery gave them)."""
+    started = time.perf_counter()
+    listings: list[Listing] = []
+    problems: list[FileProblem] = []
     for target in targets:
         try:
             listing = read_listing(target)
