@@ -69,6 +69,10 @@ Threads = Annotated[
     Optional[int], typer.Option("--threads", "-j", min=1, help="Hashing threads (default: online CPUs).")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
+ShardRay = Annotated[bool, typer.Option("--ray", help="Run one Ray task per shard (pip install 'shardscan[ray]').")]
+ShardRayAddress = Annotated[
+    Optional[str], typer.Option("--ray-address", metavar="ADDRESS", help="The Ray cluster for --ray (default: RAY_ADDRESS, else a local cluster).")
+]
 
 
 def _progress_reporter() -> Callable[[int, int], None] | None:
@@ -147,6 +151,8 @@ def scan(
     threads: Threads = None,
     list_tensors: Annotated[bool, typer.Option("--list", help="Print one line per tensor (the count goes to stderr).")] = False,
     json_output: Json = False,
+    ray: ShardRay = False,
+    ray_address: ShardRayAddress = None,
 ) -> None:
     """List every tensor (key, dtype, shape, offset, size, XXH3-128 checksum) of the given files."""
     from .scanner import scan_paths
@@ -154,7 +160,12 @@ def scan(
     table_on_stdout = _table_on_stdout(output, json_output, list_tensors)
     if output is not None and not table_on_stdout:
         _refuse_output_among_inputs(output, paths)
-    result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
+    if ray or ray_address is not None:
+        from .ray_scan import AUTO, scan_paths_ray
+
+        result = scan_paths_ray(paths, address=ray_address or AUTO, hash=not no_hash, threads=threads)
+    else:
+        result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
     _write_table(result.table, output)
     if json_output:
         payload = {
@@ -254,15 +265,23 @@ def check(
     threads: Threads = None,
     json_output: Json = False,
     strict: Annotated[bool, typer.Option("--strict", help="All-zero tensors of rank >= 2 are problems, not warnings.")] = False,
+    ray: ShardRay = False,
+    ray_address: ShardRayAddress = None,
 ) -> None:
     """Find what is missing, unexpected, changed, unreadable or non-finite against the expected layout."""
     from .checker import check as run_check
     from .report import render_report
 
-    report = run_check(
-        path, against, hash=not no_hash, threads=threads, strip_prefix=strip_prefix, checksums=checksums,
-        model=model, hf=hf, progress=None if json_output else _progress_reporter(), strict=strict,
-    )
+    if ray or ray_address is not None:
+        from .ray_scan import AUTO, check_ray
+
+        report = check_ray(path, against, address=ray_address or AUTO, hash=not no_hash, threads=threads,
+                           strip_prefix=strip_prefix, checksums=checksums, model=model, hf=hf, strict=strict)
+    else:
+        report = run_check(
+            path, against, hash=not no_hash, threads=threads, strip_prefix=strip_prefix, checksums=checksums,
+            model=model, hf=hf, progress=None if json_output else _progress_reporter(), strict=strict,
+        )
     if json_output:
         typer.echo(json.dumps(report.to_dict()))
     else:
