@@ -8,7 +8,10 @@ Start-up stays light: pyarrow and the native core load inside the commands, neve
 from __future__ import annotations
 
 import sys
+import time as _time
 
+# When the command began, before its imports: a sweep's --max-rate holds over the whole run.
+STARTED = _time.monotonic()
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -392,7 +395,8 @@ def _sweep(root: Path, sample: Optional[str], state: Optional[Path], changed_onl
             raise ValueError("--changed-only needs --state")
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    summary = sweep(root, sample=chosen, state=state, changed_only=changed_only, max_rate=rate, threads=threads)
+    summary = sweep(root, sample=chosen, state=state, changed_only=changed_only, max_rate=rate, threads=threads,
+                    started=STARTED)
     if history is not None:
         append_history(summary, history)
     typer.echo(json.dumps(summary.to_dict()) if json_output else render_sweep(summary))

@@ -18,7 +18,7 @@ the tensor files:
   is not read again. Metadata does not change when bits rot, so this is for the runs between
   full sampled reads, not instead of them.
 * `max_rate`: files are hashed in batches of about `batch_bytes`; after each batch the sweep
-  sleeps until its bytes divided by the time since the sweep began is at most the cap.
+  sleeps until its bytes divided by the time since the run began is at most the cap.
 
 A hashed file fails when its scan finds a problem (a torn ZIP record, a CRC32 that does not
 match), when the checkpoint's manifest holds other checksums for its tensors, or when its
@@ -360,14 +360,18 @@ def sweep(
     max_rate: float | None = None,
     threads: int | None = None,
     batch_bytes: int = BATCH_BYTES,
+    started: float | None = None,
 ) -> SweepSummary:
-    """Runs one sweep of `root` (see the module docstring). Raises FileNotFoundError when
-    `root` does not exist and ValueError when `changed_only` is asked without a `state`."""
+    """Runs one sweep of `root` (see the module docstring). `started`: the time.monotonic()
+    at which the run began (default: now), from which `elapsed` and the rate cap count; the
+    CLI passes its own start, so the cap holds over the whole command. Raises
+    FileNotFoundError when `root` does not exist and ValueError when `changed_only` is asked
+    without a `state`."""
     from .auditing import audit
 
     if changed_only and state is None:
         raise ValueError("--changed-only needs --state: the last verified digests live there")
-    started_wall, started = time.time(), time.monotonic()
+    started_wall, started = time.time(), time.monotonic() if started is None else started
     base = Path(os.path.abspath(root))
     headers = audit(base, hash=False, threads=threads)
     units = _units(headers, base)
