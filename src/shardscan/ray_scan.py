@@ -62,11 +62,10 @@ class _Cluster:
             # raylet's notices ("A worker died or was killed while executing a task", printed
             # even for a task Ray then retries) are written to sys.stdout by a thread of the
             # driver, where they would break --json: they are kept aside while Ray runs, and
-            # shown on stderr with SHARDSCAN_DEBUG=1.
+            # shown on stderr with SHARDSCAN_DEBUG=1. stderr stays as it is: our progress bar.
             self.captured = io.StringIO()
             self.redirects = contextlib.ExitStack()
             self.redirects.enter_context(contextlib.redirect_stdout(self.captured))
-            self.redirects.enter_context(contextlib.redirect_stderr(self.captured))
             try:
                 self.ray.init(address=address, include_dashboard=False, log_to_driver=False,
                               logging_level=logging.ERROR, configure_logging=True)
