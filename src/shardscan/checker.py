@@ -129,7 +129,9 @@ def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = ()
     # Files given one by one are named by their path; show them relative, as a directory scan does.
     relabel = os.fspath(path) + os.sep if path.is_dir() else ""
     name_of = lambda n: n[len(relabel):] if relabel and n.startswith(relabel) else n  # noqa: E731
-    role = (lambda name: role_of(name)) if path.is_dir() else (lambda name: MODEL)
+    # A file or a DCP directory is its own resume set: all of it is the model.
+    whole = len(members.members) == 1 and members.members[0].path == path
+    role = (lambda name: MODEL) if whole else role_of
     prefix = f"{label}/" if label and path.is_dir() else ""
     actual = _Actual(specs={}, damaged=set(), errors=[], files=len(given.files), tensors=len(given.columns),
                      nbytes=sum(given.columns.nbytes), bytes_by_file={}, notes=notes)
@@ -553,12 +555,15 @@ def diff(
     hash: bool = True,
     threads: int | None = None,
     strip_prefix: str | Sequence[str] | None = None,
+    strip_prefix_a: str | Sequence[str] | None = None,
+    strip_prefix_b: str | Sequence[str] | None = None,
 ) -> Diff:
     """Compares two checkpoints (files or directories, any formats): keys only in A, only in
     B, and tensors whose shape, dtype or checksum changed. Checksums are format-independent,
     so a .bin and its safetensors conversion compare equal when no tensor changed.
-    `hash=False` compares keys, shapes and dtypes only. Raises FileNotFoundError when either
-    path does not exist."""
+    `hash=False` compares keys, shapes and dtypes only. `strip_prefix` is removed from the keys
+    of both sides, `strip_prefix_a` / `_b` from one side only (a `{"model": state_dict}` save
+    against a bare state dict). Raises FileNotFoundError when either path does not exist."""
     started = time.perf_counter()
     for given in (a, b):
         if not Path(given).exists():
@@ -567,7 +572,8 @@ def diff(
     options = CheckOptions(hash=hash, threads=threads, strip_prefix=prefixes)
     left = _scan(Path(a), options, label=os.fspath(a), roles=(MODEL,))
     right = _scan(Path(b), options, label=os.fspath(b), roles=(MODEL,))
-    a_specs, b_specs = _strip_specs(left.specs, prefixes), _strip_specs(right.specs, prefixes)
+    a_specs = _strip_specs(left.specs, prefixes + CheckOptions.prefixes(strip_prefix_a))
+    b_specs = _strip_specs(right.specs, prefixes + CheckOptions.prefixes(strip_prefix_b))
     as_layout = Layout(kind="reference", source=os.fspath(a), specs=a_specs)
     changed: dict[tuple[str, str], Mismatch] = {}
     _mismatches(as_layout, b_specs, changed)

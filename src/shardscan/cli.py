@@ -275,6 +275,12 @@ def diff(
     a: Annotated[Path, typer.Argument(metavar="A", help="The first checkpoint (directory or file).", show_default=False)],
     b: Annotated[Path, typer.Argument(metavar="B", help="The second checkpoint (directory or file).", show_default=False)],
     strip_prefix: StripPrefix = None,
+    strip_prefix_a: Annotated[
+        Optional[list[str]], typer.Option("--strip-prefix-a", metavar="P", help="Remove prefix P from A's keys only; repeatable.")
+    ] = None,
+    strip_prefix_b: Annotated[
+        Optional[list[str]], typer.Option("--strip-prefix-b", metavar="P", help="Remove prefix P from B's keys only; repeatable.")
+    ] = None,
     no_hash: NoHash = False,
     threads: Threads = None,
     json_output: Json = False,
@@ -283,7 +289,8 @@ def diff(
     from .checker import diff as run_diff
     from .report import render_diff
 
-    result = run_diff(a, b, hash=not no_hash, threads=threads, strip_prefix=strip_prefix)
+    result = run_diff(a, b, hash=not no_hash, threads=threads, strip_prefix=strip_prefix,
+                      strip_prefix_a=strip_prefix_a, strip_prefix_b=strip_prefix_b)
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
     else:
