@@ -51,6 +51,8 @@ _PREDICATE_V1 = "https://model_signing/signature/v1.0"
 _PREDICATE_V01 = "https://model_signing/Digests/v0.1"
 #: The largest file a git SHA-1 is computed for: non-LFS files on the hub stay under 10 MB.
 MAX_GIT_BLOB = 64 << 20
+#: huggingface_hub's suffix for a local_dir download's record (no relation to DCP's file).
+_DOWNLOAD_RECORD = ".metadata"
 
 
 @dataclass(frozen=True)
@@ -155,10 +157,10 @@ def _from_local_dir(scope: _Scope, sources: Sources) -> None:
     for directory, subdirs, files in os.walk(download):
         subdirs.sort()
         for entry in sorted(files):
-            if not entry.endswith(".metadata"):
+            if not entry.endswith(_DOWNLOAD_RECORD):
                 continue
             metadata = Path(directory, entry)
-            relative = os.fspath(metadata.relative_to(download))[: -len(".metadata")]
+            relative = os.fspath(metadata.relative_to(download))[: -len(_DOWNLOAD_RECORD)]
             file = local_dir / relative
             name = scope.name(os.path.relpath(file, scope.directory))
             if name is None:
