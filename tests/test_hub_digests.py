@@ -95,6 +95,7 @@ def test_a_clean_snapshot_passes_without_being_asked(snapshot):
     path, _ = snapshot
     report = shardscan.check(path)
     assert report.ok, report.errors
+    assert (report.files, report.tensors) == (1, 2)  # the weights were read through the links
     assert any("2 files match their published digests (huggingface_hub cache)" in n for n in report.notes)
 
 
