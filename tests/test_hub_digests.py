@@ -283,3 +283,52 @@ def test_random_names_do_not_confuse_the_cache_finder(tmp_path):
     fake = tmp_path / "snapshots" / secrets.token_hex(20)
     make_model(fake)
     assert find_expected(fake).expected == []
+
+
+# ---- OpenSSF model-signing ---------------------------------------------------------------
+
+
+def test_a_model_signing_signature_lists_the_digests_verified(tmp_path):
+    model_signing = pytest.importorskip("model_signing")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    (tmp_path / "pub.pem").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    root = tmp_path / "model"
+    files = make_model(root)
+    signature = root / "model.sig"
+    # As model-signing's own CLI does: the signature inside the model is left out of what it signs.
+    hashing = model_signing.hashing.Config().set_ignored_paths(paths=[signature])
+    model_signing.signing.Config().use_elliptic_key_signer(private_key=tmp_path / "key.pem").set_hashing_config(
+        hashing).sign(root, signature)
+    verifier = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=tmp_path / "pub.pem")
+    verifier.verify(root, signature)  # the oracle: model-signing itself accepts the model
+    found = {e.name: e.digest for e in find_expected(root).expected}
+    assert found == {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    assert shardscan.check(root).ok
+    flip_tensor_byte(root / "model.safetensors")
+    with pytest.raises(ValueError):
+        verifier.verify(root, signature)
+    (error,) = shardscan.check(root).errors
+    assert error.file == "model.safetensors" and "model.sig (model-signing, signature not verified)" in error.error
+
+
+def test_a_signature_whose_resources_were_edited_is_refused(tmp_path):
+    import base64
+
+    root = tmp_path / "model"
+    make_model(root)
+    statement = {"_type": "https://in-toto.io/Statement/v1", "subject": [{"name": "model", "digest": {"sha256": "00" * 32}}],
+                 "predicateType": "https://model_signing/signature/v1.0",
+                 "predicate": {"serialization": {"method": "files", "hash_type": "sha256"},
+                               "resources": [{"name": "model.safetensors", "algorithm": "sha256", "digest": "11" * 32}]}}
+    payload = base64.b64encode(json.dumps(statement).encode()).decode()
+    (root / "model.sig").write_text(json.dumps({"dsseEnvelope": {"payload": payload, "payloadType": "application/vnd.in-toto+json"}}))
+    sources = find_expected(root)
+    assert sources.expected == [] and "do not hash to the subject digest" in sources.warnings[0]
+    report = shardscan.check(root)
+    assert report.ok and any("model.sig" in w for w in report.warnings)
