@@ -332,3 +332,37 @@ def test_a_signature_whose_resources_were_edited_is_refused(tmp_path):
     assert sources.expected == [] and "do not hash to the subject digest" in sources.warnings[0]
     report = shardscan.check(root)
     assert report.ok and any("model.sig" in w for w in report.warnings)
+
+
+# ---- hostile sources ---------------------------------------------------------------------
+
+
+def test_hostile_sources_never_reach_outside_the_checkpoint(tmp_path):
+    root = tmp_path / "model"
+    files = make_model(root)
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"not yours")
+    good = hashlib.sha256(files["model.safetensors"]).hexdigest()
+    lines = [
+        f"{'00' * 32}  ../secret",            # a name above the checkpoint
+        f"{'00' * 32}  {outside}",            # an absolute name
+        f"\\{'00' * 32}  a\\nb\\0c",          # an escape coreutils never writes (kept as written)
+        "garbage line",
+        f"{good}  model.safetensors",
+    ]
+    (root / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    os.mkfifo(root / "fifo.sha256")           # never opened: it could block forever
+    (root / "model.sig").write_text("{not json")
+    # a snapshot-looking link that points outside its repo's blobs is no source
+    snap = tmp_path / "hub" / "models--a--b" / "snapshots" / COMMIT
+    snap.mkdir(parents=True)
+    os.symlink(outside, snap / "file")
+    (tmp_path / "hub" / "models--a--b" / "blobs").mkdir()
+    assert find_expected(snap).expected == []
+    sources = find_expected(root)
+    assert [(e.name, e.digest) for e in sources.expected] == [("a\nb\\0c", "00" * 32), ("model.safetensors", good)]
+    assert any("line 4 is not in sha256sum format" in w for w in sources.warnings)
+    assert any("model.sig" in w for w in sources.warnings)
+    report = shardscan.check(root)
+    assert [e.file for e in report.errors] == ["a\nb\\0c"] and "absent" in report.errors[0].error
+    assert outside.read_bytes() == b"not yours"

@@ -53,6 +53,8 @@ _PREDICATE_V01 = "https://model_signing/Digests/v0.1"
 MAX_GIT_BLOB = 64 << 20
 #: huggingface_hub's suffix for a local_dir download's record (no relation to DCP's file).
 _DOWNLOAD_RECORD = ".metadata"
+#: The largest sum file or signature read: a million lines of sha256sum is 100 MB; these are text.
+MAX_SOURCE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -187,12 +189,12 @@ def _from_sum_files(scope: _Scope, sources: Sources) -> None:
         if entry not in SUM_FILE_NAMES and not entry.endswith(".sha256"):
             continue
         path = scope.directory / entry
-        if not path.is_file():
+        if not _exists(path):
             continue
         try:
-            text = path.read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError as exc:
-            sources.warnings.append(f"{entry}: unreadable ({exc.strerror or exc})")
+            text = _read_source(path).decode("utf-8", errors="surrogateescape")
+        except (OSError, ValueError) as exc:
+            sources.warnings.append(f"{entry}: unreadable ({getattr(exc, 'strerror', None) or exc})")
             continue
         bare = entry[: -len(".sha256")] if entry.endswith(".sha256") else None
         for number, line in enumerate(text.splitlines(), 1):
@@ -230,10 +232,10 @@ def parse_sum_line(line: str, bare_name: str | None = None) -> tuple[str, str] |
 
 def _from_signature(scope: _Scope, sources: Sources) -> None:
     path = scope.directory / SIGNATURE_NAME
-    if not path.is_file():
+    if not _exists(path):
         return
     try:
-        bundle = json.loads(path.read_bytes())
+        bundle = json.loads(_read_source(path))
         envelope = bundle["dsseEnvelope"]
         statement = json.loads(base64.b64decode(envelope["payload"], validate=True))
         resources = _signed_resources(statement)
@@ -265,6 +267,15 @@ def _signed_resources(statement: dict) -> list[tuple[str, str]]:
     if root != statement["subject"][0]["digest"]["sha256"].lower():
         raise ValueError("its resources do not hash to the subject digest")
     return [(r["name"], r["digest"].lower()) for r in resources if r.get("algorithm") == SHA256]
+
+
+def _read_source(path: Path) -> bytes:
+    """A sum file's or signature's bytes; ValueError past MAX_SOURCE_BYTES (never read whole)."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_SOURCE_BYTES + 1)
+    if len(data) > MAX_SOURCE_BYTES:
+        raise ValueError(f"larger than {MAX_SOURCE_BYTES} bytes")
+    return data
 
 
 def _ancestors(directory: Path) -> Iterable[Path]:
@@ -345,9 +356,10 @@ def _mismatch(entry: Expected, got: str | None) -> str:
 
 
 def _exists(path: Path) -> bool:
+    """A regular file (through symlinks): never a FIFO or device, which could block or never end."""
     try:
         return stat.S_ISREG(path.stat().st_mode)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in a name read from a source
         return False
 
 
