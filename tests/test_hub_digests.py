@@ -366,3 +366,11 @@ def test_hostile_sources_never_reach_outside_the_checkpoint(tmp_path):
     report = shardscan.check(root)
     assert [e.file for e in report.errors] == ["a\nb\\0c"] and "absent" in report.errors[0].error
     assert outside.read_bytes() == b"not yours"
+
+
+def test_auditing_the_whole_hub_cache_checks_every_snapshot(snapshot, tmp_path):
+    path, _ = snapshot
+    assert shardscan.audit(tmp_path / "hub").ok
+    flip_tensor_byte(path / "model.safetensors")
+    (row,) = shardscan.audit(tmp_path / "hub").rows
+    assert row.path == os.fspath(path) and not row.ok and "model.safetensors: SHA-256 mismatch" in row.problem
