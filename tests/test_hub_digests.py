@@ -123,6 +123,14 @@ def test_a_changed_plain_git_file_fails_on_its_git_sha1(snapshot):
     assert git_sha1_oracle(blob.read_bytes()) == git_blob_sha1(blob) and git_blob_sha1(blob) in error.error
 
 
+def test_a_snapshot_named_by_a_relative_path_is_found(snapshot, tmp_path, monkeypatch):
+    path, _ = snapshot
+    flip_tensor_byte(path / "model.safetensors")
+    monkeypatch.chdir(tmp_path / "hub")
+    (error,) = shardscan.check(os.path.relpath(path, tmp_path / "hub")).errors
+    assert error.file == "model.safetensors" and "SHA-256 mismatch" in error.error
+
+
 def test_a_missing_blob_fails_and_one_file_checks_alone(snapshot):
     path, _ = snapshot
     os.unlink(os.path.realpath(path / "generation_config.json"))

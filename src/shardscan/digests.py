@@ -83,7 +83,7 @@ class Sources:
 
     def names(self) -> list[str]:
         """The kinds of source found, once each, in the order found."""
-        return list(dict.fromkeys(e.source.split(" (")[0] for e in self.expected))
+        return list(dict.fromkeys(re.split(r" \(|: ", e.source)[0] for e in self.expected))
 
 
 @dataclass
@@ -141,14 +141,14 @@ def _from_hub_cache(scope: _Scope, sources: Sources) -> None:
             link = os.path.join(directory, entry)
             if not os.path.islink(link):
                 continue  # a copy (no symlinks on this platform): the name of its blob is lost
-            target = os.path.normpath(os.path.join(directory, os.readlink(link)))
+            target = os.path.normpath(os.path.join(os.path.abspath(directory), os.readlink(link)))
             blob = os.path.basename(target)
             algorithm = _algorithm_of(blob)
             name = scope.name(os.path.relpath(link, scope.directory))
             if algorithm is None or os.path.dirname(target) != blobs or name is None:
                 continue
             # The blob may itself link into huggingface_hub's shared store: the bytes are what count.
-            sources.expected.append(Expected(name, Path(link), algorithm, blob, f"huggingface_hub cache (blob {blob})"))
+            sources.expected.append(Expected(name, Path(link), algorithm, blob, "huggingface_hub cache: the blob's name"))
 
 
 def _from_local_dir(scope: _Scope, sources: Sources) -> None:
