@@ -242,6 +242,16 @@ def test_scan_writes_sums_that_coreutils_and_check_accept(tmp_path):
     assert shardscan.check(root).ok
 
 
+def test_files_out_never_overwrites_an_input_nor_goes_to_stdout(tmp_path):
+    root = tmp_path / "model"
+    files = make_model(root)
+    weights = root / "model.safetensors"
+    result = CliRunner().invoke(app, ["scan", os.fspath(root), "--files-out", os.fspath(weights)])
+    assert result.exit_code == 2 and "refusing to overwrite" in result.output
+    assert weights.read_bytes() == files["model.safetensors"]
+    assert CliRunner().invoke(app, ["scan", os.fspath(root), "--files-out", "-"]).exit_code == 2
+
+
 def test_the_per_file_table_matches_hashlib_and_xxhash(tmp_path):
     root = tmp_path / "model"
     files = make_model(root)

@@ -168,6 +168,10 @@ def scan(
     table_on_stdout = _table_on_stdout(output, json_output, list_tensors)
     if output is not None and not table_on_stdout:
         _refuse_output_among_inputs(output, paths)
+    if files_out is not None:
+        if os.fspath(files_out) == "-":
+            raise typer.BadParameter("the per-file table is written to a file, not stdout", param_hint="'--files-out'")
+        _refuse_output_among_inputs(files_out, paths)
     result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
     _write_table(result.table, output)
     unreadable = _write_file_table(paths, files_out, threads) if files_out is not None else []
