@@ -22,8 +22,8 @@ try:  # Ctrl-C while Python is still loading (typer is most of the start-up) is 
     import os
     import signal
     import time
-    from pathlib import Path
     from dataclasses import replace
+    from pathlib import Path
     from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
     import typer
