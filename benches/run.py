@@ -305,8 +305,7 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
               st[0].stat().st_size, st_in, "peer"),
         # Whole-file SHA-256 of the shards (a directory of links to exactly them), against OpenSSL's
         # libcrypto (SHA extensions) on two files at a time. --no-hash leaves out the tensor pass:
-        # the digests alone are what openssl computes (and this set's random bytes hold NaNs, which
-        # a hashed check reports, exiting 1).
+        # the digests alone are what openssl computes.
         Bench("shardscan check --sha256 --no-hash (SHA-256 only)",
               ss_argv("check", "--sha256", "--no-hash", str(sha_set), avail=have_check), st_bytes, st_in,
               "shardscan", note=have_check),
@@ -719,7 +718,7 @@ def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows,
              f" ({elapsed / 60:.1f} min)")
     L.append(f"- Checkpoint: {man['tensors']} bf16 tensors in {len(man['safetensors'])} shards, "
              f"{man['safetensors_bytes'] / GB:.2f} GB safetensors + the same state dict as {len(man['bin'])} "
-             f"torch.save .bin shards ({man['bin_bytes'] / GB:.2f} GB); random bytes")
+             f"torch.save .bin shards ({man['bin_bytes'] / GB:.2f} GB); random finite bf16 values")
     L.append(f"- Repetitions: {cfg.reps_warm} warm, {cfg.reps_cold} cold, commands alternated; "
              "each a separate process, timed spawn to exit; GB/s = 1e9 bytes/s")
     L.append("")
