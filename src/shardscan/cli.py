@@ -25,6 +25,7 @@ try:  # Ctrl-C while Python is still loading (typer is most of the start-up) is 
     import os
     import signal
     import time
+    from dataclasses import replace
     from pathlib import Path
     from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
@@ -75,6 +76,13 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on std
 ShardRay = Annotated[bool, typer.Option("--ray", help="Run one Ray task per shard (pip install 'shardscan[ray]').")]
 ShardRayAddress = Annotated[
     Optional[str], typer.Option("--ray-address", metavar="ADDRESS", help="The Ray cluster for --ray (default: RAY_ADDRESS, else a local cluster).")
+]
+Sha256 = Annotated[
+    Optional[bool],
+    typer.Option("--sha256/--no-sha256",
+                 help="Verify every file against the SHA-256 its download published (huggingface_hub cache or "
+                      "local_dir, SHA256SUMS, *.sha256, model.sig): by default whenever one exists; --sha256 "
+                      "digests every file even without one."),
 ]
 
 
@@ -156,6 +164,12 @@ def scan(
     json_output: Json = False,
     ray: ShardRay = False,
     ray_address: ShardRayAddress = None,
+    files_out: Annotated[
+        Optional[Path],
+        typer.Option("--files-out", metavar="FILE",
+                     help="Also digest every file whole and write one row per file (file, size, sha256, xxh3_128): "
+                          ".parquet, .arrow/.feather, .csv, or sha256sum text for a name SHA256SUMS or *.sha256."),
+    ] = None,
 ) -> None:
     """List every tensor (key, dtype, shape, offset, size, XXH3-128 checksum) of the given files."""
     from .scanner import scan_paths
@@ -163,6 +177,10 @@ def scan(
     table_on_stdout = _table_on_stdout(output, json_output, list_tensors)
     if output is not None and not table_on_stdout:
         _refuse_output_among_inputs(output, paths)
+    if files_out is not None:
+        if os.fspath(files_out) == "-":
+            raise typer.BadParameter("the per-file table is written to a file, not stdout", param_hint="'--files-out'")
+        _refuse_output_among_inputs(files_out, paths)
     if ray or ray_address is not None:
         from .ray_scan import AUTO, scan_paths_ray
 
@@ -170,6 +188,13 @@ def scan(
     else:
         result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
     _write_table(result.table, output)
+    unreadable = _write_file_table(paths, files_out, threads) if files_out is not None else []
+    if unreadable:
+        from .errors import IntegrityError
+        from .formats import FileProblem
+
+        result = replace(result, problems=result.problems + tuple(
+            FileProblem(name, IntegrityError(f"SHA-256 not computed: {error}", path=name)) for name, error in unreadable))
     if json_output:
         payload = {
             "ok": result.ok,
@@ -191,6 +216,20 @@ def scan(
         # With rows or a table on stdout, the count is not data: it goes to stderr.
         typer.echo(_summary(result), err=table_on_stdout or list_tensors)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
+
+
+def _write_file_table(paths: list[Path], files_out: Path, threads: int | None) -> list[tuple[str, str]]:
+    """Writes the per-file digest table (shardscan.digests) and returns (file, error) of the
+    files that could not be digested."""
+    from .digests import file_digests, is_sum_file_name, write_sums
+
+    table = file_digests(paths, threads=threads)
+    if is_sum_file_name(files_out):
+        write_sums(table, files_out)
+    else:
+        _write_table(table, files_out)
+    return [(name, error) for name, error in zip(table.column("file").to_pylist(), table.column("error").to_pylist())
+            if error is not None]
 
 
 def _rows(result: ScanResult):
@@ -270,6 +309,7 @@ def check(
     strict: Annotated[bool, typer.Option("--strict", help="All-zero tensors of rank >= 2 are problems, not warnings.")] = False,
     ray: ShardRay = False,
     ray_address: ShardRayAddress = None,
+    sha256: Sha256 = None,
 ) -> None:
     """Find what is missing, unexpected, changed, unreadable or non-finite against the expected layout."""
     from .checker import check as run_check
@@ -279,11 +319,11 @@ def check(
         from .ray_scan import AUTO, check_ray
 
         report = check_ray(path, against, address=ray_address or AUTO, hash=not no_hash, threads=threads,
-                           strip_prefix=strip_prefix, checksums=checksums, model=model, hf=hf, strict=strict)
+                           strip_prefix=strip_prefix, checksums=checksums, model=model, hf=hf, strict=strict, sha256=sha256)
     else:
         report = run_check(
             path, against, hash=not no_hash, threads=threads, strip_prefix=strip_prefix, checksums=checksums,
-            model=model, hf=hf, progress=None if json_output else _progress_reporter(), strict=strict,
+            model=model, hf=hf, progress=None if json_output else _progress_reporter(), strict=strict, sha256=sha256,
         )
     if json_output:
         typer.echo(json.dumps(report.to_dict()))
@@ -297,6 +337,12 @@ def diff(
     a: Annotated[Path, typer.Argument(metavar="A", help="The first checkpoint (directory or file).", show_default=False)],
     b: Annotated[Path, typer.Argument(metavar="B", help="The second checkpoint (directory or file).", show_default=False)],
     strip_prefix: StripPrefix = None,
+    strip_prefix_a: Annotated[
+        Optional[list[str]], typer.Option("--strip-prefix-a", metavar="P", help="Remove prefix P from A's keys only; repeatable.")
+    ] = None,
+    strip_prefix_b: Annotated[
+        Optional[list[str]], typer.Option("--strip-prefix-b", metavar="P", help="Remove prefix P from B's keys only; repeatable.")
+    ] = None,
     no_hash: NoHash = False,
     threads: Threads = None,
     json_output: Json = False,
@@ -305,7 +351,8 @@ def diff(
     from .checker import diff as run_diff
     from .report import render_diff
 
-    result = run_diff(a, b, hash=not no_hash, threads=threads, strip_prefix=strip_prefix)
+    result = run_diff(a, b, hash=not no_hash, threads=threads, strip_prefix=strip_prefix,
+                      strip_prefix_a=strip_prefix_a, strip_prefix_b=strip_prefix_b)
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
     else:
@@ -337,6 +384,7 @@ def audit(
     no_hash: NoHash = False,
     threads: Threads = None,
     json_output: Json = False,
+    sha256: Sha256 = None,
     sample: Annotated[
         Optional[str], typer.Option("--sample", metavar="N/T", help="Sweep: hash only the N-th of T stable subsets of the files "
                                                                    "(headers of all are still checked).")
@@ -359,7 +407,8 @@ def audit(
     sweep (docs/audit.md, "Sweeps")."""
     if sample is not None or state is not None or changed_only or max_rate is not None or history is not None:
         _sweep(root, sample, state, changed_only, max_rate, history, threads=threads, json_output=json_output,
-               conflicts={"--against": against, "--output": output, "--ray": ray or ray_address, "--no-hash": no_hash})
+               conflicts={"--against": against, "--output": output, "--ray": ray or ray_address, "--no-hash": no_hash,
+                          "--sha256/--no-sha256": sha256 is not None})
     table_on_stdout = _table_on_stdout(output, json_output)
     progress = None if json_output else _progress_reporter()
     if ray or ray_address is not None:
@@ -369,7 +418,7 @@ def audit(
     else:
         from .auditing import audit as run_audit
 
-        result = run_audit(root, against, hash=not no_hash, threads=threads, progress=progress)
+        result = run_audit(root, against, hash=not no_hash, threads=threads, progress=progress, sha256=sha256)
     _write_table(result.table, output)
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
@@ -409,13 +458,14 @@ def latest(
     no_hash: NoHash = False,
     threads: Threads = None,
     json_output: Json = False,
+    sha256: Sha256 = None,
 ) -> None:
     """Print the path of the newest checkpoint under ROOT that checks clean (for
     --resume_from_checkpoint "$(shardscan latest out/)"); exit 1 with the reason on stderr
     when there is none."""
     from .auditing import pick_latest
 
-    pick = pick_latest(root, hash=not no_hash, threads=threads)
+    pick = pick_latest(root, hash=not no_hash, threads=threads, sha256=sha256)
     if json_output:
         typer.echo(json.dumps({
             "ok": pick.path is not None,

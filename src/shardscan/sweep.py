@@ -373,7 +373,9 @@ def sweep(
         raise ValueError("--changed-only needs --state: the last verified digests live there")
     started_wall, started = time.time(), time.monotonic() if started is None else started
     base = Path(os.path.abspath(root))
-    headers = audit(base, hash=False, threads=threads)
+    # Headers only: whole-file SHA-256 against a download's published digests would read every
+    # byte on every run, whatever the sample.
+    headers = audit(base, hash=False, threads=threads, sha256=False)
     units = _units(headers, base)
     journal = SweepState(state) if state is not None else None
     sample_text = str(sample) if sample else "all"
