@@ -91,8 +91,8 @@ def _dcp_policy() -> Policy:
 DCP_POLICY = _dcp_policy()
 
 
-def _fail(name: str, msg: str, key: str | None = None) -> FormatError:
-    return FormatError(msg, path=name, key=key)
+def _fail(name: str, msg: str, key: str | None = None, kind: str | None = None) -> FormatError:
+    return FormatError(msg, path=name, key=key, kind=kind)
 
 
 def _cls(obj: Any) -> str:
@@ -204,11 +204,11 @@ class _DirBudget:
     def spend(self, segments: int, nbytes: int, name: str, key: str) -> None:
         if segments > self.segments:
             raise _fail(name, f"{key}: needs more segments to stream than the directory's budget leaves ({self.segments} "
-                        f"of {BUDGET.segments(self.size)} for {self.size} bytes of files); chunks over expanded views?", key)
+                        f"of {BUDGET.segments(self.size)} for {self.size} bytes of files); chunks over expanded views?", key, "budget")
         if nbytes > self.view_bytes:
             raise _fail(name, f"{key}: {nbytes} logical bytes to hash pass the directory's budget ({self.view_bytes} left "
                         f"of {BUDGET.view_bytes(self.size)}, {BUDGET.view_bytes_per_byte}x its files); chunks over "
-                        f"expanded views?", key)
+                        f"expanded views?", key, "budget")
         self.segments -= segments
         self.view_bytes -= nbytes
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from .. import pickle_reader
 from .._core import HashJob, NativeFile, ZipListing, ZipRecord, ZipTruncated, parse_zip, walk_zip
 from ..errors import FormatError, IntegrityError, NotACheckpointError
-from . import _views
+from . import _views, wrong
 from .base import BUDGET, FileProblem, Format, Job, Listing
 from .torch_pickle import COMPLEX, ITEMSIZE, OBJECTS_POLICY, TORCH_POLICY
 
@@ -100,18 +100,9 @@ def place_tensor(t: pickle_reader.TensorRef, record: ZipRecord, file_index: int,
     return TensorPlacement(t.dtype, shape, start, nbytes, job, False)
 
 
-def _is_torchscript(records: dict[str, ZipRecord]) -> bool:
-    return "constants.pkl" in records or any(n.startswith("code/") for n in records)
-
-
 def _not_a_checkpoint(records: dict[str, ZipRecord], path: str) -> NotACheckpointError | None:
     """Why an archive with these records is no torch.save checkpoint, or None when it is one."""
-    if _is_torchscript(records):
-        return NotACheckpointError("a TorchScript archive (torch.jit.save), not a torch.save checkpoint; not supported",
-                                   path=path)
-    if "data.pkl" not in records:
-        return NotACheckpointError("a zip archive without data.pkl: not a torch.save checkpoint", path=path)
-    return None
+    return wrong.zip_refusal(records, path)
 
 
 #: The archive format versions torch's reader accepts (caffe2/serialize/versions.h).
@@ -179,14 +170,15 @@ def _directory(file: NativeFile) -> tuple[ZipListing, bool]:
     except ZipTruncated:
         return walk_zip(file), True
     except FormatError as violation:
-        # TorchScript archives compress their code records: name the file for what it is
-        # rather than for the first rule it breaks.
+        # TorchScript archives compress their code records, and so may any other zip (an
+        # .npz): name the file for what it is rather than for the first rule it breaks.
         try:
             walked = walk_zip(file).by_name()
         except FormatError:
-            raise violation from None
-        if _is_torchscript(walked):
-            raise _not_a_checkpoint(walked, file.path) from None
+            raise wrong.refusal(file) or violation from None
+        refusal = _not_a_checkpoint(walked, file.path)
+        if refusal is not None:
+            raise refusal from None
         raise
 
 
@@ -202,7 +194,7 @@ def read(file: NativeFile, name: str, policy: pickle_reader.Policy = TORCH_POLIC
     check_records(file, records, truncated)
     pkl = records["data.pkl"]
     if not pkl.intact:
-        raise FormatError("truncated inside data.pkl: no tensor can be named", path=file.path)
+        raise FormatError("truncated inside data.pkl: no tensor can be named", path=file.path, kind="truncated")
     obj = read_pickle(file, pkl, policy)
     listing = Listing(format=NAME, files=[file], names=[name])
     found = _list_tensors(listing, obj, records, byteorder_is_big(file, records))
@@ -285,7 +277,7 @@ def _list_tensors(listing: Listing, obj: object, records: dict[str, ZipRecord], 
 
 def _report(listing: Listing, name: str, path: str, truncated: bool, found: _Found) -> None:
     if truncated:
-        error = FormatError("zip has no end-of-central-directory record: the file is truncated", path=path)
+        error = FormatError("zip has no end-of-central-directory record: the file is truncated", path=path, kind="truncated")
         listing.problems.append(FileProblem(name, error, lost=tuple(found.lost), cut=tuple(found.cut),
                                             intact=tuple(found.intact)))
     elif found.lost:
