@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ._typing import PathLike
 from .discover import Checkpoint, Discovery, find_checkpoints
+from .report import FileError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -61,6 +62,7 @@ class AuditRow:
     problems: tuple[str, ...] = ()
     markers: tuple[str, ...] = ()
     nonfinite: int = 0  # tensors holding NaN or Inf
+    file_errors: tuple[FileError, ...] = ()  # every error, with its kind (errors.KINDS)
 
     def to_dict(self) -> dict[str, Any]:
         """The row as it appears in `audit --json` under "checkpoints"."""
@@ -79,6 +81,8 @@ class AuditRow:
             "problem": self.problem,
             "problems": list(self.problems),
             "nonfinite": self.nonfinite,
+            "kinds": sorted({e.kind for e in self.file_errors}),
+            "file_errors": [e.to_dict() for e in self.file_errors],
         }
 
 
@@ -190,13 +194,13 @@ def audit_group(
     from .scanner import scan_paths
 
     files: dict[int, list[str]] = {}
-    failed: dict[int, str] = {}  # checkpoint index -> why it could not be checked
+    failed: dict[int, FileError] = {}  # checkpoint index -> why it could not be checked
     for i, checkpoint in enumerate(checkpoints):
         if checkpoint.readable:
             try:
                 files[i] = [os.fspath(p) for p in files_to_scan(checkpoint.path)]
             except OSError as exc:
-                failed[i] = f"cannot check: {exc}"
+                failed[i] = FileError(os.fspath(checkpoint.path), f"cannot check: {exc}", kind="io")
     # Full paths keep names unique across checkpoints; check shows them relative again.
     paths = [path for i in sorted(files) for path in files[i]]
     try:
@@ -211,7 +215,7 @@ def audit_group(
             part = shared.select(files[i]) if shared is not None else None
             out.append(judge(checkpoint, against, part, hash=hash, threads=threads))
         else:  # unreadable (discovery said why) or not listable (`failed` says why)
-            out.append((_unreadable_row(checkpoint, checkpoint.problems + ((failed[i],) if i in failed else ())), None))
+            out.append((_unreadable_row(checkpoint, (failed[i],) if i in failed else ()), None))
     return out
 
 
@@ -222,15 +226,15 @@ def judge(checkpoint: Checkpoint, against: PathLike | None, part: "ScanResult | 
     verdict = _checked(checkpoint, against, part, hash=hash, threads=threads)
     if isinstance(verdict, tuple):
         return verdict
-    return _unreadable_row(checkpoint, checkpoint.problems + (verdict,)), None
+    return _unreadable_row(checkpoint, (verdict,)), None
 
 
 def _checked(checkpoint: Checkpoint, against: PathLike | None, part: "ScanResult | None", *, hash: bool,
-             threads: int | None) -> tuple[AuditRow, "pa.Table | None"] | str:
+             threads: int | None) -> tuple[AuditRow, "pa.Table | None"] | FileError:
     """`check` of one checkpoint on its part of the shared scan (None: it scans itself): its
     row and table, or why it could not be checked."""
     from .checker import check, files_to_scan
-    from .errors import ShardscanError
+    from .errors import ShardscanError, kind_of
     from .scanner import scan_paths
 
     try:
@@ -238,7 +242,7 @@ def _checked(checkpoint: Checkpoint, against: PathLike | None, part: "ScanResult
             part = scan_paths(files_to_scan(checkpoint.path), hash=hash, threads=threads)
         report = check(checkpoint.path, against, hash=hash, threads=threads, scan=part)
     except (ShardscanError, OSError, ValueError) as exc:
-        return f"cannot check: {exc}"
+        return FileError(os.fspath(checkpoint.path), f"cannot check: {exc}", kind=kind_of(exc))
     return _row(checkpoint, report), part.table
 
 
@@ -267,16 +271,26 @@ def _row(checkpoint: Checkpoint, report: "Report") -> AuditRow:
         missing=len(report.missing), unexpected=len(report.unexpected), mismatched=len(report.mismatched),
         errors=len({e.error for e in report.errors} | set(checkpoint.problems)),
         problem=words[0] if words and not ok else None, problems=tuple(words), markers=checkpoint.problems,
-        nonfinite=len(report.nonfinite),
+        nonfinite=len(report.nonfinite), file_errors=_file_errors(checkpoint, report.errors),
     )
 
 
-def _unreadable_row(checkpoint: Checkpoint, problems: tuple[str, ...]) -> AuditRow:
+def _file_errors(checkpoint: Checkpoint, errors: Sequence[FileError]) -> tuple[FileError, ...]:
+    """What discovery found (markers of a save that did not finish; for an entry that cannot
+    be opened, why: "io") and then `errors`, once each."""
+    kind = "unfinished" if checkpoint.readable else "io"
+    found = [FileError(os.fspath(checkpoint.path), p, kind=kind) for p in checkpoint.problems]
+    found += [e for e in errors if (e.file, e.error) not in {(f.file, f.error) for f in found}]
+    return tuple(found)
+
+
+def _unreadable_row(checkpoint: Checkpoint, failures: tuple[FileError, ...]) -> AuditRow:
+    problems = checkpoint.problems + tuple(f.error for f in failures)
     return AuditRow(
         path=os.fspath(checkpoint.path), step=checkpoint.step, format=checkpoint.kind,
         files=0, tensors=0, bytes=0, ok=False, missing=0, unexpected=0, mismatched=0,
         errors=len(problems), problem=problems[0] if problems else "unreadable", problems=problems,
-        markers=checkpoint.problems,
+        markers=checkpoint.problems, file_errors=_file_errors(checkpoint, failures),
     )
 
 

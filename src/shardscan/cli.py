@@ -163,7 +163,7 @@ def scan(
             "tensors": len(result.columns),
             "bytes": result.nbytes,
             "elapsed": round(result.elapsed, 6),
-            "errors": [{"file": p.file, "error": p.error} for p in result.problems],
+            "errors": [{"file": p.file, "kind": p.kind, "error": p.error} for p in result.problems],
         }
         _echo_json(payload, _rows(result) if list_tensors else None)
     else:

@@ -37,6 +37,7 @@ KINDS: tuple[str, ...] = (
     "lfs-pointer", "html", "json", "xml", "empty", "zeros", "gzip", "tar", "zstd", "zip", "gguf",
     "onnx", "npy", "npz", "torchscript",  # a wrong file: what it is instead (shardscan.formats.wrong)
     "sha256",          # the file's SHA-256 differs from the digest published for it
+    "zero-tensors",    # all-zero matrices, an error under check --strict (a warning otherwise)
 )
 
 

@@ -213,7 +213,7 @@ def scan_paths(
     for given in paths:
         found = discover([given], under_given=len(paths) > 1)
         if not found:
-            problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given))))
+            problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given), kind="absent")))
         targets += found
     for target in targets:
         try:
