@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -277,10 +277,15 @@ def _row(checkpoint: Checkpoint, report: "Report") -> AuditRow:
 
 def _file_errors(checkpoint: Checkpoint, errors: Sequence[FileError]) -> tuple[FileError, ...]:
     """What discovery found (markers of a save that did not finish; for an entry that cannot
-    be opened, why: "io") and then `errors`, once each."""
+    be opened, why: "io") and then `errors`, once each. Files are named relative to the
+    checkpoint, "." for the checkpoint itself (wherever, and from whichever directory, it
+    was checked: a Ray worker sees absolute paths)."""
     kind = "unfinished" if checkpoint.readable else "io"
-    found = [FileError(os.fspath(checkpoint.path), p, kind=kind) for p in checkpoint.problems]
-    found += [e for e in errors if (e.file, e.error) not in {(f.file, f.error) for f in found}]
+    found = [FileError(".", p, kind=kind) for p in checkpoint.problems]
+    itself = os.fspath(checkpoint.path)
+    for error in errors:
+        if error.error not in checkpoint.problems:  # check reports the markers too
+            found.append(replace(error, file=".") if error.file in (itself, os.path.abspath(itself)) else error)
     return tuple(found)
 
 
