@@ -264,3 +264,4 @@ def test_audit_and_latest_name_the_wrong_file(tmp_path):
     assert Path(latest["path"]).name == "checkpoint-2"
     (rejected,) = latest["rejected"]
     assert "an HTML page titled 'Error response'" in rejected["problem"]
+    assert rejected["kinds"] == ["html"]

@@ -415,11 +415,13 @@ def render_audit(result: AuditResult, *, colour: bool = False) -> str:
 class LatestPick:
     """The outcome of `pick_latest`: `path` is the newest clean checkpoint (None when there is
     none), `reason` one line saying why there is none, `rejected` the newer checkpoints
-    passed over, each as (path, first problem)."""
+    passed over, each as (path, first problem); `kinds[i]` the error kinds (errors.KINDS) of
+    rejected[i], sorted (empty when only tensors are missing or mismatched)."""
 
     path: Path | None
     reason: str | None
     rejected: tuple[tuple[str, str], ...] = ()
+    kinds: tuple[tuple[str, ...], ...] = ()
 
 
 def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None) -> LatestPick:
@@ -429,24 +431,28 @@ def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None
     if not found.checkpoints:
         return LatestPick(None, f"{root}: no checkpoints found")
     rejected: list[tuple[str, str]] = []
+    kinds: list[tuple[str, ...]] = []
     for checkpoint in reversed(found.checkpoints):
         if checkpoint.problems:
             # A missing completeness marker is decisive; no need to read the tensors.
             rejected.append((os.fspath(checkpoint.path), checkpoint.problems[0]))
+            kinds.append(("unfinished",) if checkpoint.readable else ("io",))
             continue
         # One checkpoint at a time, newest first, so a plain full check is the right tool:
         # it stops reading as soon as a clean one is found.
         from .checker import check
-        from .errors import ShardscanError
+        from .errors import ShardscanError, kind_of
 
         try:
             row = _row(checkpoint, check(checkpoint.path, hash=hash, threads=threads))
         except (ShardscanError, OSError, ValueError) as exc:
             rejected.append((os.fspath(checkpoint.path), f"cannot check: {exc}"))
+            kinds.append((kind_of(exc),))
             continue
         if row.ok:
-            return LatestPick(checkpoint.path, None, tuple(rejected))
+            return LatestPick(checkpoint.path, None, tuple(rejected), tuple(kinds))
         rejected.append((row.path, row.problem or "not ok"))
+        kinds.append(tuple(sorted({e.kind for e in row.file_errors})))
     count = len(found.checkpoints)
     newest_path, newest_problem = rejected[0]
     from .report import plural
@@ -455,6 +461,7 @@ def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None
         None,
         f"{root}: none of {plural(count, 'checkpoint')} checks clean; newest {newest_path}: {newest_problem}",
         tuple(rejected),
+        tuple(kinds),
     )
 
 

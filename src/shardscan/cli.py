@@ -357,7 +357,8 @@ def latest(
             "root": os.fspath(root),
             "path": None if pick.path is None else os.fspath(pick.path),
             "reason": pick.reason,
-            "rejected": [{"path": path, "problem": problem} for path, problem in pick.rejected],
+            "rejected": [{"path": path, "problem": problem, "kinds": list(kinds)}
+                         for (path, problem), kinds in zip(pick.rejected, pick.kinds)],
         }))
         raise typer.Exit(EXIT_OK if pick.path is not None else EXIT_PROBLEMS)
     if pick.path is None:
