@@ -265,3 +265,63 @@ def test_audit_and_latest_name_the_wrong_file(tmp_path):
     (rejected,) = latest["rejected"]
     assert "an HTML page titled 'Error response'" in rejected["problem"]
     assert rejected["kinds"] == ["html"]
+
+
+def test_variants_real_downloads_produce(tmp_path):
+    # A pointer checked out with core.autocrlf, and a long page whose first 4 KiB end inside
+    # a multi-byte character: still what they are.
+    crlf = tmp_path / "crlf" / "model.safetensors"
+    crlf.parent.mkdir()
+    crlf.write_bytes(lfs_pointer_of(b"x" * 5000).replace(b"\n", b"\r\n"))
+    page = tmp_path / "page" / "model.safetensors"
+    page.parent.mkdir()
+    page.write_bytes(("<!DOCTYPE html><html><head><title>Fehler – Zugriff verweigert</title></head><body>"
+                      + "ä" * 5000 + "</body></html>").encode())
+    for path, kind, words in ((crlf, "lfs-pointer", "to a 5.0 kB file"), (page, "html", "Fehler – Zugriff verweigert")):
+        (error,) = json.loads(runner.invoke(app, ["scan", "--json", os.fspath(path)]).output)["errors"]
+        assert error["kind"] == kind and words in error["error"], error
+
+
+def test_the_python_api_carries_the_kind(tmp_path):
+    import shardscan
+
+    path = tmp_path / "pytorch_model.bin"
+    path.write_bytes(gzip_file(tmp_path))
+    with pytest.raises(shardscan.FormatError) as raised:
+        shardscan.scan(path)
+    assert raised.value.kind == "gzip"
+    (problem,) = shardscan.scan_paths([path]).problems
+    assert problem.kind == "gzip"
+
+
+def _kind_literals() -> list[tuple[str, str]]:
+    """Every kind the package's code names: `kind="..."` arguments of errors (Layout's `kind`
+    is another word), class-level `kind = "..."`, and the values of the status table in _core."""
+    import ast
+
+    import shardscan
+
+    found = []
+    for source in Path(shardscan.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")).endswith(
+                    ("Error", "fail", "replace")):
+                found += [(source.name, k.value.value) for k in node.keywords
+                          if k.arg == "kind" and isinstance(k.value, ast.Constant)]
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "kind" for t in node.targets) \
+                    and isinstance(node.value, ast.Constant):
+                found.append((source.name, node.value.value))
+    from shardscan import _core
+
+    found += [("_core.py", kind) for kind in _core._KINDS.values()]
+    return found
+
+
+def test_every_kind_the_code_names_is_in_the_vocabulary_and_documented():
+    named = _kind_literals()
+    assert len(named) > 20  # the scan sees the code
+    assert [entry for entry in named if entry[1] not in KINDS and entry[1] is not None] == []
+    table = (Path(__file__).resolve().parents[1] / "docs" / "report-json.md").read_text()
+    undocumented = [kind for kind in KINDS if f"`{kind}`" not in table]
+    assert undocumented == []
+    assert len(set(KINDS)) == len(KINDS)

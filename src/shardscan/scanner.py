@@ -312,5 +312,5 @@ def scan(paths: Sequence[PathLike] | PathLike, *, hash: bool = True, threads: in
     result = scan_paths(paths, hash=hash, threads=threads)
     if result.problems:
         problem = result.problems[0]
-        raise FormatError(problem.error, path=problem.file) from problem.exception
+        raise FormatError(problem.error, path=problem.file, kind=problem.kind) from problem.exception
     return result.table

@@ -32,7 +32,9 @@ SAMPLE = 64 << 10
 SAMPLES = 64
 _CHUNK = 16 << 20
 
-_LFS = b"version https://git-lfs.github.com/spec/v1\n"
+# The spec's version line; pointers from before git-lfs 1.0 name hawser. A checkout with
+# core.autocrlf may have turned the line ends into CRLF.
+_LFS = (b"version https://git-lfs.github.com/spec/v1", b"version https://hawser.github.com/spec/v1")
 _LFS_MAX = 1024  # git-lfs never writes a pointer file of 1024 bytes or more
 _GZIP = b"\x1f\x8b"
 _ZSTD = b"\x28\xb5\x2f\xfd"
@@ -55,7 +57,7 @@ def _human(size: int) -> str:
 
 
 def _lfs_pointer(head: bytes, size: int) -> tuple[str, str] | None:
-    if size >= _LFS_MAX or not head.startswith(_LFS):
+    if size >= _LFS_MAX or not head.startswith(_LFS) or head.partition(b"v1")[2][:1] not in (b"\n", b"\r"):
         return None
     fields = dict(line.partition(b" ")[::2] for line in head.splitlines())
     target = fields.get(b"size", b"")
@@ -63,10 +65,16 @@ def _lfs_pointer(head: bytes, size: int) -> tuple[str, str] | None:
     return "lfs-pointer", f"a Git LFS pointer{to}, not the file itself: run git lfs pull"
 
 
-def _text(head: bytes) -> str | None:
-    """The head as text, or None when it holds bytes text never does (NUL, other controls)."""
+def _text(head: bytes, size: int) -> str | None:
+    """The head as text, or None when it is not UTF-8 or holds bytes text never does (NUL,
+    other controls). A head cut from a longer file may end inside a character."""
     body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
-    text = body.decode("utf-8", "ignore" if len(body) >= HEAD - 4 else "strict") if body else ""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        if size <= len(head) or bad.start < len(body) - 3:
+            return None
+        text = body[:bad.start].decode("utf-8")
     if any(ord(c) < 32 and c not in "\t\n\r\f" for c in text):
         return None
     return text.lstrip()
@@ -76,11 +84,8 @@ _TITLE = re.compile(r"<title[^>]*>([^<]{1,200})", re.IGNORECASE)
 _HTML = re.compile(r"<(?:!doctype\s+html|html|head|body|title)\b", re.IGNORECASE)
 
 
-def _markup_or_json(head: bytes) -> tuple[str, str] | None:
-    try:
-        text = _text(head)
-    except UnicodeDecodeError:
-        return None
+def _markup_or_json(head: bytes, size: int) -> tuple[str, str] | None:
+    text = _text(head, size)
     if not text:
         return None
     if text.startswith("<") and _HTML.search(text):
@@ -153,7 +158,7 @@ def recognise(file: "NativeFile") -> tuple[str, str] | None:
         if found is not None:
             return found
     head = file.read(0, min(file.size, HEAD))
-    return _lfs_pointer(head, file.size) or _magic(head) or _markup_or_json(head)
+    return _lfs_pointer(head, file.size) or _magic(head) or _markup_or_json(head, file.size)
 
 
 def refusal(file: "NativeFile") -> NotACheckpointError | None:
