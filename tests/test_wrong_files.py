@@ -325,3 +325,20 @@ def test_every_kind_the_code_names_is_in_the_vocabulary_and_documented():
     undocumented = [kind for kind in KINDS if f"`{kind}`" not in table]
     assert undocumented == []
     assert len(set(KINDS)) == len(KINDS)
+
+
+def test_a_dcp_metadata_fetched_as_an_lfs_pointer(dcp_two_rank_checkpoint, tmp_path):
+    # torch.distributed.checkpoint directories pushed to the hub travel through git-lfs too.
+    import shutil
+
+    copy = tmp_path / "step_2"
+    shutil.copytree(dcp_two_rank_checkpoint, copy)
+    metadata = copy / ".metadata"
+    metadata.write_bytes(lfs_pointer_of(metadata.read_bytes()))
+    (error,) = json.loads(runner.invoke(app, ["check", "--json", os.fspath(copy)]).output)["errors"]
+    assert error["kind"] == "lfs-pointer" and error["error"].startswith(".metadata: a Git LFS pointer to a ")
+    missing = tmp_path / "unfinished"
+    shutil.copytree(dcp_two_rank_checkpoint, missing)
+    (missing / ".metadata").unlink()
+    kinds = {e["kind"] for e in json.loads(runner.invoke(app, ["check", "--json", os.fspath(missing)]).output)["errors"]}
+    assert kinds == {"unfinished"}

@@ -27,7 +27,7 @@ from .. import pickle_reader
 from .._core import HashJob, NativeFile, Segment, parse_zip
 from ..errors import FormatError
 from ..pickle_reader import DType, Global, Handler, Instance, Policy, TensorRef
-from . import _views
+from . import _views, wrong
 from .base import BUDGET, FileProblem, Format, Job, Listing
 from .torch_pickle import COMPLEX, TORCH_POLICY
 from .torch_zip import byteorder_is_big, itemsize_of, place_tensor, read_pickle, storage_nbytes
@@ -256,15 +256,18 @@ def read_dir(path: Path, name: str) -> Listing:
     (missing file, range outside a file, bad chunks) become FileProblems naming the tensor."""
     meta_path = path / METADATA
     if not meta_path.is_file():
-        raise _fail(name, "DCP checkpoint without .metadata: an incomplete save (the coordinator writes it last)")
+        raise _fail(name, "DCP checkpoint without .metadata: an incomplete save (the coordinator writes it last)",
+                    kind="unfinished")
     meta = NativeFile(meta_path)
     if meta.size > _MAX_METADATA:
         raise _fail(name, f".metadata is {meta.size} bytes (limit {_MAX_METADATA})")
     try:
         md = pickle_reader.load(meta.read(0, meta.size), DCP_POLICY)
     except FormatError as e:
+        # A .metadata fetched as an LFS pointer (or an error page) is named for what it is.
+        e = wrong.refusal(meta) or e
         e.path, e.message = name, f"{METADATA}: {e.message}"
-        raise
+        raise e from None
     if _cls(md) != "Metadata" or type(md.get("state_dict_metadata")) is not dict:
         raise _fail(name, ".metadata does not hold a DCP Metadata object")
     index = _index_storage(md, name)
