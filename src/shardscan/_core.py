@@ -418,6 +418,11 @@ class ZipTruncated(FormatError):
     kind = "truncated"
 
 
+class ZipForeign(FormatError):
+    """A well-formed zip that torch.save does not write: compressed or encrypted records, no
+    shared top-level folder, folder entries (zipfile, numpy.savez, TorchScript's code)."""
+
+
 @dataclass(frozen=True)
 class ZipRecord:
     """One stored record: `name` without the archive's top-level folder, `offset` the absolute
@@ -444,6 +449,8 @@ def _collect(file: NativeFile, status: int, listing, err) -> ZipListing:
     message = _message(err)
     if status == lib.SS_E_ZIP_NO_EOCD:
         raise ZipTruncated(message, path=file.path)
+    if status in (lib.SS_E_ZIP_COMPRESSED, lib.SS_E_ZIP_PREFIX, lib.SS_E_ZIP_DIRECTORY, lib.SS_E_ZIP_ENCRYPTED):
+        raise ZipForeign(message, path=file.path)
     if status != lib.SS_OK:
         raise error_for(status, message, file.path)
     n = listing.count

@@ -204,7 +204,8 @@ class _DirBudget:
     def spend(self, segments: int, nbytes: int, name: str, key: str) -> None:
         if segments > self.segments:
             raise _fail(name, f"{key}: needs more segments to stream than the directory's budget leaves ({self.segments} "
-                        f"of {BUDGET.segments(self.size)} for {self.size} bytes of files); chunks over expanded views?", key, "budget")
+                        f"of {BUDGET.segments(self.size)} for {self.size} bytes of files); chunks over expanded views?",
+                        key, "budget")
         if nbytes > self.view_bytes:
             raise _fail(name, f"{key}: {nbytes} logical bytes to hash pass the directory's budget ({self.view_bytes} left "
                         f"of {BUDGET.view_bytes(self.size)}, {BUDGET.view_bytes_per_byte}x its files); chunks over "
@@ -229,7 +230,7 @@ def _row_major_segments(size: tuple[int, ...], chunks: list[_Chunk], itemsize: i
         return [_views.segment(c.file_index, c.base, c.sizes, c.strides, itemsize, complex_unit)]
     outer = _views.numel(size[:k])
     if outer * len(chunks) > 4 * MAX_SEGMENTS:
-        raise _fail(name, f"{key}: {len(chunks)} chunks over {outer} outer positions are too fragmented to stream", key)
+        raise _fail(name, f"{key}: {len(chunks)} chunks over {outer} outer positions are too fragmented to stream", key, "budget")
     order = sorted(chunks, key=lambda c: c.offsets[k])
     segments: list[Segment] = []
     prefix = [0] * k
@@ -239,7 +240,7 @@ def _row_major_segments(size: tuple[int, ...], chunks: list[_Chunk], itemsize: i
                 off = c.base + sum((prefix[d] - c.offsets[d]) * c.strides[d] for d in range(k))
                 segments.append(_views.segment(c.file_index, off, c.sizes[k:], c.strides[k:], itemsize, complex_unit))
                 if len(segments) > MAX_SEGMENTS:
-                    raise _fail(name, f"{key}: needs more than {MAX_SEGMENTS} segments to stream", key)
+                    raise _fail(name, f"{key}: needs more than {MAX_SEGMENTS} segments to stream", key, "budget")
                 if len(segments) > budget.segments:
                     budget.spend(len(segments), 0, name, key)  # raises: the budget is spent
         for d in range(k - 1, -1, -1):  # next prefix, row-major
@@ -283,7 +284,7 @@ def read_dir(path: Path, name: str) -> Listing:
         if rel not in opened:
             fpath = path / rel
             if not fpath.is_file():
-                raise _fail(name, f"{key}: {rel} is missing", key)
+                raise _fail(name, f"{key}: {rel} is missing", key, "absent")
             listing.files.append(NativeFile(fpath))
             listing.names.append(rel)
             opened[rel] = len(listing.files) - 1

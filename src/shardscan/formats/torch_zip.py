@@ -26,7 +26,7 @@ import zlib
 from dataclasses import dataclass
 
 from .. import pickle_reader
-from .._core import HashJob, NativeFile, ZipListing, ZipRecord, ZipTruncated, parse_zip, walk_zip
+from .._core import HashJob, NativeFile, ZipForeign, ZipListing, ZipRecord, ZipTruncated, parse_zip, walk_zip
 from ..errors import FormatError, IntegrityError, NotACheckpointError
 from . import _views, wrong
 from .base import BUDGET, FileProblem, Format, Job, Listing
@@ -176,8 +176,10 @@ def _directory(file: NativeFile) -> tuple[ZipListing, bool]:
             walked = walk_zip(file).by_name()
         except FormatError:
             raise wrong.refusal(file) or violation from None
-        refusal = _not_a_checkpoint(walked, file.path)
-        if refusal is not None:
+        # Only a well-formed zip of another tool is named for what it is: a broken directory
+        # says more about a hostile file than any guess at its contents.
+        refusal = wrong.zip_refusal(walked, file.path)
+        if refusal is not None and (isinstance(violation, ZipForeign) or refusal.kind == "torchscript"):
             raise refusal from None
         raise
 
@@ -214,7 +216,7 @@ class _Found:
     intact: list[str]
     cut: list[str]
     lost: list[str]
-    broken: list[str]  # "key: why" for views that do not fit their record
+    broken: list[tuple[str, str]]  # ("key: why", kind) for views that do not fit their record
 
 
 def pickle_limits(pickle_size: int) -> pickle_reader.Limits:
@@ -253,16 +255,17 @@ def _list_tensors(listing: Listing, obj: object, records: dict[str, ZipRecord], 
             found.cut.append(key)
             continue
         if rec.size != storage_nbytes(leaf.storage):
-            found.broken.append(f"{key}: record {rec_name} holds {rec.size} bytes, the pickle says {storage_nbytes(leaf.storage)}")
+            found.broken.append((f"{key}: record {rec_name} holds {rec.size} bytes, the pickle says "
+                                 f"{storage_nbytes(leaf.storage)}", "format"))
             continue
         try:
             placed = place_tensor(leaf, rec, 0, big)
         except FormatError as e:
-            found.broken.append(f"{key}: {e.message}")
+            found.broken.append((f"{key}: {e.message}", e.kind))
             continue
         too_much = expansion(leaf, placed.nbytes, rec.size, spent, budget)
         if too_much is not None:
-            found.broken.append(f"{key}: {too_much}")
+            found.broken.append((f"{key}: {too_much}", "budget"))
             continue
         spent += placed.nbytes
         job = Job(placed.job)
@@ -283,8 +286,8 @@ def _report(listing: Listing, name: str, path: str, truncated: bool, found: _Fou
     elif found.lost:
         error = FormatError(f"storage records missing from the archive for {', '.join(found.lost)}", path=path)
         listing.problems.append(FileProblem(name, error, lost=tuple(found.lost)))
-    for message in found.broken:
-        listing.problems.append(FileProblem(name, FormatError(message, path=path)))
+    for message, kind in found.broken:
+        listing.problems.append(FileProblem(name, FormatError(message, path=path, kind=kind)))
 
 
 def load_objects(file: NativeFile) -> object:
