@@ -162,15 +162,16 @@ def audit(
     hash: bool = True,
     threads: int | None = None,
     progress: Progress | None = None,
+    sha256: bool | None = None,
 ) -> AuditResult:
     """Checks every checkpoint under `root` (each against what it declares itself, plus
     `against` for all when given). Problems are collected into the rows, never raised.
     `progress(done, total)` receives bytes hashed over the whole tree. Raises
     FileNotFoundError when `root` does not exist; an unusable `against` makes every
-    checkpoint's row say "cannot check: ..." instead."""
+    checkpoint's row say "cannot check: ..." instead. `sha256` as for `check`."""
     started = time.perf_counter()
     found = find_checkpoints(root)
-    verdicts = audit_group(found.checkpoints, against, hash=hash, threads=threads, progress=progress)
+    verdicts = audit_group(found.checkpoints, against, hash=hash, threads=threads, progress=progress, sha256=sha256)
     return assemble(found, verdicts, hashed=hash, elapsed=time.perf_counter() - started)
 
 
@@ -185,6 +186,7 @@ def audit_group(
     hash: bool = True,
     threads: int | None = None,
     progress: Progress | None = None,
+    sha256: bool | None = None,
 ) -> list[tuple[AuditRow, "pa.Table | None"]]:
     """(row, per-tensor table) for each checkpoint, in order: every file of every checkpoint
     is read in one scan, then each checkpoint is checked on its own part of it. A checkpoint
@@ -213,24 +215,24 @@ def audit_group(
     for i, checkpoint in enumerate(checkpoints):
         if i in files:
             part = shared.select(files[i]) if shared is not None else None
-            out.append(judge(checkpoint, against, part, hash=hash, threads=threads))
+            out.append(judge(checkpoint, against, part, hash=hash, threads=threads, sha256=sha256))
         else:  # unreadable (discovery said why) or not listable (`failed` says why)
             out.append((_unreadable_row(checkpoint, (failed[i],) if i in failed else ()), None))
     return out
 
 
 def judge(checkpoint: Checkpoint, against: PathLike | None, part: "ScanResult | None", *, hash: bool,
-          threads: int | None) -> tuple[AuditRow, "pa.Table | None"]:
+          threads: int | None, sha256: bool | None = None) -> tuple[AuditRow, "pa.Table | None"]:
     """One checkpoint's row and per-tensor table from `check` on its part of a scan (None: it
     scans itself); a checkpoint that cannot be checked gets a failed row saying why."""
-    verdict = _checked(checkpoint, against, part, hash=hash, threads=threads)
+    verdict = _checked(checkpoint, against, part, hash=hash, threads=threads, sha256=sha256)
     if isinstance(verdict, tuple):
         return verdict
     return _unreadable_row(checkpoint, (verdict,)), None
 
 
 def _checked(checkpoint: Checkpoint, against: PathLike | None, part: "ScanResult | None", *, hash: bool,
-             threads: int | None) -> tuple[AuditRow, "pa.Table | None"] | FileError:
+             threads: int | None, sha256: bool | None = None) -> tuple[AuditRow, "pa.Table | None"] | FileError:
     """`check` of one checkpoint on its part of the shared scan (None: it scans itself): its
     row and table, or why it could not be checked."""
     from .checker import check, files_to_scan
@@ -240,7 +242,7 @@ def _checked(checkpoint: Checkpoint, against: PathLike | None, part: "ScanResult
     try:
         if part is None:
             part = scan_paths(files_to_scan(checkpoint.path), hash=hash, threads=threads)
-        report = check(checkpoint.path, against, hash=hash, threads=threads, scan=part)
+        report = check(checkpoint.path, against, hash=hash, threads=threads, scan=part, sha256=sha256)
     except (ShardscanError, OSError, ValueError) as exc:
         return FileError(os.fspath(checkpoint.path), f"cannot check: {exc}", kind=kind_of(exc))
     return _row(checkpoint, report), part.table
@@ -424,7 +426,8 @@ class LatestPick:
     kinds: tuple[tuple[str, ...], ...] = ()
 
 
-def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None) -> LatestPick:
+def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None,
+                sha256: bool | None = None) -> LatestPick:
     """Checks checkpoints from the newest back and returns the first clean one, with the
     ones passed over. Raises FileNotFoundError when `root` does not exist."""
     found = find_checkpoints(root)
@@ -444,7 +447,7 @@ def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None
         from .errors import ShardscanError, kind_of
 
         try:
-            row = _row(checkpoint, check(checkpoint.path, hash=hash, threads=threads))
+            row = _row(checkpoint, check(checkpoint.path, hash=hash, threads=threads, sha256=sha256))
         except (ShardscanError, OSError, ValueError) as exc:
             rejected.append((os.fspath(checkpoint.path), f"cannot check: {exc}"))
             kinds.append((kind_of(exc),))
@@ -465,8 +468,9 @@ def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None
     )
 
 
-def latest(root: PathLike, *, hash: bool = True, threads: int | None = None) -> Path | None:
+def latest(root: PathLike, *, hash: bool = True, threads: int | None = None,
+           sha256: bool | None = None) -> Path | None:
     """The newest checkpoint under `root` (by step, then mtime) that checks clean, or None.
     Use it before resuming: `trainer.train(resume_from_checkpoint=str(latest("out")))`.
     Raises FileNotFoundError when `root` does not exist."""
-    return pick_latest(root, hash=hash, threads=threads).path
+    return pick_latest(root, hash=hash, threads=threads, sha256=sha256).path

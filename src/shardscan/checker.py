@@ -74,6 +74,7 @@ class CheckOptions:
     hf: bool | None = None
     progress: Callable[[int, int], None] | None = None
     strict: bool = False
+    sha256: bool | None = None  # shardscan.digests.check_published
 
     @staticmethod
     def prefixes(strip_prefix: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -129,7 +130,9 @@ def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = ()
     # Files given one by one are named by their path; show them relative, as a directory scan does.
     relabel = os.fspath(path) + os.sep if path.is_dir() else ""
     name_of = lambda n: n[len(relabel):] if relabel and n.startswith(relabel) else n  # noqa: E731
-    role = (lambda name: role_of(name)) if path.is_dir() else (lambda name: MODEL)
+    # A file or a DCP directory is its own resume set: all of it is the model.
+    whole = len(members.members) == 1 and members.members[0].path == path
+    role = (lambda name: MODEL) if whole else role_of
     prefix = f"{label}/" if label and path.is_dir() else ""
     actual = _Actual(specs={}, damaged=set(), errors=[], files=len(given.files), tensors=len(given.columns),
                      nbytes=sum(given.columns.nbytes), bytes_by_file={}, notes=notes)
@@ -485,6 +488,7 @@ def check(
     progress: Callable[[int, int], None] | None = None,
     scan: ScanResult | None = None,
     strict: bool = False,
+    sha256: bool | None = None,
 ) -> Report:
     """Checks the checkpoint at `path` (a tensor file or directory) against its expected
     layouts and returns a Report; problems in the checkpoint are findings, never raised.
@@ -496,6 +500,9 @@ def check(
     `model`: "module:factory" of a torch.nn.Module to build on the meta device.
     `hf`: build config layouts with transformers (None: only for a config named by `against`).
     `strict`: all-zero tensors of rank >= 2 are problems, not warnings (NaN and Inf always are).
+    `sha256`: verify whole files against the digests their download published (a hub cache,
+    local_dir metadata, SHA256SUMS, model.sig): None when one exists, False never, True
+    always (with no source, every file is still digested).
     `scan`: a scan the caller made of exactly `files_to_scan(path)` (with `hash` saying
     whether it hashed; ScanResult.select cuts one out of a larger scan), used instead of
     scanning again; its file names may be relative to `path` or carry `path` as their prefix.
@@ -505,7 +512,8 @@ def check(
     package that is not installed."""
     started = time.perf_counter()
     options = CheckOptions(hash=hash, threads=threads, strip_prefix=CheckOptions.prefixes(strip_prefix),
-                           checksums=checksums, model=model, hf=hf, progress=progress, strict=strict)
+                           checksums=checksums, model=model, hf=hf, progress=progress, strict=strict,
+                           sha256=sha256)
     for given in (path, against):
         if given is not None and not Path(given).exists():
             raise FileNotFoundError(f"{given}: no such file or directory")
@@ -520,6 +528,7 @@ def check(
                          lambda: {k: s.shape for k, s in _strip_specs(actual.specs, options.strip_prefix).items()},
                          actual.errors)
     findings = _compare(found, actual, root, os.fspath(path), options)
+    _published_digests(root, actual, findings, options)
     return Report(
         path=os.fspath(path),
         against=os.fspath(against) if against is not None else None,
@@ -539,6 +548,27 @@ def check(
     )
 
 
+def _published_digests(root: Path, actual: _Actual, findings: _Findings, options: CheckOptions) -> None:
+    """Whole files against the digests their download published (shardscan.digests); a file
+    that fails also names the tensors a manifest found changed in it."""
+    from .digests import check_published
+
+    outcome = check_published(root, options.sha256, hash=options.hash, threads=options.threads,
+                              progress=options.progress)
+    present = {**_strip_specs(actual.specs, options.strip_prefix), **actual.state_specs}
+    changed: dict[str, list[str]] = {}
+    for key, kind in findings.mismatched:
+        spec = present.get(key)
+        if kind == "checksum" and spec is not None and spec.file:
+            changed.setdefault(spec.file, []).append(key)
+    for file, error, kind in outcome.errors:
+        keys = changed.get(file)
+        tensors = f"; tensors whose checksum differs from the manifest: {', '.join(families(keys))}" if keys else ""
+        findings.errors.append(FileError(file, error + tensors, kind=kind))
+    findings.warnings += outcome.warnings
+    findings.notes += outcome.notes
+
+
 def _merge_errors(errors: list[FileError]) -> list[FileError]:
     """One entry per (file, error): a shard both absent from disk and in a series gap, or
     named by two layouts, is reported once."""
@@ -555,12 +585,15 @@ def diff(
     hash: bool = True,
     threads: int | None = None,
     strip_prefix: str | Sequence[str] | None = None,
+    strip_prefix_a: str | Sequence[str] | None = None,
+    strip_prefix_b: str | Sequence[str] | None = None,
 ) -> Diff:
     """Compares two checkpoints (files or directories, any formats): keys only in A, only in
     B, and tensors whose shape, dtype or checksum changed. Checksums are format-independent,
     so a .bin and its safetensors conversion compare equal when no tensor changed.
-    `hash=False` compares keys, shapes and dtypes only. Raises FileNotFoundError when either
-    path does not exist."""
+    `hash=False` compares keys, shapes and dtypes only. `strip_prefix` is removed from the keys
+    of both sides, `strip_prefix_a` / `_b` from one side only (a `{"model": state_dict}` save
+    against a bare state dict). Raises FileNotFoundError when either path does not exist."""
     started = time.perf_counter()
     for given in (a, b):
         if not Path(given).exists():
@@ -569,7 +602,8 @@ def diff(
     options = CheckOptions(hash=hash, threads=threads, strip_prefix=prefixes)
     left = _scan(Path(a), options, label=os.fspath(a), roles=(MODEL,))
     right = _scan(Path(b), options, label=os.fspath(b), roles=(MODEL,))
-    a_specs, b_specs = _strip_specs(left.specs, prefixes), _strip_specs(right.specs, prefixes)
+    a_specs = _strip_specs(left.specs, prefixes + CheckOptions.prefixes(strip_prefix_a))
+    b_specs = _strip_specs(right.specs, prefixes + CheckOptions.prefixes(strip_prefix_b))
     as_layout = Layout(kind="reference", source=os.fspath(a), specs=a_specs)
     changed: dict[tuple[str, str], Mismatch] = {}
     _mismatches(as_layout, b_specs, changed)

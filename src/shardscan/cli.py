@@ -22,6 +22,7 @@ try:  # Ctrl-C while Python is still loading (typer is most of the start-up) is 
     import os
     import signal
     import time
+    from dataclasses import replace
     from pathlib import Path
     from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
@@ -69,6 +70,13 @@ Threads = Annotated[
     Optional[int], typer.Option("--threads", "-j", min=1, help="Hashing threads (default: online CPUs).")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
+Sha256 = Annotated[
+    Optional[bool],
+    typer.Option("--sha256/--no-sha256",
+                 help="Verify every file against the SHA-256 its download published (huggingface_hub cache or "
+                      "local_dir, SHA256SUMS, *.sha256, model.sig): by default whenever one exists; --sha256 "
+                      "digests every file even without one."),
+]
 
 
 def _progress_reporter() -> Callable[[int, int], None] | None:
@@ -147,6 +155,12 @@ def scan(
     threads: Threads = None,
     list_tensors: Annotated[bool, typer.Option("--list", help="Print one line per tensor (the count goes to stderr).")] = False,
     json_output: Json = False,
+    files_out: Annotated[
+        Optional[Path],
+        typer.Option("--files-out", metavar="FILE",
+                     help="Also digest every file whole and write one row per file (file, size, sha256, xxh3_128): "
+                          ".parquet, .arrow/.feather, .csv, or sha256sum text for a name SHA256SUMS or *.sha256."),
+    ] = None,
 ) -> None:
     """List every tensor (key, dtype, shape, offset, size, XXH3-128 checksum) of the given files."""
     from .scanner import scan_paths
@@ -154,8 +168,19 @@ def scan(
     table_on_stdout = _table_on_stdout(output, json_output, list_tensors)
     if output is not None and not table_on_stdout:
         _refuse_output_among_inputs(output, paths)
+    if files_out is not None:
+        if os.fspath(files_out) == "-":
+            raise typer.BadParameter("the per-file table is written to a file, not stdout", param_hint="'--files-out'")
+        _refuse_output_among_inputs(files_out, paths)
     result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
     _write_table(result.table, output)
+    unreadable = _write_file_table(paths, files_out, threads) if files_out is not None else []
+    if unreadable:
+        from .errors import IntegrityError
+        from .formats import FileProblem
+
+        result = replace(result, problems=result.problems + tuple(
+            FileProblem(name, IntegrityError(f"SHA-256 not computed: {error}", path=name)) for name, error in unreadable))
     if json_output:
         payload = {
             "ok": result.ok,
@@ -177,6 +202,20 @@ def scan(
         # With rows or a table on stdout, the count is not data: it goes to stderr.
         typer.echo(_summary(result), err=table_on_stdout or list_tensors)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
+
+
+def _write_file_table(paths: list[Path], files_out: Path, threads: int | None) -> list[tuple[str, str]]:
+    """Writes the per-file digest table (shardscan.digests) and returns (file, error) of the
+    files that could not be digested."""
+    from .digests import file_digests, is_sum_file_name, write_sums
+
+    table = file_digests(paths, threads=threads)
+    if is_sum_file_name(files_out):
+        write_sums(table, files_out)
+    else:
+        _write_table(table, files_out)
+    return [(name, error) for name, error in zip(table.column("file").to_pylist(), table.column("error").to_pylist())
+            if error is not None]
 
 
 def _rows(result: ScanResult):
@@ -254,6 +293,7 @@ def check(
     threads: Threads = None,
     json_output: Json = False,
     strict: Annotated[bool, typer.Option("--strict", help="All-zero tensors of rank >= 2 are problems, not warnings.")] = False,
+    sha256: Sha256 = None,
 ) -> None:
     """Find what is missing, unexpected, changed, unreadable or non-finite against the expected layout."""
     from .checker import check as run_check
@@ -261,7 +301,7 @@ def check(
 
     report = run_check(
         path, against, hash=not no_hash, threads=threads, strip_prefix=strip_prefix, checksums=checksums,
-        model=model, hf=hf, progress=None if json_output else _progress_reporter(), strict=strict,
+        model=model, hf=hf, progress=None if json_output else _progress_reporter(), strict=strict, sha256=sha256,
     )
     if json_output:
         typer.echo(json.dumps(report.to_dict()))
@@ -275,6 +315,12 @@ def diff(
     a: Annotated[Path, typer.Argument(metavar="A", help="The first checkpoint (directory or file).", show_default=False)],
     b: Annotated[Path, typer.Argument(metavar="B", help="The second checkpoint (directory or file).", show_default=False)],
     strip_prefix: StripPrefix = None,
+    strip_prefix_a: Annotated[
+        Optional[list[str]], typer.Option("--strip-prefix-a", metavar="P", help="Remove prefix P from A's keys only; repeatable.")
+    ] = None,
+    strip_prefix_b: Annotated[
+        Optional[list[str]], typer.Option("--strip-prefix-b", metavar="P", help="Remove prefix P from B's keys only; repeatable.")
+    ] = None,
     no_hash: NoHash = False,
     threads: Threads = None,
     json_output: Json = False,
@@ -283,7 +329,8 @@ def diff(
     from .checker import diff as run_diff
     from .report import render_diff
 
-    result = run_diff(a, b, hash=not no_hash, threads=threads, strip_prefix=strip_prefix)
+    result = run_diff(a, b, hash=not no_hash, threads=threads, strip_prefix=strip_prefix,
+                      strip_prefix_a=strip_prefix_a, strip_prefix_b=strip_prefix_b)
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
     else:
@@ -315,6 +362,7 @@ def audit(
     no_hash: NoHash = False,
     threads: Threads = None,
     json_output: Json = False,
+    sha256: Sha256 = None,
 ) -> None:
     """Check every checkpoint under ROOT: one row each, frozen tensors, identical checkpoints,
     and the newest clean one."""
@@ -327,7 +375,7 @@ def audit(
     else:
         from .auditing import audit as run_audit
 
-        result = run_audit(root, against, hash=not no_hash, threads=threads, progress=progress)
+        result = run_audit(root, against, hash=not no_hash, threads=threads, progress=progress, sha256=sha256)
     _write_table(result.table, output)
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
@@ -344,13 +392,14 @@ def latest(
     no_hash: NoHash = False,
     threads: Threads = None,
     json_output: Json = False,
+    sha256: Sha256 = None,
 ) -> None:
     """Print the path of the newest checkpoint under ROOT that checks clean (for
     --resume_from_checkpoint "$(shardscan latest out/)"); exit 1 with the reason on stderr
     when there is none."""
     from .auditing import pick_latest
 
-    pick = pick_latest(root, hash=not no_hash, threads=threads)
+    pick = pick_latest(root, hash=not no_hash, threads=threads, sha256=sha256)
     if json_output:
         typer.echo(json.dumps({
             "ok": pick.path is not None,

@@ -397,6 +397,10 @@ def render_report(report: Report, *, colour: bool = False) -> str:
     """The human form of a check: families missing, unexpected, mismatches, file errors,
     warnings and notes, then one verdict line `PATH: OK` or `PATH: FAILED (...)`."""
     paint = _Paint(colour)
+    lonely = report.errors[0] if len(report.errors) == 1 and report.files == 0 else None
+    if lonely is not None and lonely.file == report.path and not (report.missing or report.unexpected or report.warnings):
+        # Nothing was read but the checkpoint itself, and it says why: one line, not two.
+        return printable_lines([f"{report.path}: {paint('FAILED', _RED + _BOLD)} {lonely.error}"], colour)
     lines: list[str] = []
     if report.missing:
         lines += _family_lines("missing", report.missing)

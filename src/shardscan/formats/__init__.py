@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMATS", "HEAD", "FileProblem", "Format", "Job", "Listing", "directory_format", "family_of", "family_suffix",
-    "file_kind", "is_hf_weights", "is_tensor_file_name", "read_file", "step_stem", "tensor_files", "unfinished",
-    "verify",
+    "file_kind", "is_hf_weights", "is_tensor_file_name", "read_file", "sniffs_as_checkpoint", "step_stem",
+    "tensor_files", "unfinished", "verify",
 ]
 
 #: Every format, in order of preference: a loader that finds several families of tensor files
@@ -117,6 +117,16 @@ def directory_format(path: Path, names: Collection[str] | None = None) -> Format
         except OSError:
             return None
     return next((f for f in FORMATS if f.is_directory is not None and f.is_directory(names)), None)
+
+
+def sniffs_as_checkpoint(path: Path) -> bool:
+    """Whether the first bytes of the file at `path` are those of a format this package reads."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(HEAD)
+    except OSError:
+        return False
+    return any(f.sniff is not None and f.sniff(head) for f in FORMATS if f.read is not None)
 
 
 def read_file(file: "NativeFile", name: str, objects: bool = False) -> Listing:

@@ -290,6 +290,7 @@ def read_dir(path: Path, name: str) -> Listing:
             opened[rel] = len(listing.files) - 1
         return opened[rel]
 
+    cut: dict[str, list] = {}  # .distcp file -> [its size, bytes its chunks need, tensors lost]
     for key, entry in md.get("state_dict_metadata").items():
         if type(key) is not str:
             raise _fail(name, ".metadata has a non-string tensor name")
@@ -304,10 +305,30 @@ def read_dir(path: Path, name: str) -> Listing:
             geometry = geometries[id(entry)] = _Geometry(entry)
         try:
             _read_tensor(listing, key, geometry, index, open_file, name, budget)
+        except _CutShort as e:
+            seen = cut.setdefault(e.rel, [e.size, 0, []])
+            seen[1] = max(seen[1], e.needed)
+            seen[2].append(key)
         except (FormatError, OSError) as e:
             # Without its traceback: the frames would keep every name's chunks alive.
             listing.problems.append(FileProblem(name, e.with_traceback(None), lost=(key,)))
+    listing.problems += _cut_problems(name, cut)
     return listing
+
+
+class _CutShort(FormatError):
+    """A chunk's bytes run past the end of its .distcp file: the file was cut short. Grouped
+    per file into one problem, like a truncated safetensors shard, not one per tensor."""
+
+    def __init__(self, rel: str, size: int, needed: int) -> None:
+        super().__init__(f"{rel} is truncated")
+        self.rel, self.size, self.needed = rel, size, needed
+
+
+def _cut_problems(name: str, cut: dict[str, list]) -> list[FileProblem]:
+    return [FileProblem(name, FormatError(f"{rel} is truncated: {size} bytes present, its chunks reach byte {needed}",
+                                          path=name), lost=tuple(keys))
+            for rel, (size, needed, keys) in cut.items()]
 
 
 class _Geometry:
@@ -385,8 +406,7 @@ def _locate_chunk(listing: Listing, key: str, c: _Chunk, dtype: str, index: dict
     fi = open_file(rel, key)
     file = listing.files[fi]
     if offset + length > file.size:
-        raise _fail(name, f"{key}: chunk at {c.offsets} is bytes {offset}..{offset + length} of {rel}, "
-                    f"which has only {file.size}", key)
+        raise _CutShort(rel, file.size, offset + length)
     records, t, c.big = _chunk_archive(file, fi, offset, length, budget, name, key, f"chunk at {c.offsets} in {rel}")
     if not isinstance(t, TensorRef) or t.storage is None:
         raise _fail(name, f"{key}: chunk at {c.offsets} in {rel} does not hold a tensor", key)
