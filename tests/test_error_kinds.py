@@ -99,3 +99,19 @@ def test_diff_errors_carry_kinds(tmp_path):
     (error,) = result["errors"]
     assert error["file"].endswith("b/model-00001-of-00002.safetensors") and error["kind"] == "truncated"
     assert all(e["kind"] in KINDS for e in result["errors"])
+
+
+def test_a_byte_flipped_after_download_is_sha256(tmp_path):
+    # coreutils wrote the digests when the file was whole; one byte of tensor data changed since.
+    import subprocess
+
+    directory = tmp_path / "download"
+    save_sharded(directory, state_dict(1))
+    names = sorted(p.name for p in directory.iterdir())
+    sums = subprocess.run(["sha256sum", *names], cwd=directory, check=True, capture_output=True, text=True).stdout
+    (directory / "SHA256SUMS").write_text(sums)
+    shard = directory / "model-00001-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    assert ("model-00001-of-00002.safetensors", "sha256") in check_kinds(directory)
