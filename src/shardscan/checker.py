@@ -107,7 +107,7 @@ def _own_indexes(directory: Path) -> tuple[list[Layout], list[FileError]]:
         try:
             indexes.append(layouts.index_layout(index))
         except ValueError as exc:
-            errors.append(FileError(index.name, str(exc).removeprefix(f"{index}: ")))
+            errors.append(FileError(index.name, str(exc).removeprefix(f"{index}: "), kind="layout"))
     return indexes, errors
 
 
@@ -142,8 +142,8 @@ def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = ()
         qualify = _qualifier(file, role(file))
         actual.damaged.update(qualify(k) for k in problem.cut + problem.lost)
         actual.errors.append(FileError(prefix + file, problem.error, tuple(problem.intact), tuple(problem.cut),
-                                       tuple(problem.lost)))
-    actual.errors += [FileError(prefix + file, error) for file, error in members.problems]
+                                       tuple(problem.lost), kind=problem.kind))
+    actual.errors += [FileError(prefix + file, error, kind=kind) for file, error, kind in members.problems]
     actual.damaged -= set(actual.specs) | set(actual.state_specs)
     return actual
 
@@ -259,12 +259,12 @@ def _index_findings(layout: Layout, actual: _Actual, directory: Path, index_name
     absent = [name for name in layout.files if name not in on_disk]
     for name in absent:
         count = sum(1 for spec in layout.specs.values() if spec.file == name)
-        errors.append(FileError(name, f"absent: {index_name} maps {count} tensors to it"))
+        errors.append(FileError(name, f"absent: {index_name} maps {count} tensors to it", kind="absent"))
     # a single file checked alone says nothing about its neighbours' series
     named_or_present = set(layout.files) | {n for n in on_disk if formats.is_tensor_file_name(n)}
     for name, series in layouts.series_gaps(named_or_present) if whole_directory else ():
         if name not in absent:
-            errors.append(FileError(name, f"absent: the series {series} has a gap here"))
+            errors.append(FileError(name, f"absent: the series {series} has a gap here", kind="absent"))
     moved: dict[tuple[str, str], list[str]] = {}
     for key, spec in layout.specs.items():
         have = actual.specs.get(key)
@@ -276,7 +276,8 @@ def _index_findings(layout: Layout, actual: _Actual, directory: Path, index_name
             moved.setdefault((spec.file, found), []).append(key)
     for (named, found), keys in sorted(moved.items()):
         errors.append(FileError(
-            index_name, f"maps {len(keys)} tensors to {named} but they are in {found}: {', '.join(families(keys))}"
+            index_name, f"maps {len(keys)} tensors to {named} but they are in {found}: {', '.join(families(keys))}",
+            kind="misplaced",
         ))
     if layout.total_size is not None and whole_directory and not absent and not actual.damaged:
         held = sum(actual.bytes_by_file.get(name, 0) for name in layout.files)
@@ -323,7 +324,8 @@ def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: 
                 layout = layouts.manifest_layout(manifest, root)
             except (ValueError, OSError, NotImplementedError) as exc:  # pyarrow's errors derive from these
                 # The checkpoint's own manifest is part of it: a broken one is a finding.
-                errors.append(FileError(manifest.name, f"unreadable manifest: {str(exc).removeprefix(f'{manifest}: ')}"))
+                errors.append(FileError(manifest.name, f"unreadable manifest: {str(exc).removeprefix(f'{manifest}: ')}",
+                                        kind="layout"))
             else:
                 found.append(_resume_manifest(layout) if root.is_dir() else layout)
     if against is None and root.is_dir():
@@ -342,7 +344,7 @@ def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: 
             if config[1]:
                 raise  # named by --against: a usage error
             # The checkpoint's own config.json is part of it: a broken one is a finding.
-            errors.append(FileError(config[0].name, str(exc).removeprefix(f"{config[0]}: ")))
+            errors.append(FileError(config[0].name, str(exc).removeprefix(f"{config[0]}: "), kind="layout"))
         else:
             found.append(layout)
             notes += [note] if note else []
@@ -410,7 +412,7 @@ def _reference_layout(path: Path, options: CheckOptions) -> Layout:
     reading = CheckOptions(hash=options.hash and options.checksums, threads=options.threads)
     ref = _scan(path, reading, label=os.fspath(path), roles=(MODEL,))
     layout = Layout(kind="reference", source=f"reference {path}", specs=ref.specs)
-    layout.errors = [(e.file, e.error) for e in ref.errors]
+    layout.errors = [(e.file, e.error, e.kind) for e in ref.errors]
     return layout
 
 
@@ -442,7 +444,7 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
         out.unexpected |= extra
         _mismatches(layout, present, out.mismatched)
         compared_checksums |= any(spec.checksum for spec in layout.specs.values())
-        out.errors += [FileError(file, error) for file, error in layout.errors]
+        out.errors += [FileError(file, error, kind=kind) for file, error, kind in layout.errors]
         out.warnings += layout.warnings
         if layout.kind == "index":
             index_errors, index_warnings = _index_findings(raw, actual, root if root.is_dir() else root.parent,
@@ -459,17 +461,17 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
         # LoRA's B matrices start at zero, so alone this is no proof of damage; --strict makes it one.
         zeros = f"all-zero tensors (rank >= 2, as preallocated or sparse files leave them): {', '.join(families(actual.zeros))}"
         if options.strict:
-            out.errors.append(FileError(path, zeros))
+            out.errors.append(FileError(path, zeros, kind="zero-tensors"))
         else:
             out.warnings.append(zeros)
     for key, files in sorted(actual.duplicates.items()):
-        out.errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
+        out.errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too", kind="duplicate"))
     # The markers discovery reads (trainer_state.json written last, DCP's .metadata): check and
     # audit give one directory one verdict.
-    out.errors += [FileError(path, marker) for marker in markers(root)]
+    out.errors += [FileError(path, marker, kind="unfinished") for marker in markers(root)]
     if actual.files == 0 and not actual.errors and not any(layout.kind == "index" for layout in found):
         # an interrupted save can leave config.json and nothing else: that is not "OK"
-        out.errors.append(FileError(path, "no tensor files found"))
+        out.errors.append(FileError(path, "no tensor files found", kind="absent"))
     return out
 
 
@@ -559,10 +561,10 @@ def _published_digests(root: Path, actual: _Actual, findings: _Findings, options
         spec = present.get(key)
         if kind == "checksum" and spec is not None and spec.file:
             changed.setdefault(spec.file, []).append(key)
-    for file, error in outcome.errors:
+    for file, error, kind in outcome.errors:
         keys = changed.get(file)
         tensors = f"; tensors whose checksum differs from the manifest: {', '.join(families(keys))}" if keys else ""
-        findings.errors.append(FileError(file, error + tensors))
+        findings.errors.append(FileError(file, error + tensors, kind=kind))
     findings.warnings += outcome.warnings
     findings.notes += outcome.notes
 
@@ -616,7 +618,7 @@ def diff(
     errors = left.errors + right.errors
     for side, actual in ((a, left), (b, right)):
         for key, files in sorted(actual.duplicates.items()):
-            errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
+            errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too", kind="duplicate"))
     common = a_specs.keys() & b_specs.keys()
     changed_keys = {key for key, _ in changed}
     return Diff(

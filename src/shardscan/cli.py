@@ -202,7 +202,7 @@ def scan(
             "tensors": len(result.columns),
             "bytes": result.nbytes,
             "elapsed": round(result.elapsed, 6),
-            "errors": [{"file": p.file, "error": p.error} for p in result.problems],
+            "errors": [{"file": p.file, "kind": p.kind, "error": p.error} for p in result.problems],
         }
         _echo_json(payload, _rows(result) if list_tensors else None)
     else:
@@ -472,7 +472,8 @@ def latest(
             "root": os.fspath(root),
             "path": None if pick.path is None else os.fspath(pick.path),
             "reason": pick.reason,
-            "rejected": [{"path": path, "problem": problem} for path, problem in pick.rejected],
+            "rejected": [{"path": path, "problem": problem, "kinds": list(kinds)}
+                         for (path, problem), kinds in zip(pick.rejected, pick.kinds)],
         }))
         raise typer.Exit(EXIT_OK if pick.path is not None else EXIT_PROBLEMS)
     if pick.path is None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from ._typing import PathLike
+from .errors import kind_of
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -89,9 +90,9 @@ class Sources:
 @dataclass
 class Outcome:
     """What verifying a checkpoint's files against its published digests found: errors as
-    (file, problem), warnings and notes, in words."""
+    (file, problem, kind of errors.KINDS), warnings and notes, in words."""
 
-    errors: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[tuple[str, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -318,15 +319,15 @@ def verify(expected: Sequence[Expected], threads: int | None = None,
     for entry in expected:
         if not _exists(entry.path):
             if entry.required:
-                outcome.errors.append((entry.name, f"absent: {entry.source} lists it"))
+                outcome.errors.append((entry.name, f"absent: {entry.source} lists it", "absent"))
             else:
                 outcome.warnings.append(f"{entry.name}: absent, although {entry.source} records its download")
             continue
         got, error = _digest_of(entry, actual)
         if error is not None:
-            outcome.errors.append((entry.name, f"{_WORDS[entry.algorithm]} not computed: {error}"))
+            outcome.errors.append((entry.name, f"{_WORDS[entry.algorithm]} not computed: {error}", "io"))
         elif got != entry.digest:
-            outcome.errors.append((entry.name, _mismatch(entry, got)))
+            outcome.errors.append((entry.name, _mismatch(entry, got), "sha256"))
     return outcome
 
 
@@ -378,7 +379,8 @@ def check_published(root: PathLike, sha256: bool | None, *, hash: bool = True, t
         outcome = Outcome(warnings=sources.warnings)
         for result in _digests(files, threads, progress):
             if result.error is not None:
-                outcome.errors.append((_shown(root, result.path), f"SHA-256 not computed: {result.error}"))
+                outcome.errors.append((_shown(root, result.path), f"SHA-256 not computed: {result.error}",
+                                       kind_of(result.error)))
         outcome.notes.append(f"no published SHA-256 to compare with: digested {len(files)} files "
                              f"(`shardscan scan {os.fspath(root)} --files-out SHA256SUMS` writes one)")
         return outcome

@@ -83,7 +83,7 @@ class Layout:
     complete: bool = True
     files: tuple[str, ...] = ()
     extra: set[str] = field(default_factory=set)
-    errors: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[tuple[str, str, str]] = field(default_factory=list)  # (file, problem, kind of errors.KINDS)
     warnings: list[str] = field(default_factory=list)
     total_size: int | None = None
 

@@ -212,7 +212,7 @@ def scan_paths(
     for given in paths:
         found = discover([given], under_given=len(paths) > 1)
         if not found:
-            problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given))))
+            problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given), kind="absent")))
         targets += found
     result = scan_targets(targets, hash=hash, threads=threads, progress=progress)
     return replace(result, problems=tuple(problems) + result.problems, elapsed=time.perf_counter() - started)
@@ -327,5 +327,5 @@ def scan(paths: Sequence[PathLike] | PathLike, *, hash: bool = True, threads: in
     result = scan_paths(paths, hash=hash, threads=threads)
     if result.problems:
         problem = result.problems[0]
-        raise FormatError(problem.error, path=problem.file) from problem.exception
+        raise FormatError(problem.error, path=problem.file, kind=problem.kind) from problem.exception
     return result.table
