@@ -10,8 +10,10 @@ The two formats sit in separate directories so that a directory scan of OUT_DIR 
 
 The tensor mix follows a Llama-style decoder (a large bf16 embedding and lm_head, per layer four
 attention projections, three MLP projections and two norms, a final norm), with the width picked
-from the requested size and the depth filling the rest. Tensor bytes are uniformly random so no
-layer of the stack (filesystem, page cache, hash) can profit from compressibility or repetition.
+from the requested size and the depth filling the rest. Tensor bytes are random (15 of every 16
+bits) so no layer of the stack (filesystem, page cache, hash) can profit from compressibility or
+repetition; the top exponent bit of each bf16 is cleared so that, like real weights, no value is
+NaN or Inf (a checkpoint full of them is one `check` rightly fails).
 
 A manifest (bench-manifest.json) records the parameters; a second call with the same parameters
 reuses the files instead of rewriting gigabytes.
@@ -30,7 +32,7 @@ from pathlib import Path
 
 MANIFEST = "bench-manifest.json"
 # Bump when the layout of generated files changes, so stale workdirs are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
           "g": 1 << 30, "gib": 1 << 30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
@@ -111,7 +113,7 @@ def _split_shards(specs, shard_bytes: int) -> list[list[tuple[str, tuple[int, ..
 
 
 def _random_bf16(gen, shape: tuple[int, ...]):
-    """A bf16 tensor of uniformly random bits, made without Python-level loops.
+    """A bf16 tensor of random finite values (|x| < 2), made without Python-level loops.
 
     SFC64's raw output is the fastest incompressible source numpy has (~1.8 GB/s here, against
     ~0.2 GB/s for os.urandom); the uint64 array is reinterpreted in place, not copied.
@@ -121,6 +123,7 @@ def _random_bf16(gen, shape: tuple[int, ...]):
 
     nbytes = 2 * _numel(shape)
     words = gen.random_raw((nbytes + 7) // 8)
+    words &= np.uint64(0xBFFF_BFFF_BFFF_BFFF)  # bit 14 of each bf16: the exponent's top bit
     flat = torch.from_numpy(words.view(np.uint8))
     if flat.numel() != nbytes:
         # Cloning drops the slack: torch.save writes whole storages, not views.

@@ -42,6 +42,7 @@ sys.path.insert(0, str(HERE))
 import make_checkpoint  # noqa: E402  (sibling script, not a package)
 
 PY = sys.executable
+SWEEP_CAP = "500M"  # the throttled sweep's --max-rate: below this machine's disk and hashing rates
 GB = 1e9  # throughput in decimal GB/s, like dd, b3sum and every disk vendor
 
 
@@ -267,6 +268,8 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
     bin_in = [*bins, ckpt / "bin" / "pytorch_model.bin.index.json"]
     s_st = list(map(str, st))
     cores = os.cpu_count() or 1
+    sha_set = linked_set(cfg.workdir / "sha256-set", st_in)
+    openssl_pairs = 'printf "%s\\0" "$@" | xargs -0 -n 1 -P 2 openssl dgst -sha256'
     dd_loop = 'for f in "$@"; do dd if="$f" of=/dev/null iflag=direct bs=16M status=none || exit 1; done'
 
     def ss_argv(*args: str, avail: str = have_scan) -> list[str] | None:
@@ -277,6 +280,14 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
     return [
         Bench("shardscan scan (XXH3-128)", ss_argv("scan", str(ckpt)), st_bytes, st_in, "shardscan",
               note=have_scan),
+        # An integrity sweep of the same checkpoint (audit's header pass, then every shard hashed
+        # in batches), at full speed and under a cap: GB/s verified per node, and how closely the
+        # throttle holds a rate well below it.
+        Bench("shardscan audit --sample 1/1 (sweep)", ss_argv("audit", "--sample", "1/1", str(ckpt)),
+              st_bytes, st_in, "shardscan", note=have_scan),
+        Bench(f"shardscan audit --sample 1/1 --max-rate {SWEEP_CAP} (sweep, throttled)",
+              ss_argv("audit", "--sample", "1/1", "--max-rate", SWEEP_CAP, str(ckpt)), st_bytes, st_in, "shardscan",
+              note=have_scan, modes=("warm",)),
         Bench("shardscan scan --no-hash", ss_argv("scan", "--no-hash", str(ckpt)), st_bytes, st_in,
               "shardscan", note=have_scan, header_only=True),
         Bench("shardscan check --no-hash", ss_argv("check", "--no-hash", str(ckpt), avail=have_check),
@@ -301,6 +312,14 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
         # ~0.1 GB/s here (coreutils' portable SHA-256): one shard gives its rate in a quarter of the time.
         Bench(f"sha256sum (first shard, {st[0].stat().st_size / GB:.2f} GB)", ["sha256sum", s_st[0]],
               st[0].stat().st_size, st_in, "peer"),
+        # Whole-file SHA-256 of the shards (a directory of links to exactly them), against OpenSSL's
+        # libcrypto (SHA extensions) on two files at a time. --no-hash leaves out the tensor pass:
+        # the digests alone are what openssl computes.
+        Bench("shardscan check --sha256 --no-hash (SHA-256 only)",
+              ss_argv("check", "--sha256", "--no-hash", str(sha_set), avail=have_check), st_bytes, st_in,
+              "shardscan", note=have_check),
+        Bench("openssl dgst -sha256, 2 files at a time", ["sh", "-c", openssl_pairs, "sh", *s_st], st_bytes, st_in,
+              "peer"),
         Bench("python: safe_open + xxh3_128 per tensor", [PY, str(HERE / "peers.py"), "st-xxh", *s_st],
               st_bytes, st_in, "peer"),
         Bench("python: torch.load(mmap) + xxh3_128 (.bin)", [PY, str(HERE / "peers.py"), "torch-xxh",
@@ -312,6 +331,16 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
         Bench("python: json headers only", [PY, str(HERE / "peers.py"), "json-headers", *s_st],
               st_bytes, st_in, "peer", header_only=True),
     ]
+
+
+def linked_set(directory: Path, files: list[Path]) -> Path:
+    """A directory of symlinks to `files` (made once): `check --sha256` of it digests exactly them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        link = directory / f.name
+        if not link.is_symlink():
+            link.symlink_to(f.resolve())
+    return directory
 
 
 def measure(benches: list[Bench], mode: str, reps: int, warm_inputs: list[Path], tools: Tools, log,
@@ -698,7 +727,7 @@ def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows,
              f" ({elapsed / 60:.1f} min)")
     L.append(f"- Checkpoint: {man['tensors']} bf16 tensors in {len(man['safetensors'])} shards, "
              f"{man['safetensors_bytes'] / GB:.2f} GB safetensors + the same state dict as {len(man['bin'])} "
-             f"torch.save .bin shards ({man['bin_bytes'] / GB:.2f} GB); random bytes")
+             f"torch.save .bin shards ({man['bin_bytes'] / GB:.2f} GB); random finite bf16 values")
     L.append(f"- Repetitions: {cfg.reps_warm} warm, {cfg.reps_cold} cold, commands alternated; "
              "each a separate process, timed spawn to exit; GB/s = 1e9 bytes/s")
     L.append("")
@@ -871,6 +900,9 @@ def targets(cfg: Config, benches: list[Bench], help_b: Bench, size_rows, stat=st
     out.append(Target(".bin scan --no-hash vs torch.load(mmap) headers",
                       ratio(nb, by["python: torch.load(mmap) headers only (.bin)"], "warm", stat),
                       1.0, True, why_missing=nb.note or nb.failure.get("warm", "")))
+    sha, ossl = by["shardscan check --sha256 --no-hash (SHA-256 only)"], by["openssl dgst -sha256, 2 files at a time"]
+    out.append(Target("warm check --sha256 --no-hash vs openssl dgst -sha256, 2 at a time", ratio(sha, ossl, "warm", stat),
+                      0.9, True, why_missing=sha.note or sha.failure.get("warm", "")))
     out.append(Target("shardscan --help", med(help_b.ok("warm"), stat) if help_b.ok("warm") else None, 0.3, False, " s",
                       help_b.note or help_b.failure.get("warm", "")))
     return out

@@ -15,14 +15,7 @@
 
 #include <openssl/evp.h>
 
-#define XXH_STATIC_LINKING_ONLY
-#include <xxhash.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <xxh_x86dispatch.h>
-#define hash_update XXH3_128bits_update_dispatch
-#else
-#define hash_update XXH3_128bits_update
-#endif
+#include "xxh3.h"
 
 #include "internal.h"
 

@@ -1,8 +1,9 @@
 /* The hashing engine: a batch of jobs over mapped files, XXH3-128 on N pthreads.
  *
  * Why mmap and not pread: on a warm page cache, hashing straight from the mapping avoids a
- * copy per byte (on two cores, 16-20 GB/s against 11.7 GB/s with pread). Resident memory stays bounded because each window of pages is released with
- * MADV_DONTNEED as soon as it is hashed (the page cache keeps the data; only our mapping of
+ * copy per byte (on two cores, 16-20 GB/s against 11.7 GB/s with pread). Resident memory
+ * stays bounded because each window of pages is released with MADV_DONTNEED as soon as it is
+ * hashed (the page cache keeps the data; only our mapping of
  * it goes), and a file that shrinks under us faults into the SIGBUS guard, not a crash. */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -14,15 +15,7 @@
 #include <unistd.h>
 #include <libdeflate.h> /* its CRC32 folds with PCLMUL: zlib's would cap .bin hashing at ~1 GB/s */
 
-#define XXH_STATIC_LINKING_ONLY
-#include <xxhash.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <xxh_x86dispatch.h>
-/* libxxhash picks SSE2/AVX2/AVX-512 at run time through these entry points. */
-#define hash_update XXH3_128bits_update_dispatch
-#else
-#define hash_update XXH3_128bits_update
-#endif
+#include "xxh3.h"
 
 #include "internal.h"
 

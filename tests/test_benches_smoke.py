@@ -31,6 +31,7 @@ def test_smallest_bench_configuration_completes_with_every_row(tmp_path: Path) -
         "xxhsum -H2", "b3sum", "sha256sum (first shard", "python: safe_open + xxh3_128 per tensor",
         "python: torch.load(mmap) + xxh3_128 (.bin)", "python: torch.load(mmap) headers only (.bin)",
         "python: safe_open headers only", "python: json headers only",
+        "shardscan check --sha256 --no-hash (SHA-256 only)", "openssl dgst -sha256, 2 files at a time",
     ]
     warm = table.split("## Warm")[1].split("## Cold")[0]
     cold = table.split("## Cold")[1].split("## Start-up")[0]
@@ -45,7 +46,7 @@ def test_smallest_bench_configuration_completes_with_every_row(tmp_path: Path) -
     for target in ("warm scan vs 2-thread mmap read", "cold scan vs dd O_DIRECT", "scan peak RSS",
                    "check --no-hash, whole process", ".bin scan GB/s", "scan --no-hash vs safe_open headers",
                    ".bin scan --no-hash vs torch.load(mmap) headers",
-                   "shardscan --help"):
+                   "warm check --sha256 --no-hash vs openssl dgst -sha256", "shardscan --help"):
         assert f"| {target}" in table, target
     threads = table.split("## Thread scaling")[1].split("## Size scaling")[0]
     for n in range(1, cores + 1):

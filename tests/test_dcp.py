@@ -115,7 +115,7 @@ def test_range_past_the_end_of_a_file(tmp_path):
     f = tmp_path / "ckpt" / "__0_0.distcp"
     f.write_bytes(f.read_bytes()[:-10])
     result = scan_paths(tmp_path / "ckpt")
-    assert len(result.problems) == 1 and "has only" in result.problems[0].error
+    assert len(result.problems) == 1 and "__0_0.distcp is truncated" in result.problems[0].error
 
 
 @pytest.mark.parametrize("chunks,message", [

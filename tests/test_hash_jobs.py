@@ -6,7 +6,6 @@ for the same view (the oracle is numpy's own stride arithmetic plus the `xxhash`
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest

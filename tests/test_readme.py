@@ -60,7 +60,7 @@ def test_the_synopsis_shows_every_option_of_every_command_and_no_other():
     shown = synopsis()
     assert set(shown) == set(group.commands)
     for name, command in group.commands.items():
-        tokens = {t for word in shown[name] for t in re.findall(r"(?<![\w-])--?[a-z][a-z-]*", word)}
+        tokens = {t for word in shown[name] for t in re.findall(r"(?<![\w-])--?[a-z][a-z0-9-]*", word)}
         options = [p for p in command.params if p.param_type_name == "option" and p.name != "help"]
         for option in options:
             assert tokens & set(option.opts + option.secondary_opts), f"{name}: {option.opts} missing from the README synopsis"

@@ -94,7 +94,8 @@ def test_report_json_contract() -> None:
         path="ckpt", against=None, files=2, tensors=3, bytes=10,
         missing=("m.10.w", "m.2.w"), unexpected=("b", "a"),
         mismatched=(Mismatch("k", "checksum", "aa", "bb"), Mismatch("k", "shape", (2, 3), (3, 2))),
-        errors=(FileError("z.safetensors", "truncated", intact=("b", "a"), cut=("c",), lost=()), FileError("a.bin", "crc")),
+        errors=(FileError("z.safetensors", "cut short", intact=("b", "a"), cut=("c",), lost=(), kind="truncated"),
+                FileError("a.bin", "CRC32 mismatch", kind="crc")),
     )
     data = json.loads(json.dumps(report.to_dict()))
     assert data["ok"] is False and report.ok is False
@@ -104,7 +105,8 @@ def test_report_json_contract() -> None:
         {"key": "k", "field": "shape", "expected": [2, 3], "actual": [3, 2]},  # shapes as lists
         {"key": "k", "field": "checksum", "expected": "aa", "actual": "bb"},
     ]
-    assert data["errors"][0] == {"file": "a.bin", "error": "crc"}
+    assert data["errors"][0] == {"file": "a.bin", "kind": "crc", "error": "CRC32 mismatch"}
+    assert data["errors"][1]["kind"] == "truncated"
     assert data["errors"][1]["intact"] == ["a", "b"] and data["errors"][1]["cut"] == ["c"]
     for name in ("ok", "path", "against", "files", "tensors", "bytes", "missing", "unexpected", "mismatched", "errors"):
         assert name in data

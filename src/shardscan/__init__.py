@@ -29,6 +29,7 @@ __all__ = [
     "diff",
     "Report",
     "write_manifest",
+    "file_digests",
 ]
 
 _LAZY = {
@@ -42,6 +43,7 @@ _LAZY = {
     "diff": "checker",
     "Report": "report",
     "write_manifest": "manifest",
+    "file_digests": "digests",
 }
 
 

@@ -47,13 +47,26 @@ _EXCEPTIONS: dict[int, type[Exception]] = {
 }
 
 
+#: The KINDS word of the statuses that are not plain format violations ("format").
+_KINDS: dict[int, str] = {
+    lib.SS_E_CHANGED: "changed",
+    lib.SS_E_CRC: "crc",
+    lib.SS_E_RANGE: "truncated",
+    lib.SS_E_ST_TRUNCATED: "truncated",
+    lib.SS_E_ST_HEADER_PAST_EOF: "truncated",
+    lib.SS_E_ZIP_NO_EOCD: "truncated",
+    lib.SS_E_ZIP_PAST_EOF: "truncated",
+    lib.SS_E_ZIP_TOO_MANY: "budget",
+}
+
+
 def error_for(status: int, message: str, path: str | None, key: str | None = None) -> Exception:
     """The exception for a failed status, from one table: MemoryError, OSError (its strerror
     the message alone), IntegrityError for bytes that changed or do not match their CRC, ValueError for
     a call the core refused, FormatError for everything structural."""
     cls = _EXCEPTIONS.get(status, FormatError)
     if issubclass(cls, (FormatError, IntegrityError)):
-        return cls(message, path=path, key=key)
+        return cls(message, path=path, key=key, kind=_KINDS.get(status, cls.kind))
     if cls is OSError:
         exc = OSError(f"{path}: {message}" if path else message)
         exc.strerror = message  # the problem without the path, as for errors the OS raises
@@ -159,7 +172,7 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
             nbytes=ffi.unpack(listing.nbytes, n),
             metadata=dict(zip(strings[0::2], strings[1::2])),
             data_end=listing.data_end,
-            error=FormatError(_message(err), path=file.path) if status != lib.SS_OK else None,
+            error=error_for(status, _message(err), file.path) if status != lib.SS_OK else None,
         )
     finally:
         lib.ss_st_listing_free(listing)
@@ -408,6 +421,13 @@ def file_digests(
 class ZipTruncated(FormatError):
     """No end-of-central-directory record: the archive was cut short (or is not a zip)."""
 
+    kind = "truncated"
+
+
+class ZipForeign(FormatError):
+    """A well-formed zip that torch.save does not write: compressed or encrypted records, no
+    shared top-level folder, folder entries (zipfile, numpy.savez, TorchScript's code)."""
+
 
 @dataclass(frozen=True)
 class ZipRecord:
@@ -435,6 +455,8 @@ def _collect(file: NativeFile, status: int, listing, err) -> ZipListing:
     message = _message(err)
     if status == lib.SS_E_ZIP_NO_EOCD:
         raise ZipTruncated(message, path=file.path)
+    if status in (lib.SS_E_ZIP_COMPRESSED, lib.SS_E_ZIP_PREFIX, lib.SS_E_ZIP_DIRECTORY, lib.SS_E_ZIP_ENCRYPTED):
+        raise ZipForeign(message, path=file.path)
     if status != lib.SS_OK:
         raise error_for(status, message, file.path)
     n = listing.count

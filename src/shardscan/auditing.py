@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ._typing import PathLike
 from .discover import Checkpoint, Discovery, find_checkpoints
+from .report import FileError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -61,6 +62,7 @@ class AuditRow:
     problems: tuple[str, ...] = ()
     markers: tuple[str, ...] = ()
     nonfinite: int = 0  # tensors holding NaN or Inf
+    file_errors: tuple[FileError, ...] = ()  # every error, with its kind (errors.KINDS)
 
     def to_dict(self) -> dict[str, Any]:
         """The row as it appears in `audit --json` under "checkpoints"."""
@@ -79,6 +81,8 @@ class AuditRow:
             "problem": self.problem,
             "problems": list(self.problems),
             "nonfinite": self.nonfinite,
+            "kinds": sorted({e.kind for e in self.file_errors}),
+            "file_errors": [e.to_dict() for e in self.file_errors],
         }
 
 
@@ -158,15 +162,16 @@ def audit(
     hash: bool = True,
     threads: int | None = None,
     progress: Progress | None = None,
+    sha256: bool | None = None,
 ) -> AuditResult:
     """Checks every checkpoint under `root` (each against what it declares itself, plus
     `against` for all when given). Problems are collected into the rows, never raised.
     `progress(done, total)` receives bytes hashed over the whole tree. Raises
     FileNotFoundError when `root` does not exist; an unusable `against` makes every
-    checkpoint's row say "cannot check: ..." instead."""
+    checkpoint's row say "cannot check: ..." instead. `sha256` as for `check`."""
     started = time.perf_counter()
     found = find_checkpoints(root)
-    verdicts = audit_group(found.checkpoints, against, hash=hash, threads=threads, progress=progress)
+    verdicts = audit_group(found.checkpoints, against, hash=hash, threads=threads, progress=progress, sha256=sha256)
     return assemble(found, verdicts, hashed=hash, elapsed=time.perf_counter() - started)
 
 
@@ -181,6 +186,7 @@ def audit_group(
     hash: bool = True,
     threads: int | None = None,
     progress: Progress | None = None,
+    sha256: bool | None = None,
 ) -> list[tuple[AuditRow, "pa.Table | None"]]:
     """(row, per-tensor table) for each checkpoint, in order: every file of every checkpoint
     is read in one scan, then each checkpoint is checked on its own part of it. A checkpoint
@@ -190,13 +196,13 @@ def audit_group(
     from .scanner import scan_paths
 
     files: dict[int, list[str]] = {}
-    failed: dict[int, str] = {}  # checkpoint index -> why it could not be checked
+    failed: dict[int, FileError] = {}  # checkpoint index -> why it could not be checked
     for i, checkpoint in enumerate(checkpoints):
         if checkpoint.readable:
             try:
                 files[i] = [os.fspath(p) for p in files_to_scan(checkpoint.path)]
             except OSError as exc:
-                failed[i] = f"cannot check: {exc}"
+                failed[i] = FileError(os.fspath(checkpoint.path), f"cannot check: {exc}", kind="io")
     # Full paths keep names unique across checkpoints; check shows them relative again.
     paths = [path for i in sorted(files) for path in files[i]]
     try:
@@ -209,36 +215,36 @@ def audit_group(
     for i, checkpoint in enumerate(checkpoints):
         if i in files:
             part = shared.select(files[i]) if shared is not None else None
-            out.append(judge(checkpoint, against, part, hash=hash, threads=threads))
+            out.append(judge(checkpoint, against, part, hash=hash, threads=threads, sha256=sha256))
         else:  # unreadable (discovery said why) or not listable (`failed` says why)
-            out.append((_unreadable_row(checkpoint, checkpoint.problems + ((failed[i],) if i in failed else ())), None))
+            out.append((_unreadable_row(checkpoint, (failed[i],) if i in failed else ()), None))
     return out
 
 
 def judge(checkpoint: Checkpoint, against: PathLike | None, part: "ScanResult | None", *, hash: bool,
-          threads: int | None) -> tuple[AuditRow, "pa.Table | None"]:
+          threads: int | None, sha256: bool | None = None) -> tuple[AuditRow, "pa.Table | None"]:
     """One checkpoint's row and per-tensor table from `check` on its part of a scan (None: it
     scans itself); a checkpoint that cannot be checked gets a failed row saying why."""
-    verdict = _checked(checkpoint, against, part, hash=hash, threads=threads)
+    verdict = _checked(checkpoint, against, part, hash=hash, threads=threads, sha256=sha256)
     if isinstance(verdict, tuple):
         return verdict
-    return _unreadable_row(checkpoint, checkpoint.problems + (verdict,)), None
+    return _unreadable_row(checkpoint, (verdict,)), None
 
 
 def _checked(checkpoint: Checkpoint, against: PathLike | None, part: "ScanResult | None", *, hash: bool,
-             threads: int | None) -> tuple[AuditRow, "pa.Table | None"] | str:
+             threads: int | None, sha256: bool | None = None) -> tuple[AuditRow, "pa.Table | None"] | FileError:
     """`check` of one checkpoint on its part of the shared scan (None: it scans itself): its
     row and table, or why it could not be checked."""
     from .checker import check, files_to_scan
-    from .errors import ShardscanError
+    from .errors import ShardscanError, kind_of
     from .scanner import scan_paths
 
     try:
         if part is None:
             part = scan_paths(files_to_scan(checkpoint.path), hash=hash, threads=threads)
-        report = check(checkpoint.path, against, hash=hash, threads=threads, scan=part)
+        report = check(checkpoint.path, against, hash=hash, threads=threads, scan=part, sha256=sha256)
     except (ShardscanError, OSError, ValueError) as exc:
-        return f"cannot check: {exc}"
+        return FileError(os.fspath(checkpoint.path), f"cannot check: {exc}", kind=kind_of(exc))
     return _row(checkpoint, report), part.table
 
 
@@ -267,16 +273,31 @@ def _row(checkpoint: Checkpoint, report: "Report") -> AuditRow:
         missing=len(report.missing), unexpected=len(report.unexpected), mismatched=len(report.mismatched),
         errors=len({e.error for e in report.errors} | set(checkpoint.problems)),
         problem=words[0] if words and not ok else None, problems=tuple(words), markers=checkpoint.problems,
-        nonfinite=len(report.nonfinite),
+        nonfinite=len(report.nonfinite), file_errors=_file_errors(checkpoint, report.errors),
     )
 
 
-def _unreadable_row(checkpoint: Checkpoint, problems: tuple[str, ...]) -> AuditRow:
+def _file_errors(checkpoint: Checkpoint, errors: Sequence[FileError]) -> tuple[FileError, ...]:
+    """What discovery found (markers of a save that did not finish; for an entry that cannot
+    be opened, why: "io") and then `errors`, once each. Files are named relative to the
+    checkpoint, "." for the checkpoint itself (wherever, and from whichever directory, it
+    was checked: a Ray worker sees absolute paths)."""
+    kind = "unfinished" if checkpoint.readable else "io"
+    found = [FileError(".", p, kind=kind) for p in checkpoint.problems]
+    itself = os.fspath(checkpoint.path)
+    for error in errors:
+        if error.error not in checkpoint.problems:  # check reports the markers too
+            found.append(replace(error, file=".") if error.file in (itself, os.path.abspath(itself)) else error)
+    return tuple(found)
+
+
+def _unreadable_row(checkpoint: Checkpoint, failures: tuple[FileError, ...]) -> AuditRow:
+    problems = checkpoint.problems + tuple(f.error for f in failures)
     return AuditRow(
         path=os.fspath(checkpoint.path), step=checkpoint.step, format=checkpoint.kind,
         files=0, tensors=0, bytes=0, ok=False, missing=0, unexpected=0, mismatched=0,
         errors=len(problems), problem=problems[0] if problems else "unreadable", problems=problems,
-        markers=checkpoint.problems,
+        markers=checkpoint.problems, file_errors=_file_errors(checkpoint, failures),
     )
 
 
@@ -396,38 +417,45 @@ def render_audit(result: AuditResult, *, colour: bool = False) -> str:
 class LatestPick:
     """The outcome of `pick_latest`: `path` is the newest clean checkpoint (None when there is
     none), `reason` one line saying why there is none, `rejected` the newer checkpoints
-    passed over, each as (path, first problem)."""
+    passed over, each as (path, first problem); `kinds[i]` the error kinds (errors.KINDS) of
+    rejected[i], sorted (empty when only tensors are missing or mismatched)."""
 
     path: Path | None
     reason: str | None
     rejected: tuple[tuple[str, str], ...] = ()
+    kinds: tuple[tuple[str, ...], ...] = ()
 
 
-def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None) -> LatestPick:
+def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None,
+                sha256: bool | None = None) -> LatestPick:
     """Checks checkpoints from the newest back and returns the first clean one, with the
     ones passed over. Raises FileNotFoundError when `root` does not exist."""
     found = find_checkpoints(root)
     if not found.checkpoints:
         return LatestPick(None, f"{root}: no checkpoints found")
     rejected: list[tuple[str, str]] = []
+    kinds: list[tuple[str, ...]] = []
     for checkpoint in reversed(found.checkpoints):
         if checkpoint.problems:
             # A missing completeness marker is decisive; no need to read the tensors.
             rejected.append((os.fspath(checkpoint.path), checkpoint.problems[0]))
+            kinds.append(("unfinished",) if checkpoint.readable else ("io",))
             continue
         # One checkpoint at a time, newest first, so a plain full check is the right tool:
         # it stops reading as soon as a clean one is found.
         from .checker import check
-        from .errors import ShardscanError
+        from .errors import ShardscanError, kind_of
 
         try:
-            row = _row(checkpoint, check(checkpoint.path, hash=hash, threads=threads))
+            row = _row(checkpoint, check(checkpoint.path, hash=hash, threads=threads, sha256=sha256))
         except (ShardscanError, OSError, ValueError) as exc:
             rejected.append((os.fspath(checkpoint.path), f"cannot check: {exc}"))
+            kinds.append((kind_of(exc),))
             continue
         if row.ok:
-            return LatestPick(checkpoint.path, None, tuple(rejected))
+            return LatestPick(checkpoint.path, None, tuple(rejected), tuple(kinds))
         rejected.append((row.path, row.problem or "not ok"))
+        kinds.append(tuple(sorted({e.kind for e in row.file_errors})))
     count = len(found.checkpoints)
     newest_path, newest_problem = rejected[0]
     from .report import plural
@@ -436,11 +464,13 @@ def pick_latest(root: PathLike, *, hash: bool = True, threads: int | None = None
         None,
         f"{root}: none of {plural(count, 'checkpoint')} checks clean; newest {newest_path}: {newest_problem}",
         tuple(rejected),
+        tuple(kinds),
     )
 
 
-def latest(root: PathLike, *, hash: bool = True, threads: int | None = None) -> Path | None:
+def latest(root: PathLike, *, hash: bool = True, threads: int | None = None,
+           sha256: bool | None = None) -> Path | None:
     """The newest checkpoint under `root` (by step, then mtime) that checks clean, or None.
     Use it before resuming: `trainer.train(resume_from_checkpoint=str(latest("out")))`.
     Raises FileNotFoundError when `root` does not exist."""
-    return pick_latest(root, hash=hash, threads=threads).path
+    return pick_latest(root, hash=hash, threads=threads, sha256=sha256).path

@@ -77,6 +77,7 @@ class CheckOptions:
     hf: bool | None = None
     progress: Callable[[int, int], None] | None = None
     strict: bool = False
+    sha256: bool | None = None  # shardscan.digests.check_published
 
     @staticmethod
     def prefixes(strip_prefix: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -109,7 +110,7 @@ def _own_indexes(directory: Path) -> tuple[list[Layout], list[FileError]]:
         try:
             indexes.append(layouts.index_layout(index))
         except ValueError as exc:
-            errors.append(FileError(index.name, str(exc).removeprefix(f"{index}: ")))
+            errors.append(FileError(index.name, str(exc).removeprefix(f"{index}: "), kind="layout"))
     return indexes, errors
 
 
@@ -132,7 +133,9 @@ def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = ()
     # Files given one by one are named by their path; show them relative, as a directory scan does.
     relabel = os.fspath(path) + os.sep if path.is_dir() else ""
     name_of = lambda n: n[len(relabel):] if relabel and n.startswith(relabel) else n  # noqa: E731
-    role = (lambda name: role_of(name)) if path.is_dir() else (lambda name: MODEL)
+    # A file or a DCP directory is its own resume set: all of it is the model.
+    whole = len(members.members) == 1 and members.members[0].path == path
+    role = (lambda name: MODEL) if whole else role_of
     prefix = f"{label}/" if label and path.is_dir() else ""
     actual = _Actual(specs={}, damaged=set(), errors=[], files=len(given.files), tensors=len(given.columns),
                      nbytes=sum(given.columns.nbytes), bytes_by_file={}, notes=notes)
@@ -142,8 +145,8 @@ def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = ()
         qualify = _qualifier(file, role(file))
         actual.damaged.update(qualify(k) for k in problem.cut + problem.lost)
         actual.errors.append(FileError(prefix + file, problem.error, tuple(problem.intact), tuple(problem.cut),
-                                       tuple(problem.lost)))
-    actual.errors += [FileError(prefix + file, error) for file, error in members.problems]
+                                       tuple(problem.lost), kind=problem.kind))
+    actual.errors += [FileError(prefix + file, error, kind=kind) for file, error, kind in members.problems]
     actual.damaged -= set(actual.specs) | set(actual.state_specs)
     return actual
 
@@ -310,12 +313,12 @@ def _index_findings(layout: Layout, actual: _Actual, directory: Path, index_name
     absent = [name for name in layout.files if name not in on_disk]
     for name in absent:
         count = sum(1 for spec in layout.specs.values() if spec.file == name)
-        errors.append(FileError(name, f"absent: {index_name} maps {count} tensors to it"))
+        errors.append(FileError(name, f"absent: {index_name} maps {count} tensors to it", kind="absent"))
     # a single file checked alone says nothing about its neighbours' series
     named_or_present = set(layout.files) | {n for n in on_disk if formats.is_tensor_file_name(n)}
     for name, series in layouts.series_gaps(named_or_present) if whole_directory else ():
         if name not in absent:
-            errors.append(FileError(name, f"absent: the series {series} has a gap here"))
+            errors.append(FileError(name, f"absent: the series {series} has a gap here", kind="absent"))
     # a file checked alone is named as given; the index names it relative to its directory
     found_in = list(map(_FILE, map(actual.specs.get, layout.specs, repeat(_ABSENT))))
     if not whole_directory:
@@ -328,7 +331,8 @@ def _index_findings(layout: Layout, actual: _Actual, directory: Path, index_name
             moved.setdefault((named, found or "?"), []).append(key)
     for (named, found), keys in sorted(moved.items()):
         errors.append(FileError(
-            index_name, f"maps {len(keys)} tensors to {named} but they are in {found}: {', '.join(families(keys))}"
+            index_name, f"maps {len(keys)} tensors to {named} but they are in {found}: {', '.join(families(keys))}",
+            kind="misplaced",
         ))
     if layout.total_size is not None and whole_directory and not absent and not actual.damaged:
         held = sum(actual.bytes_by_file.get(name, 0) for name in layout.files)
@@ -375,7 +379,8 @@ def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: 
                 layout = layouts.manifest_layout(manifest, root)
             except (ValueError, OSError, NotImplementedError) as exc:  # pyarrow's errors derive from these
                 # The checkpoint's own manifest is part of it: a broken one is a finding.
-                errors.append(FileError(manifest.name, f"unreadable manifest: {str(exc).removeprefix(f'{manifest}: ')}"))
+                errors.append(FileError(manifest.name, f"unreadable manifest: {str(exc).removeprefix(f'{manifest}: ')}",
+                                        kind="layout"))
             else:
                 found.append(_resume_manifest(layout) if root.is_dir() else layout)
     if against is None and root.is_dir():
@@ -394,7 +399,7 @@ def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: 
             if config[1]:
                 raise  # named by --against: a usage error
             # The checkpoint's own config.json is part of it: a broken one is a finding.
-            errors.append(FileError(config[0].name, str(exc).removeprefix(f"{config[0]}: ")))
+            errors.append(FileError(config[0].name, str(exc).removeprefix(f"{config[0]}: "), kind="layout"))
         else:
             found.append(layout)
             notes += [note] if note else []
@@ -462,7 +467,7 @@ def _reference_layout(path: Path, options: CheckOptions) -> Layout:
     reading = CheckOptions(hash=options.hash and options.checksums, threads=options.threads)
     ref = _scan(path, reading, label=os.fspath(path), roles=(MODEL,))
     layout = Layout(kind="reference", source=f"reference {path}", specs=ref.specs)
-    layout.errors = [(e.file, e.error) for e in ref.errors]
+    layout.errors = [(e.file, e.error, e.kind) for e in ref.errors]
     return layout
 
 
@@ -494,7 +499,7 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
         out.unexpected |= extra
         _mismatches(layout, present, out.mismatched)
         compared_checksums |= any(spec.checksum for spec in layout.specs.values())
-        out.errors += [FileError(file, error) for file, error in layout.errors]
+        out.errors += [FileError(file, error, kind=kind) for file, error, kind in layout.errors]
         out.warnings += layout.warnings
         if layout.kind == "index":
             index_errors, index_warnings = _index_findings(raw, actual, root if root.is_dir() else root.parent,
@@ -511,17 +516,17 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
         # LoRA's B matrices start at zero, so alone this is no proof of damage; --strict makes it one.
         zeros = f"all-zero tensors (rank >= 2, as preallocated or sparse files leave them): {', '.join(families(actual.zeros))}"
         if options.strict:
-            out.errors.append(FileError(path, zeros))
+            out.errors.append(FileError(path, zeros, kind="zero-tensors"))
         else:
             out.warnings.append(zeros)
     for key, files in sorted(actual.duplicates.items()):
-        out.errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
+        out.errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too", kind="duplicate"))
     # The markers discovery reads (trainer_state.json written last, DCP's .metadata): check and
     # audit give one directory one verdict.
-    out.errors += [FileError(path, marker) for marker in markers(root)]
+    out.errors += [FileError(path, marker, kind="unfinished") for marker in markers(root)]
     if actual.files == 0 and not actual.errors and not any(layout.kind == "index" for layout in found):
         # an interrupted save can leave config.json and nothing else: that is not "OK"
-        out.errors.append(FileError(path, "no tensor files found"))
+        out.errors.append(FileError(path, "no tensor files found", kind="absent"))
     return out
 
 
@@ -539,6 +544,7 @@ def check(
     progress: Callable[[int, int], None] | None = None,
     scan: ScanResult | None = None,
     strict: bool = False,
+    sha256: bool | None = None,
 ) -> Report:
     """Checks the checkpoint at `path` (a tensor file or directory) against its expected
     layouts and returns a Report; problems in the checkpoint are findings, never raised.
@@ -550,6 +556,9 @@ def check(
     `model`: "module:factory" of a torch.nn.Module to build on the meta device.
     `hf`: build config layouts with transformers (None: only for a config named by `against`).
     `strict`: all-zero tensors of rank >= 2 are problems, not warnings (NaN and Inf always are).
+    `sha256`: verify whole files against the digests their download published (a hub cache,
+    local_dir metadata, SHA256SUMS, model.sig): None when one exists, False never, True
+    always (with no source, every file is still digested).
     `scan`: a scan the caller made of exactly `files_to_scan(path)` (with `hash` saying
     whether it hashed; ScanResult.select cuts one out of a larger scan), used instead of
     scanning again; its file names may be relative to `path` or carry `path` as their prefix.
@@ -559,7 +568,8 @@ def check(
     package that is not installed."""
     started = time.perf_counter()
     options = CheckOptions(hash=hash, threads=threads, strip_prefix=CheckOptions.prefixes(strip_prefix),
-                           checksums=checksums, model=model, hf=hf, progress=progress, strict=strict)
+                           checksums=checksums, model=model, hf=hf, progress=progress, strict=strict,
+                           sha256=sha256)
     for given in (path, against):
         if given is not None and not Path(given).exists():
             raise FileNotFoundError(f"{given}: no such file or directory")
@@ -574,6 +584,7 @@ def check(
                          lambda: _shapes(_strip_specs(actual.specs, options.strip_prefix)),
                          actual.errors)
     findings = _compare(found, actual, root, os.fspath(path), options)
+    _published_digests(root, actual, findings, options)
     return Report(
         path=os.fspath(path),
         against=os.fspath(against) if against is not None else None,
@@ -593,6 +604,27 @@ def check(
     )
 
 
+def _published_digests(root: Path, actual: _Actual, findings: _Findings, options: CheckOptions) -> None:
+    """Whole files against the digests their download published (shardscan.digests); a file
+    that fails also names the tensors a manifest found changed in it."""
+    from .digests import check_published
+
+    outcome = check_published(root, options.sha256, hash=options.hash, threads=options.threads,
+                              progress=options.progress)
+    present = {**_strip_specs(actual.specs, options.strip_prefix), **actual.state_specs}
+    changed: dict[str, list[str]] = {}
+    for key, kind in findings.mismatched:
+        spec = present.get(key)
+        if kind == "checksum" and spec is not None and spec.file:
+            changed.setdefault(spec.file, []).append(key)
+    for file, error, kind in outcome.errors:
+        keys = changed.get(file)
+        tensors = f"; tensors whose checksum differs from the manifest: {', '.join(families(keys))}" if keys else ""
+        findings.errors.append(FileError(file, error + tensors, kind=kind))
+    findings.warnings += outcome.warnings
+    findings.notes += outcome.notes
+
+
 def _merge_errors(errors: list[FileError]) -> list[FileError]:
     """One entry per (file, error): a shard both absent from disk and in a series gap, or
     named by two layouts, is reported once."""
@@ -609,12 +641,15 @@ def diff(
     hash: bool = True,
     threads: int | None = None,
     strip_prefix: str | Sequence[str] | None = None,
+    strip_prefix_a: str | Sequence[str] | None = None,
+    strip_prefix_b: str | Sequence[str] | None = None,
 ) -> Diff:
     """Compares two checkpoints (files or directories, any formats): keys only in A, only in
     B, and tensors whose shape, dtype or checksum changed. Checksums are format-independent,
     so a .bin and its safetensors conversion compare equal when no tensor changed.
-    `hash=False` compares keys, shapes and dtypes only. Raises FileNotFoundError when either
-    path does not exist."""
+    `hash=False` compares keys, shapes and dtypes only. `strip_prefix` is removed from the keys
+    of both sides, `strip_prefix_a` / `_b` from one side only (a `{"model": state_dict}` save
+    against a bare state dict). Raises FileNotFoundError when either path does not exist."""
     started = time.perf_counter()
     for given in (a, b):
         if not Path(given).exists():
@@ -623,7 +658,8 @@ def diff(
     options = CheckOptions(hash=hash, threads=threads, strip_prefix=prefixes)
     left = _scan(Path(a), options, label=os.fspath(a), roles=(MODEL,))
     right = _scan(Path(b), options, label=os.fspath(b), roles=(MODEL,))
-    a_specs, b_specs = _strip_specs(left.specs, prefixes), _strip_specs(right.specs, prefixes)
+    a_specs = _strip_specs(left.specs, prefixes + CheckOptions.prefixes(strip_prefix_a))
+    b_specs = _strip_specs(right.specs, prefixes + CheckOptions.prefixes(strip_prefix_b))
     as_layout = Layout(kind="reference", source=os.fspath(a), specs=a_specs)
     changed: dict[tuple[str, str], Mismatch] = {}
     _mismatches(as_layout, b_specs, changed)
@@ -638,7 +674,7 @@ def diff(
     errors = left.errors + right.errors
     for side, actual in ((a, left), (b, right)):
         for key, files in sorted(actual.duplicates.items()):
-            errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too"))
+            errors.append(FileError(files[-1], f"holds {key!r}, which {files[0]} holds too", kind="duplicate"))
     common = a_specs.keys() & b_specs.keys()
     changed_keys = {key for key, _ in changed}
     return Diff(

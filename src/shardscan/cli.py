@@ -8,7 +8,10 @@ Start-up stays light: pyarrow and the native core load inside the commands, neve
 from __future__ import annotations
 
 import sys
+import time as _time
 
+# When the command began, before its imports: a sweep's --max-rate holds over the whole run.
+STARTED = _time.monotonic()
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -22,6 +25,7 @@ try:  # Ctrl-C while Python is still loading (typer is most of the start-up) is 
     import os
     import signal
     import time
+    from dataclasses import replace
     from pathlib import Path
     from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
@@ -69,6 +73,17 @@ Threads = Annotated[
     Optional[int], typer.Option("--threads", "-j", min=1, help="Hashing threads (default: online CPUs).")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
+ShardRay = Annotated[bool, typer.Option("--ray", help="Run one Ray task per shard (pip install 'shardscan[ray]').")]
+ShardRayAddress = Annotated[
+    Optional[str], typer.Option("--ray-address", metavar="ADDRESS", help="The Ray cluster for --ray (default: RAY_ADDRESS, else a local cluster).")
+]
+Sha256 = Annotated[
+    Optional[bool],
+    typer.Option("--sha256/--no-sha256",
+                 help="Verify every file against the SHA-256 its download published (huggingface_hub cache or "
+                      "local_dir, SHA256SUMS, *.sha256, model.sig): by default whenever one exists; --sha256 "
+                      "digests every file even without one."),
+]
 
 
 def _progress_reporter() -> Callable[[int, int], None] | None:
@@ -147,6 +162,14 @@ def scan(
     threads: Threads = None,
     list_tensors: Annotated[bool, typer.Option("--list", help="Print one line per tensor (the count goes to stderr).")] = False,
     json_output: Json = False,
+    ray: ShardRay = False,
+    ray_address: ShardRayAddress = None,
+    files_out: Annotated[
+        Optional[Path],
+        typer.Option("--files-out", metavar="FILE",
+                     help="Also digest every file whole and write one row per file (file, size, sha256, xxh3_128): "
+                          ".parquet, .arrow/.feather, .csv, or sha256sum text for a name SHA256SUMS or *.sha256."),
+    ] = None,
 ) -> None:
     """List every tensor (key, dtype, shape, offset, size, XXH3-128 checksum) of the given files."""
     from .scanner import scan_paths
@@ -154,8 +177,24 @@ def scan(
     table_on_stdout = _table_on_stdout(output, json_output, list_tensors)
     if output is not None and not table_on_stdout:
         _refuse_output_among_inputs(output, paths)
-    result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
+    if files_out is not None:
+        if os.fspath(files_out) == "-":
+            raise typer.BadParameter("the per-file table is written to a file, not stdout", param_hint="'--files-out'")
+        _refuse_output_among_inputs(files_out, paths)
+    if ray or ray_address is not None:
+        from .ray_scan import AUTO, scan_paths_ray
+
+        result = scan_paths_ray(paths, address=ray_address or AUTO, hash=not no_hash, threads=threads)
+    else:
+        result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
     _write_table(result.table, output)
+    unreadable = _write_file_table(paths, files_out, threads) if files_out is not None else []
+    if unreadable:
+        from .errors import IntegrityError
+        from .formats import FileProblem
+
+        result = replace(result, problems=result.problems + tuple(
+            FileProblem(name, IntegrityError(f"SHA-256 not computed: {error}", path=name)) for name, error in unreadable))
     if json_output:
         payload = {
             "ok": result.ok,
@@ -163,7 +202,7 @@ def scan(
             "tensors": len(result.columns),
             "bytes": result.nbytes,
             "elapsed": round(result.elapsed, 6),
-            "errors": [{"file": p.file, "error": p.error} for p in result.problems],
+            "errors": [{"file": p.file, "kind": p.kind, "error": p.error} for p in result.problems],
         }
         _echo_json(payload, _rows(result) if list_tensors else None)
     else:
@@ -177,6 +216,20 @@ def scan(
         # With rows or a table on stdout, the count is not data: it goes to stderr.
         typer.echo(_summary(result), err=table_on_stdout or list_tensors)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
+
+
+def _write_file_table(paths: list[Path], files_out: Path, threads: int | None) -> list[tuple[str, str]]:
+    """Writes the per-file digest table (shardscan.digests) and returns (file, error) of the
+    files that could not be digested."""
+    from .digests import file_digests, is_sum_file_name, write_sums
+
+    table = file_digests(paths, threads=threads)
+    if is_sum_file_name(files_out):
+        write_sums(table, files_out)
+    else:
+        _write_table(table, files_out)
+    return [(name, error) for name, error in zip(table.column("file").to_pylist(), table.column("error").to_pylist())
+            if error is not None]
 
 
 def _rows(result: ScanResult):
@@ -254,15 +307,24 @@ def check(
     threads: Threads = None,
     json_output: Json = False,
     strict: Annotated[bool, typer.Option("--strict", help="All-zero tensors of rank >= 2 are problems, not warnings.")] = False,
+    ray: ShardRay = False,
+    ray_address: ShardRayAddress = None,
+    sha256: Sha256 = None,
 ) -> None:
     """Find what is missing, unexpected, changed, unreadable or non-finite against the expected layout."""
     from .checker import check as run_check
     from .report import render_report
 
-    report = run_check(
-        path, against, hash=not no_hash, threads=threads, strip_prefix=strip_prefix, checksums=checksums,
-        model=model, hf=hf, progress=None if json_output else _progress_reporter(), strict=strict,
-    )
+    if ray or ray_address is not None:
+        from .ray_scan import AUTO, check_ray
+
+        report = check_ray(path, against, address=ray_address or AUTO, hash=not no_hash, threads=threads,
+                           strip_prefix=strip_prefix, checksums=checksums, model=model, hf=hf, strict=strict, sha256=sha256)
+    else:
+        report = run_check(
+            path, against, hash=not no_hash, threads=threads, strip_prefix=strip_prefix, checksums=checksums,
+            model=model, hf=hf, progress=None if json_output else _progress_reporter(), strict=strict, sha256=sha256,
+        )
     if json_output:
         typer.echo(json.dumps(report.to_dict()))
     else:
@@ -275,6 +337,12 @@ def diff(
     a: Annotated[Path, typer.Argument(metavar="A", help="The first checkpoint (directory or file).", show_default=False)],
     b: Annotated[Path, typer.Argument(metavar="B", help="The second checkpoint (directory or file).", show_default=False)],
     strip_prefix: StripPrefix = None,
+    strip_prefix_a: Annotated[
+        Optional[list[str]], typer.Option("--strip-prefix-a", metavar="P", help="Remove prefix P from A's keys only; repeatable.")
+    ] = None,
+    strip_prefix_b: Annotated[
+        Optional[list[str]], typer.Option("--strip-prefix-b", metavar="P", help="Remove prefix P from B's keys only; repeatable.")
+    ] = None,
     no_hash: NoHash = False,
     threads: Threads = None,
     json_output: Json = False,
@@ -283,7 +351,8 @@ def diff(
     from .checker import diff as run_diff
     from .report import render_diff
 
-    result = run_diff(a, b, hash=not no_hash, threads=threads, strip_prefix=strip_prefix)
+    result = run_diff(a, b, hash=not no_hash, threads=threads, strip_prefix=strip_prefix,
+                      strip_prefix_a=strip_prefix_a, strip_prefix_b=strip_prefix_b)
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
     else:
@@ -315,9 +384,31 @@ def audit(
     no_hash: NoHash = False,
     threads: Threads = None,
     json_output: Json = False,
+    sha256: Sha256 = None,
+    sample: Annotated[
+        Optional[str], typer.Option("--sample", metavar="N/T", help="Sweep: hash only the N-th of T stable subsets of the files "
+                                                                   "(headers of all are still checked).")
+    ] = None,
+    state: Annotated[
+        Optional[Path], typer.Option("--state", metavar="FILE", help="Sweep: journal each file's verdict here; a rerun resumes.")
+    ] = None,
+    changed_only: Annotated[
+        bool, typer.Option("--changed-only", help="Sweep: skip files whose size, mtime and inode match their last verified record.")
+    ] = False,
+    max_rate: Annotated[
+        Optional[str], typer.Option("--max-rate", metavar="RATE", help="Sweep: cap reads at RATE bytes/s (500M, 2G).")
+    ] = None,
+    history: Annotated[
+        Optional[Path], typer.Option("--history", metavar="FILE.parquet", help="Sweep: append the summary to this Parquet history.")
+    ] = None,
 ) -> None:
     """Check every checkpoint under ROOT: one row each, frozen tensors, identical checkpoints,
-    and the newest clean one."""
+    and the newest clean one. With --sample, --state, --max-rate or --history: an integrity
+    sweep (docs/audit.md, "Sweeps")."""
+    if sample is not None or state is not None or changed_only or max_rate is not None or history is not None:
+        _sweep(root, sample, state, changed_only, max_rate, history, threads=threads, json_output=json_output,
+               conflicts={"--against": against, "--output": output, "--ray": ray or ray_address, "--no-hash": no_hash,
+                          "--sha256/--no-sha256": sha256 is not None})
     table_on_stdout = _table_on_stdout(output, json_output)
     progress = None if json_output else _progress_reporter()
     if ray or ray_address is not None:
@@ -327,7 +418,7 @@ def audit(
     else:
         from .auditing import audit as run_audit
 
-        result = run_audit(root, against, hash=not no_hash, threads=threads, progress=progress)
+        result = run_audit(root, against, hash=not no_hash, threads=threads, progress=progress, sha256=sha256)
     _write_table(result.table, output)
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
@@ -338,26 +429,51 @@ def audit(
     raise typer.Exit(EXIT_OK if result.ok else EXIT_PROBLEMS)
 
 
+def _sweep(root: Path, sample: Optional[str], state: Optional[Path], changed_only: bool, max_rate: Optional[str],
+           history: Optional[Path], *, threads: Optional[int], json_output: bool, conflicts: dict) -> None:
+    """`audit` as an integrity sweep; always ends the command."""
+    from .sweep import append_history, parse_rate, parse_sample, render_sweep, sweep
+
+    for name, value in conflicts.items():
+        if value:
+            raise typer.BadParameter(f"{name} does not combine with a sweep (--sample/--state/--max-rate/--history)")
+    try:
+        chosen = parse_sample(sample) if sample is not None else None
+        rate = parse_rate(max_rate) if max_rate is not None else None
+        if changed_only and state is None:
+            raise ValueError("--changed-only needs --state")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    summary = sweep(root, sample=chosen, state=state, changed_only=changed_only, max_rate=rate, threads=threads,
+                    started=STARTED)
+    if history is not None:
+        append_history(summary, history)
+    typer.echo(json.dumps(summary.to_dict()) if json_output else render_sweep(summary))
+    raise typer.Exit(EXIT_OK if summary.ok else EXIT_PROBLEMS)
+
+
 @app.command()
 def latest(
     root: Annotated[Path, typer.Argument(metavar="ROOT", help="A training run's output directory.", show_default=False)],
     no_hash: NoHash = False,
     threads: Threads = None,
     json_output: Json = False,
+    sha256: Sha256 = None,
 ) -> None:
     """Print the path of the newest checkpoint under ROOT that checks clean (for
     --resume_from_checkpoint "$(shardscan latest out/)"); exit 1 with the reason on stderr
     when there is none."""
     from .auditing import pick_latest
 
-    pick = pick_latest(root, hash=not no_hash, threads=threads)
+    pick = pick_latest(root, hash=not no_hash, threads=threads, sha256=sha256)
     if json_output:
         typer.echo(json.dumps({
             "ok": pick.path is not None,
             "root": os.fspath(root),
             "path": None if pick.path is None else os.fspath(pick.path),
             "reason": pick.reason,
-            "rejected": [{"path": path, "problem": problem} for path, problem in pick.rejected],
+            "rejected": [{"path": path, "problem": problem, "kinds": list(kinds)}
+                         for (path, problem), kinds in zip(pick.rejected, pick.kinds)],
         }))
         raise typer.Exit(EXIT_OK if pick.path is not None else EXIT_PROBLEMS)
     if pick.path is None:

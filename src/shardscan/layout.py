@@ -88,7 +88,7 @@ class Layout:
     complete: bool = True
     files: tuple[str, ...] = ()
     extra: set[str] = field(default_factory=set)
-    errors: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[tuple[str, str, str]] = field(default_factory=list)  # (file, problem, kind of errors.KINDS)
     warnings: list[str] = field(default_factory=list)
     total_size: int | None = None
 
@@ -604,8 +604,9 @@ def _read_json(path: Path) -> Any:
 def classify(path: Path) -> str:
     """What an `--against` SOURCE is: "index", "manifest", "config" or "reference".
     A directory with tensor files is a reference checkpoint; one with only config.json a
-    config. Raises FileNotFoundError when it does not exist, ValueError when it is a JSON
-    file that is neither an index nor a config."""
+    config; a file is a reference checkpoint when its name or first bytes say so. Raises
+    FileNotFoundError when it does not exist, ValueError for anything else (a JSON file that
+    is neither an index nor a config, a text file)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_dir():
@@ -628,4 +629,8 @@ def classify(path: Path) -> str:
         if isinstance(data, dict) and ("model_type" in data or "architectures" in data or layer_count(data) is not None):
             return "config"
         raise ValueError(f"{path}: a JSON file that is neither a shard index (weight_map) nor a model config")
-    return "reference"
+    from . import formats
+
+    if formats.is_tensor_file_name(path.name) or formats.sniffs_as_checkpoint(path):
+        return "reference"
+    raise ValueError(f"{path}: not a layout source (an index, manifest, config.json or checkpoint)")

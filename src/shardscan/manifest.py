@@ -69,13 +69,13 @@ def write_manifest(path: PathLike, *, threads: int | None = None) -> Path:
     return target
 
 
-def verify_files(table: "pa.Table", root: Path) -> list[tuple[str, str]]:
-    """(file, problem) for every file a manifest table lists that is absent, resized or whose
+def verify_files(table: "pa.Table", root: Path) -> list[tuple[str, str, str]]:
+    """(file, problem, kind) for every file a manifest table lists that is absent, resized or whose
     digest changed, measured under the checkpoint `root` (a directory, or the file itself)."""
     metadata = _metadata(table)
     if metadata is None:
         return []
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str, str]] = []
     for entry in metadata.get("tensor_files", ()):
         problems += _compare_size(root, entry)
     listed = [e for e in metadata.get("files", ()) if isinstance(e, dict) and isinstance(e.get("name"), str)]
@@ -90,7 +90,7 @@ def verify_files(table: "pa.Table", root: Path) -> list[tuple[str, str]]:
         digest = actual.get(entry["name"], (None, None))[1]
         if digest != entry.get("xxh3_128"):
             problems.append((entry["name"], f"changed since the manifest was written: XXH3-128 {digest}, "
-                                            f"manifest {entry.get('xxh3_128')}"))
+                                            f"manifest {entry.get('xxh3_128')}", "changed"))
     return problems
 
 
@@ -105,14 +105,14 @@ def _metadata(table: "pa.Table") -> dict[str, Any] | None:
     return metadata if isinstance(metadata, dict) else None
 
 
-def _compare_size(root: Path, entry: Any) -> list[tuple[str, str]]:
+def _compare_size(root: Path, entry: Any) -> list[tuple[str, str, str]]:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         return []
     name, size = entry["name"], _size(root, entry["name"])
     if size is None:
-        return [(name, "absent: the manifest lists it")]
+        return [(name, "absent: the manifest lists it", "absent")]
     if size != entry.get("size"):
-        return [(name, f"changed since the manifest was written: {size} bytes, manifest {entry.get('size')}")]
+        return [(name, f"changed since the manifest was written: {size} bytes, manifest {entry.get('size')}", "changed")]
     return []
 
 

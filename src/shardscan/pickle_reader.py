@@ -147,13 +147,15 @@ class Policy:
         return self.describe_others or full in self.values or full in self.reduce or full in self.newobj
 
 
-def fail(msg: str) -> FormatError:
-    return FormatError(f"pickle: {msg}")
+def fail(msg: str, kind: str = "format") -> FormatError:
+    return FormatError(f"pickle: {msg}", kind=kind)
 
 
 class PickleTruncated(FormatError):
     """The data ended before the pickle's STOP: a cut file, or a window too short to hold it
     (load_prefix callers read a longer one)."""
+
+    kind = "truncated"
 
 
 def expect(cond: bool, msg: str) -> None:
@@ -170,12 +172,12 @@ def int_tuple(x: Any, what: str, max_len: int | None = None, max_bits: int | Non
     bits (sign apart) is refused before anything is computed from it."""
     expect(type(x) in (tuple, list), f"{what} is not a tuple of integers")
     if max_len is not None and len(x) > max_len:
-        raise fail(f"{what} has {len(x)} dimensions (budget {max_len})")
+        raise fail(f"{what} has {len(x)} dimensions (budget {max_len})", "budget")
     expect(all(is_int(v) for v in x), f"{what} is not a tuple of integers")
     if max_bits is not None:
         big = next((v for v in x if v.bit_length() > max_bits), None)
         if big is not None:
-            raise fail(f"{what} holds a {big.bit_length()}-bit integer (budget: int64, as torch requires)")
+            raise fail(f"{what} holds a {big.bit_length()}-bit integer (budget: int64, as torch requires)", "budget")
     return tuple(x)
 
 
@@ -603,9 +605,9 @@ def iter_leaves(obj: Any, limits: Limits = Limits()) -> Iterable[tuple[tuple[str
         budget[0] -= 1
         budget[1] -= path_len
         if budget[0] < 0:
-            raise fail(f"more than {limits.max_leaves} values when flattened (budget of the file's size; shared containers?)")
+            raise fail(f"more than {limits.max_leaves} values when flattened (budget of the file's size; shared containers?)", "budget")
         if budget[1] < 0:
-            raise fail(f"key paths longer than {limits.max_key_bytes} characters in all (budget of the file's size)")
+            raise fail(f"key paths longer than {limits.max_key_bytes} characters in all (budget of the file's size)", "budget")
         if type(value) is dict:
             items: Iterable[tuple[Any, Any]] = value.items()
         elif type(value) in (list, tuple):

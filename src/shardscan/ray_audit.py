@@ -71,21 +71,14 @@ def audit_ray(
     threads per task, also the CPUs each task reserves (default 1, so tasks never
     oversubscribe a node). `progress(done, total)` counts bytes of finished checkpoints.
     Raises ImportError when ray is not installed, FileNotFoundError for a missing root."""
-    try:
-        import ray
-    except ImportError:
-        raise ImportError("ray is not installed: pip install 'shardscan[ray]'") from None
+    from .ray_scan import _Cluster
 
+    cluster = _Cluster(address)  # raises ImportError first, before the walk
     started = time.perf_counter()
     found = find_checkpoints(root)
-    started_here = False
-    if not ray.is_initialized():
-        if address == AUTO:
-            # Join an existing cluster if one is configured; otherwise a local one.
-            address = os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        started_here = True
-    try:
+    # Joins the cluster RAY_ADDRESS names (or starts a local one), with Ray's lines kept off
+    # the terminal, and leaves a Ray the caller initialised alone.
+    with cluster as ray:
         cpus = threads or 1
         whole = ray.remote(num_cpus=cpus, max_retries=1)(_audit_one)
         shard = ray.remote(num_cpus=cpus, max_retries=1)(_scan_one)
@@ -117,9 +110,6 @@ def audit_ray(
                 verdicts.append(judge(checkpoint, against_abs, part, hash=hash, threads=cpus))
             else:
                 verdicts.append(ray.get(ref))
-    finally:
-        if started_here:
-            ray.shutdown()
     # Rows name checkpoints as the local audit does (as found under `root`, not absolute).
     shown = [(replace(row, path=os.fspath(c.path)), table) for (row, table), c in zip(verdicts, found.checkpoints)]
     return assemble(found, shown, hashed=hash, elapsed=time.perf_counter() - started)

@@ -34,18 +34,22 @@ class Mismatch:
 
 @dataclass(frozen=True)
 class FileError:
-    """A file that could not be read completely. For a truncated file, `intact`, `cut` and
-    `lost` name its tensors that survived whole, in part, and not at all."""
+    """A file that could not be read completely, or is wrong in a way only a layout shows.
+    `kind` is the problem's word from shardscan.errors.KINDS (docs/report-json.md), set by
+    the code that found it. For a truncated file, `intact`, `cut` and `lost` name its
+    tensors that survived whole, in part, and not at all."""
 
     file: str
     error: str
     intact: tuple[str, ...] = ()
     cut: tuple[str, ...] = ()
     lost: tuple[str, ...] = ()
+    kind: str = "format"
 
     def to_dict(self) -> dict[str, Any]:
-        """{"file", "error"}, plus sorted "intact"/"cut"/"lost" lists when the file was cut short."""
-        out: dict[str, Any] = {"file": self.file, "error": self.error}
+        """{"file", "kind", "error"}, plus sorted "intact"/"cut"/"lost" lists when the file was
+        cut short."""
+        out: dict[str, Any] = {"file": self.file, "kind": self.kind, "error": self.error}
         if self.intact or self.cut or self.lost:
             out.update(intact=natural_sorted(self.intact), cut=natural_sorted(self.cut), lost=natural_sorted(self.lost))
         return out
@@ -393,6 +397,10 @@ def render_report(report: Report, *, colour: bool = False) -> str:
     """The human form of a check: families missing, unexpected, mismatches, file errors,
     warnings and notes, then one verdict line `PATH: OK` or `PATH: FAILED (...)`."""
     paint = _Paint(colour)
+    lonely = report.errors[0] if len(report.errors) == 1 and report.files == 0 else None
+    if lonely is not None and lonely.file == report.path and not (report.missing or report.unexpected or report.warnings):
+        # Nothing was read but the checkpoint itself, and it says why: one line, not two.
+        return printable_lines([f"{report.path}: {paint('FAILED', _RED + _BOLD)} {lonely.error}"], colour)
     lines: list[str] = []
     if report.missing:
         lines += _family_lines("missing", report.missing)

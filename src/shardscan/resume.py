@@ -87,7 +87,7 @@ class ResumeSet:
     model family a loader does not read (model.safetensors beside pytorch_model.bin)."""
 
     members: tuple[Member, ...]
-    problems: tuple[tuple[str, str], ...] = ()  # (file, what is wrong)
+    problems: tuple[tuple[str, str, str], ...] = ()  # (file, what is wrong, its kind of errors.KINDS)
     skipped: tuple[str, ...] = ()
 
     def paths(self, role: str | None = None) -> list[Path]:
@@ -132,7 +132,7 @@ def _directory_members(entry: Path, name: str) -> list[Member]:
     return []
 
 
-def _zero_shards(path: Path, names: list[str], under: str = "") -> list[tuple[str, str]]:
+def _zero_shards(path: Path, names: list[str], under: str = "") -> list[tuple[str, str, str]]:
     """DeepSpeed ZeRO: one optimizer shard per data-parallel rank, as many as the module
     states record (`dp_world_size`); DeepSpeed itself only warns when one is missing."""
     from ._core import NativeFile
@@ -155,7 +155,7 @@ def _zero_shards(path: Path, names: list[str], under: str = "") -> list[tuple[st
             pass  # an unreadable module states file is its own problem, reported when read
         for rank in sorted(set(range(world)) - ranks):
             problems.append((f"{under}{head}{rank}{tail}",
-                             f"absent: the checkpoint records {world} data-parallel ranks, rank {rank} saved no shard"))
+                             f"absent: the checkpoint records {world} data-parallel ranks, rank {rank} saved no shard", "absent"))
     return problems
 
 
@@ -169,7 +169,7 @@ def _one_family(model: list[Member], index_shards: list[str] | None) -> tuple[li
     return keep, [m.name for m in model if m not in keep]
 
 
-def _absent(path: Path, names: set[str]) -> list[tuple[str, str]]:
+def _absent(path: Path, names: set[str]) -> list[tuple[str, str, str]]:
     """Files every other checkpoint of the same run has and this one lacks."""
     match = _TRAINER.match(path.name)
     if not match:
@@ -187,11 +187,11 @@ def _absent(path: Path, names: set[str]) -> list[tuple[str, str]]:
     for name in _EXPECTED:
         if name not in names and all(name in have for _, have in siblings):
             shown = ", ".join(sorted(s for s, _ in siblings)[:3])
-            problems.append((name, f"absent: every other checkpoint of the run has it ({shown})"))
+            problems.append((name, f"absent: every other checkpoint of the run has it ({shown})", "absent"))
     return problems
 
 
-def _trainer_rules(path: Path, names: set[str]) -> list[tuple[str, str]]:
+def _trainer_rules(path: Path, names: set[str]) -> list[tuple[str, str, str]]:
     """What the Trainer's own loading demands of a checkpoint-N directory: it restores the
     optimizer only when optimizer.pt and scheduler.pt are both there (one alone is silently
     ignored: a fresh optimizer), and under DeepSpeed (a global_stepN/ inside) scheduler.pt is
@@ -202,14 +202,15 @@ def _trainer_rules(path: Path, names: set[str]) -> list[tuple[str, str]]:
     deepspeed = any(n.startswith("global_step") and (path / n).is_dir() for n in names)
     if deepspeed:  # the engine restores its own optimizer from global_stepN/
         if "scheduler.pt" not in names:
-            problems.append(("scheduler.pt", "absent: the Trainer under DeepSpeed requires it to resume"))
+            problems.append(("scheduler.pt", "absent: the Trainer under DeepSpeed requires it to resume", "absent"))
     elif ("optimizer.pt" in names) != ("scheduler.pt" in names):
         have, lacking = ("optimizer.pt", "scheduler.pt") if "optimizer.pt" in names else ("scheduler.pt", "optimizer.pt")
-        problems.append((lacking, f"absent beside {have}: the Trainer then ignores both and resumes with a fresh optimizer"))
+        problems.append((lacking, f"absent beside {have}: the Trainer then ignores both and resumes with a fresh optimizer",
+                         "absent"))
     return problems
 
 
-def _rank_gaps(names: list[str]) -> list[tuple[str, str]]:
+def _rank_gaps(names: list[str]) -> list[tuple[str, str, str]]:
     """Per-rank files (rng_state_{rank}.pth, random_states_{i}.pkl) must count from 0 up."""
     ranks: dict[tuple[str, str], set[int]] = {}
     for name in names:
@@ -219,11 +220,12 @@ def _rank_gaps(names: list[str]) -> list[tuple[str, str]]:
     problems = []
     for (stem, ext), have in sorted(ranks.items()):
         for rank in sorted(set(range(max(have) + 1)) - have):
-            problems.append((f"{stem}_{rank}.{ext}", f"absent: ranks 0..{max(have)} saved {stem}, rank {rank} did not"))
+            problems.append((f"{stem}_{rank}.{ext}", f"absent: ranks 0..{max(have)} saved {stem}, rank {rank} did not",
+                             "absent"))
     return problems
 
 
-def _trainer_state(path: Path, names: set[str]) -> list[tuple[str, str]]:
+def _trainer_state(path: Path, names: set[str]) -> list[tuple[str, str, str]]:
     """trainer_state.json of a `checkpoint-N` directory: valid JSON whose global_step is N
     (the Trainer resumes its counters from it)."""
     match = _TRAINER.match(path.name)
@@ -233,8 +235,8 @@ def _trainer_state(path: Path, names: set[str]) -> list[tuple[str, str]]:
         with open(path / "trainer_state.json", encoding="utf-8") as handle:
             state = json.load(handle)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        return [("trainer_state.json", f"not valid JSON ({type(exc).__name__})")]
+        return [("trainer_state.json", f"not valid JSON ({type(exc).__name__})", "format")]
     step = state.get("global_step") if isinstance(state, dict) else None
     if step != int(match.group(1)):
-        return [("trainer_state.json", f"global_step is {step!r}, but the directory is {path.name}")]
+        return [("trainer_state.json", f"global_step is {step!r}, but the directory is {path.name}", "format")]
     return []

@@ -209,14 +209,29 @@ def scan_paths(
     started = time.perf_counter()
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    listings: list[Listing] = []
     problems: list[FileProblem] = []
     targets = []
     for given in paths:
         found = discover([given], under_given=len(paths) > 1)
         if not found:
-            problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given))))
+            problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given), kind="absent")))
         targets += found
+    result = scan_targets(targets, hash=hash, threads=threads, progress=progress)
+    return replace(result, problems=tuple(problems) + result.problems, elapsed=time.perf_counter() - started)
+
+
+def scan_targets(
+    targets: Sequence[Target],
+    *,
+    hash: bool = True,
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanResult:
+    """scan_paths on targets already discovered (what a Ray task runs for one target: the
+    rows keep the names discovery gave them)."""
+    started = time.perf_counter()
+    listings: list[Listing] = []
+    problems: list[FileProblem] = []
     for target in targets:
         try:
             listing = read_listing(target)
@@ -314,5 +329,5 @@ def scan(paths: Sequence[PathLike] | PathLike, *, hash: bool = True, threads: in
     result = scan_paths(paths, hash=hash, threads=threads)
     if result.problems:
         problem = result.problems[0]
-        raise FormatError(problem.error, path=problem.file) from problem.exception
+        raise FormatError(problem.error, path=problem.file, kind=problem.kind) from problem.exception
     return result.table

@@ -33,6 +33,7 @@ class Case:
     message: str
     reference: str = "rejects"
     note: str = ""
+    said: str = ""  # what scan says instead of the core's message: the file is recognisably something else
 
 
 def tensor(dtype: str = "F32", shape: object = (2,), offsets: object = (0, 8)) -> dict:
@@ -55,7 +56,8 @@ VALID = file_of(b"{" + A + b"}")
 def _cases() -> list[Case]:
     cases = [
         # --- the 8-byte prefix and the header's bounds -------------------------------------
-        Case("empty_file", b"", "SS_E_ST_TOO_SMALL", "too small for a safetensors header"),
+        Case("empty_file", b"", "SS_E_ST_TOO_SMALL", "too small for a safetensors header",
+             said="an empty file (0 bytes)"),
         Case("seven_bytes", VALID[:7], "SS_E_ST_TOO_SMALL", "too small for a safetensors header"),
         Case("header_len_limit_plus_one", file_of(b"{" + A + b"}", length=100_000_001),
              "SS_E_ST_HEADER_TOO_LARGE", "exceeds the 100000000-byte limit"),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Collection
 
 from ..errors import NotACheckpointError
-from . import dcp, safetensors, torch_legacy, torch_zip
+from . import dcp, safetensors, torch_legacy, torch_zip, wrong
 from .base import HEAD, FileProblem, Format, Job, Listing, verify
 
 if TYPE_CHECKING:
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMATS", "HEAD", "FileProblem", "Format", "Job", "Listing", "directory_format", "family_of", "family_suffix",
-    "file_kind", "is_hf_weights", "is_tensor_file_name", "read_file", "step_stem", "tensor_files", "unfinished",
-    "verify",
+    "file_kind", "is_hf_weights", "is_tensor_file_name", "read_file", "sniffs_as_checkpoint", "step_stem",
+    "tensor_files", "unfinished", "verify",
 ]
 
 #: Every format, in order of preference: a loader that finds several families of tensor files
@@ -119,15 +119,29 @@ def directory_format(path: Path, names: Collection[str] | None = None) -> Format
     return next((f for f in FORMATS if f.is_directory is not None and f.is_directory(names)), None)
 
 
+def sniffs_as_checkpoint(path: Path) -> bool:
+    """Whether the first bytes of the file at `path` are those of a format this package reads."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(HEAD)
+    except OSError:
+        return False
+    return any(f.sniff is not None and f.sniff(head) for f in FORMATS if f.read is not None)
+
+
 def read_file(file: "NativeFile", name: str, objects: bool = False) -> Listing:
     """Hands an opened file to the reader its first bytes call for, else to a reader that
-    claims its name (by_name), else raises NotACheckpointError. `objects`: the framework
+    claims its name (by_name), else raises NotACheckpointError (saying what the file is
+    instead where shardscan.formats.wrong recognises it). `objects`: the framework
     unpickles this file in full (Format.read_objects)."""
     head = file.read(0, min(file.size, HEAD))
     readers = [f for f in FORMATS if f.read is not None]
     fmt = next((f for f in readers if f.sniff is not None and f.sniff(head)), None)
     fmt = fmt or next((f for f in readers if f.by_name and name.endswith(f.suffixes)), None)
     if fmt is None or fmt.read is None:
+        refusal = wrong.refusal(file)
+        if refusal is not None:
+            raise refusal
         known = " or ".join(dict.fromkeys(f.name for f in readers))  # two readers share "torch"
         raise NotACheckpointError(f"not a {known} checkpoint file", path=file.path)
     if objects and fmt.read_objects is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Mapping
 
-from ..errors import IntegrityError, message_of
+from ..errors import IntegrityError, kind_of, message_of
 from ..schema import HASHED, NAMES
 
 if TYPE_CHECKING:
@@ -113,6 +113,11 @@ class FileProblem:
     def error(self) -> str:
         """The problem in words, without the file's name (the report names it)."""
         return message_of(self.exception)
+
+    @property
+    def kind(self) -> str:
+        """The word of shardscan.errors.KINDS for the problem (its exception's kind)."""
+        return kind_of(self.exception)
 
     def _identity(self) -> tuple:
         return (self.file, type(self.exception), self.error, self.lost, self.cut, self.intact)

@@ -27,7 +27,7 @@ from .. import pickle_reader
 from .._core import HashJob, NativeFile, Segment, parse_zip
 from ..errors import FormatError
 from ..pickle_reader import DType, Global, Handler, Instance, Policy, TensorRef
-from . import _views
+from . import _views, wrong
 from .base import BUDGET, FileProblem, Format, Job, Listing
 from .torch_pickle import COMPLEX, TORCH_POLICY
 from .torch_zip import byteorder_is_big, itemsize_of, place_tensor, read_pickle, storage_nbytes
@@ -91,8 +91,8 @@ def _dcp_policy() -> Policy:
 DCP_POLICY = _dcp_policy()
 
 
-def _fail(name: str, msg: str, key: str | None = None) -> FormatError:
-    return FormatError(msg, path=name, key=key)
+def _fail(name: str, msg: str, key: str | None = None, kind: str | None = None) -> FormatError:
+    return FormatError(msg, path=name, key=key, kind=kind)
 
 
 def _cls(obj: Any) -> str:
@@ -204,11 +204,12 @@ class _DirBudget:
     def spend(self, segments: int, nbytes: int, name: str, key: str) -> None:
         if segments > self.segments:
             raise _fail(name, f"{key}: needs more segments to stream than the directory's budget leaves ({self.segments} "
-                        f"of {BUDGET.segments(self.size)} for {self.size} bytes of files); chunks over expanded views?", key)
+                        f"of {BUDGET.segments(self.size)} for {self.size} bytes of files); chunks over expanded views?",
+                        key, "budget")
         if nbytes > self.view_bytes:
             raise _fail(name, f"{key}: {nbytes} logical bytes to hash pass the directory's budget ({self.view_bytes} left "
                         f"of {BUDGET.view_bytes(self.size)}, {BUDGET.view_bytes_per_byte}x its files); chunks over "
-                        f"expanded views?", key)
+                        f"expanded views?", key, "budget")
         self.segments -= segments
         self.view_bytes -= nbytes
 
@@ -229,7 +230,7 @@ def _row_major_segments(size: tuple[int, ...], chunks: list[_Chunk], itemsize: i
         return [_views.segment(c.file_index, c.base, c.sizes, c.strides, itemsize, complex_unit)]
     outer = _views.numel(size[:k])
     if outer * len(chunks) > 4 * MAX_SEGMENTS:
-        raise _fail(name, f"{key}: {len(chunks)} chunks over {outer} outer positions are too fragmented to stream", key)
+        raise _fail(name, f"{key}: {len(chunks)} chunks over {outer} outer positions are too fragmented to stream", key, "budget")
     order = sorted(chunks, key=lambda c: c.offsets[k])
     segments: list[Segment] = []
     prefix = [0] * k
@@ -239,7 +240,7 @@ def _row_major_segments(size: tuple[int, ...], chunks: list[_Chunk], itemsize: i
                 off = c.base + sum((prefix[d] - c.offsets[d]) * c.strides[d] for d in range(k))
                 segments.append(_views.segment(c.file_index, off, c.sizes[k:], c.strides[k:], itemsize, complex_unit))
                 if len(segments) > MAX_SEGMENTS:
-                    raise _fail(name, f"{key}: needs more than {MAX_SEGMENTS} segments to stream", key)
+                    raise _fail(name, f"{key}: needs more than {MAX_SEGMENTS} segments to stream", key, "budget")
                 if len(segments) > budget.segments:
                     budget.spend(len(segments), 0, name, key)  # raises: the budget is spent
         for d in range(k - 1, -1, -1):  # next prefix, row-major
@@ -256,15 +257,18 @@ def read_dir(path: Path, name: str) -> Listing:
     (missing file, range outside a file, bad chunks) become FileProblems naming the tensor."""
     meta_path = path / METADATA
     if not meta_path.is_file():
-        raise _fail(name, "DCP checkpoint without .metadata: an incomplete save (the coordinator writes it last)")
+        raise _fail(name, "DCP checkpoint without .metadata: an incomplete save (the coordinator writes it last)",
+                    kind="unfinished")
     meta = NativeFile(meta_path)
     if meta.size > _MAX_METADATA:
         raise _fail(name, f".metadata is {meta.size} bytes (limit {_MAX_METADATA})")
     try:
         md = pickle_reader.load(meta.read(0, meta.size), DCP_POLICY)
     except FormatError as e:
+        # A .metadata fetched as an LFS pointer (or an error page) is named for what it is.
+        e = wrong.refusal(meta) or e
         e.path, e.message = name, f"{METADATA}: {e.message}"
-        raise
+        raise e from None
     if _cls(md) != "Metadata" or type(md.get("state_dict_metadata")) is not dict:
         raise _fail(name, ".metadata does not hold a DCP Metadata object")
     index = _index_storage(md, name)
@@ -280,12 +284,13 @@ def read_dir(path: Path, name: str) -> Listing:
         if rel not in opened:
             fpath = path / rel
             if not fpath.is_file():
-                raise _fail(name, f"{key}: {rel} is missing", key)
+                raise _fail(name, f"{key}: {rel} is missing", key, "absent")
             listing.files.append(NativeFile(fpath))
             listing.names.append(rel)
             opened[rel] = len(listing.files) - 1
         return opened[rel]
 
+    cut: dict[str, list] = {}  # .distcp file -> [its size, bytes its chunks need, tensors lost]
     for key, entry in md.get("state_dict_metadata").items():
         if type(key) is not str:
             raise _fail(name, ".metadata has a non-string tensor name")
@@ -300,10 +305,30 @@ def read_dir(path: Path, name: str) -> Listing:
             geometry = geometries[id(entry)] = _Geometry(entry)
         try:
             _read_tensor(listing, key, geometry, index, open_file, name, budget)
+        except _CutShort as e:
+            seen = cut.setdefault(e.rel, [e.size, 0, []])
+            seen[1] = max(seen[1], e.needed)
+            seen[2].append(key)
         except (FormatError, OSError) as e:
             # Without its traceback: the frames would keep every name's chunks alive.
             listing.problems.append(FileProblem(name, e.with_traceback(None), lost=(key,)))
+    listing.problems += _cut_problems(name, cut)
     return listing
+
+
+class _CutShort(FormatError):
+    """A chunk's bytes run past the end of its .distcp file: the file was cut short. Grouped
+    per file into one problem, like a truncated safetensors shard, not one per tensor."""
+
+    def __init__(self, rel: str, size: int, needed: int) -> None:
+        super().__init__(f"{rel} is truncated")
+        self.rel, self.size, self.needed = rel, size, needed
+
+
+def _cut_problems(name: str, cut: dict[str, list]) -> list[FileProblem]:
+    return [FileProblem(name, FormatError(f"{rel} is truncated: {size} bytes present, its chunks reach byte {needed}",
+                                          path=name), lost=tuple(keys))
+            for rel, (size, needed, keys) in cut.items()]
 
 
 class _Geometry:
@@ -381,8 +406,7 @@ def _locate_chunk(listing: Listing, key: str, c: _Chunk, dtype: str, index: dict
     fi = open_file(rel, key)
     file = listing.files[fi]
     if offset + length > file.size:
-        raise _fail(name, f"{key}: chunk at {c.offsets} is bytes {offset}..{offset + length} of {rel}, "
-                    f"which has only {file.size}", key)
+        raise _CutShort(rel, file.size, offset + length)
     records, t, c.big = _chunk_archive(file, fi, offset, length, budget, name, key, f"chunk at {c.offsets} in {rel}")
     if not isinstance(t, TensorRef) or t.storage is None:
         raise _fail(name, f"{key}: chunk at {c.offsets} in {rel} does not hold a tensor", key)

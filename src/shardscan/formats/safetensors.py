@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .._core import NativeFile, parse_safetensors
+from ..errors import FormatError
+from . import wrong
 from .base import FileProblem, Format, Listing
 
 NAME = "safetensors"
@@ -18,7 +20,12 @@ def read(file: NativeFile, name: str) -> Listing:
     """Rows for every tensor whose bytes are present. A truncated file still yields its
     intact tensors, with the cut and lost ones named in a FileProblem; any other violation
     raises FormatError."""
-    header = parse_safetensors(file)
+    try:
+        header = parse_safetensors(file)
+    except FormatError as violation:
+        # An LFS pointer or an HTML page breaks the first rule (a huge header length): say
+        # what the file is rather than which rule.
+        raise wrong.refusal(file) or violation from None
     # Tensors are in offset order, so the ones a truncation left whole are a prefix.
     size = file.size
     whole = len(header.keys)

@@ -193,7 +193,7 @@ def _walk_storages(file: NativeFile, pos: int, keys: list[str], roots: dict[str,
             found.lost = frozenset(keys[i:])
             return found
         if pos + _COUNT.size > file.size:
-            found.failure = FormatError(f"truncated: the file ends before storage {key}", path=file.path)
+            found.failure = FormatError(f"truncated: the file ends before storage {key}", path=file.path, kind="truncated")
             found.lost = frozenset(keys[i:])
             return found
         (count,) = _COUNT.unpack(file.read(pos, _COUNT.size))
@@ -205,7 +205,7 @@ def _walk_storages(file: NativeFile, pos: int, keys: list[str], roots: dict[str,
         start, nbytes = pos + _COUNT.size, count * _itemsize(ref)
         if start + nbytes > file.size:
             found.failure = FormatError(f"truncated: {file.size - start} of the {nbytes} bytes of storage {key} are "
-                                        "present", path=file.path)
+                                        "present", path=file.path, kind="truncated")
             found.cut, found.lost = frozenset([key]), frozenset(keys[i + 1 :])
             return found
         found.spans[key] = (start, nbytes)
@@ -280,13 +280,14 @@ def read(file: NativeFile, name: str, policy: Policy = TORCH_POLICY) -> Listing:
         legacy_policy, roots = _legacy_policy(policy)
         obj, pos = _next_pickle(file, pos, legacy_policy)
     except _Cut:
-        raise FormatError("truncated inside the pickle: no tensor can be named", path=file.path) from None
+        raise FormatError("truncated inside the pickle: no tensor can be named", path=file.path, kind="truncated") from None
     listing = Listing(format=NAME, files=[file], names=[name])
     try:
         value, pos = _next_pickle(file, pos, _PLAIN)
         storages = _walk_storages(file, pos, _storage_keys(value, file.path), roots)
     except _Cut:
-        error = FormatError("truncated inside the storage key list: no storage can be located", path=file.path)
+        error = FormatError("truncated inside the storage key list: no storage can be located", path=file.path,
+                            kind="truncated")
         storages = _Storages({}, error, lost=frozenset(roots))
     found = _list_tensors(listing, obj, storages)
     if storages.failure is not None and (found.lost or found.cut):

@@ -26,9 +26,9 @@ import zlib
 from dataclasses import dataclass
 
 from .. import pickle_reader
-from .._core import HashJob, NativeFile, ZipListing, ZipRecord, ZipTruncated, parse_zip, walk_zip
+from .._core import HashJob, NativeFile, ZipForeign, ZipListing, ZipRecord, ZipTruncated, parse_zip, walk_zip
 from ..errors import FormatError, IntegrityError, NotACheckpointError
-from . import _views
+from . import _views, wrong
 from .base import BUDGET, FileProblem, Format, Job, Listing
 from .torch_pickle import COMPLEX, ITEMSIZE, OBJECTS_POLICY, TORCH_POLICY
 
@@ -100,18 +100,9 @@ def place_tensor(t: pickle_reader.TensorRef, record: ZipRecord, file_index: int,
     return TensorPlacement(t.dtype, shape, start, nbytes, job, False)
 
 
-def _is_torchscript(records: dict[str, ZipRecord]) -> bool:
-    return "constants.pkl" in records or any(n.startswith("code/") for n in records)
-
-
 def _not_a_checkpoint(records: dict[str, ZipRecord], path: str) -> NotACheckpointError | None:
     """Why an archive with these records is no torch.save checkpoint, or None when it is one."""
-    if _is_torchscript(records):
-        return NotACheckpointError("a TorchScript archive (torch.jit.save), not a torch.save checkpoint; not supported",
-                                   path=path)
-    if "data.pkl" not in records:
-        return NotACheckpointError("a zip archive without data.pkl: not a torch.save checkpoint", path=path)
-    return None
+    return wrong.zip_refusal(records, path)
 
 
 #: The archive format versions torch's reader accepts (caffe2/serialize/versions.h).
@@ -179,14 +170,17 @@ def _directory(file: NativeFile) -> tuple[ZipListing, bool]:
     except ZipTruncated:
         return walk_zip(file), True
     except FormatError as violation:
-        # TorchScript archives compress their code records: name the file for what it is
-        # rather than for the first rule it breaks.
+        # TorchScript archives compress their code records, and so may any other zip (an
+        # .npz): name the file for what it is rather than for the first rule it breaks.
         try:
             walked = walk_zip(file).by_name()
         except FormatError:
-            raise violation from None
-        if _is_torchscript(walked):
-            raise _not_a_checkpoint(walked, file.path) from None
+            raise wrong.refusal(file) or violation from None
+        # Only a well-formed zip of another tool is named for what it is: a broken directory
+        # says more about a hostile file than any guess at its contents.
+        refusal = wrong.zip_refusal(walked, file.path)
+        if refusal is not None and (isinstance(violation, ZipForeign) or refusal.kind == "torchscript"):
+            raise refusal from None
         raise
 
 
@@ -202,7 +196,7 @@ def read(file: NativeFile, name: str, policy: pickle_reader.Policy = TORCH_POLIC
     check_records(file, records, truncated)
     pkl = records["data.pkl"]
     if not pkl.intact:
-        raise FormatError("truncated inside data.pkl: no tensor can be named", path=file.path)
+        raise FormatError("truncated inside data.pkl: no tensor can be named", path=file.path, kind="truncated")
     obj = read_pickle(file, pkl, policy)
     listing = Listing(format=NAME, files=[file], names=[name])
     found = _list_tensors(listing, obj, records, byteorder_is_big(file, records))
@@ -222,7 +216,7 @@ class _Found:
     intact: list[str]
     cut: list[str]
     lost: list[str]
-    broken: list[str]  # "key: why" for views that do not fit their record
+    broken: list[tuple[str, str]]  # ("key: why", kind) for views that do not fit their record
 
 
 def pickle_limits(pickle_size: int) -> pickle_reader.Limits:
@@ -261,16 +255,17 @@ def _list_tensors(listing: Listing, obj: object, records: dict[str, ZipRecord], 
             found.cut.append(key)
             continue
         if rec.size != storage_nbytes(leaf.storage):
-            found.broken.append(f"{key}: record {rec_name} holds {rec.size} bytes, the pickle says {storage_nbytes(leaf.storage)}")
+            found.broken.append((f"{key}: record {rec_name} holds {rec.size} bytes, the pickle says "
+                                 f"{storage_nbytes(leaf.storage)}", "format"))
             continue
         try:
             placed = place_tensor(leaf, rec, 0, big)
         except FormatError as e:
-            found.broken.append(f"{key}: {e.message}")
+            found.broken.append((f"{key}: {e.message}", e.kind))
             continue
         too_much = expansion(leaf, placed.nbytes, rec.size, spent, budget)
         if too_much is not None:
-            found.broken.append(f"{key}: {too_much}")
+            found.broken.append((f"{key}: {too_much}", "budget"))
             continue
         spent += placed.nbytes
         job = Job(placed.job)
@@ -285,14 +280,14 @@ def _list_tensors(listing: Listing, obj: object, records: dict[str, ZipRecord], 
 
 def _report(listing: Listing, name: str, path: str, truncated: bool, found: _Found) -> None:
     if truncated:
-        error = FormatError("zip has no end-of-central-directory record: the file is truncated", path=path)
+        error = FormatError("zip has no end-of-central-directory record: the file is truncated", path=path, kind="truncated")
         listing.problems.append(FileProblem(name, error, lost=tuple(found.lost), cut=tuple(found.cut),
                                             intact=tuple(found.intact)))
     elif found.lost:
         error = FormatError(f"storage records missing from the archive for {', '.join(found.lost)}", path=path)
         listing.problems.append(FileProblem(name, error, lost=tuple(found.lost)))
-    for message in found.broken:
-        listing.problems.append(FileProblem(name, FormatError(message, path=path)))
+    for message, kind in found.broken:
+        listing.problems.append(FileProblem(name, FormatError(message, path=path, kind=kind)))
 
 
 def load_objects(file: NativeFile) -> object:
