@@ -62,7 +62,10 @@ def ray_env(temp: str) -> dict[str, str]:
     """The environment of every process of this cluster, the driver's included: HOME in the
     temporary directory too, so that an auth token in the real ~/.ray (another cluster's) is
     not picked up by some of them and not others."""
-    return {**os.environ, "RAY_TMPDIR": temp, "HOME": temp}
+    # Without the RAY_* settings an earlier ray.init in this process left behind (it sets
+    # RAY_AUTH_MODE=token once it has found a token under the real HOME).
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return {**inherited, "RAY_TMPDIR": temp, "HOME": temp}
 
 
 def start_node(args: list[str], temp: str) -> None:
