@@ -486,9 +486,7 @@ def file_digests(paths: Sequence[PathLike] | PathLike, *, threads: int | None = 
 def write_sums(table: "pa.Table", path: PathLike) -> None:
     """Writes the per-file table as a sha256sum file (`<hex>  name`, names escaped as coreutils
     escapes them), atomically; rows without a digest are left out."""
-    import tempfile
-
-    from .output import _mode_for
+    from .output import replace_atomically
 
     lines = []
     for name, digest in zip(table.column("file").to_pylist(), table.column("sha256").to_pylist()):
@@ -499,21 +497,11 @@ def write_sums(table: "pa.Table", path: PathLike) -> None:
             lines.append(f"\\{digest}  {escaped}\n")
         else:
             lines.append(f"{digest}  {name}\n")
-    target = Path(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if str(target.parent) else ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as out:
+    def write(temp: str) -> None:
+        with open(temp, "w", encoding="utf-8", errors="surrogateescape") as out:
             out.write("".join(lines))
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, _mode_for(target))
-        os.replace(temp, target)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    replace_atomically(path, write)
 
 
 def is_sum_file_name(path: PathLike) -> bool:

@@ -72,8 +72,15 @@ def write_stdout(table: pa.Table) -> None:
 def write_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
     """Writes `table` to `path` in the format its suffix names. Raises ValueError for an
     unknown suffix and OSError (naming the path) when the directory is not writable or full."""
+    write = _writer(Path(path).suffix.lower())
+    replace_atomically(path, lambda temp: write(table, temp))
+
+
+def replace_atomically(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
+    """Calls write(temporary path) in the destination's directory, then fsyncs the file and
+    renames it over `path`; on any failure the temporary file is removed and an old `path`
+    is left as it was. OSError names `path`, not the temporary name."""
     target = Path(path)
-    write = _writer(target.suffix.lower())
     directory = target.parent if str(target.parent) else Path(".")
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
@@ -81,7 +88,7 @@ def write_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
         raise OSError(exc.errno, exc.strerror, os.fspath(target)) from exc
     try:
         os.close(fd)
-        write(table, temp)
+        write(temp)
         # mkstemp makes the file 0600; the output gets the mode a plain open() would give it
         # (0644 under umask 022), or keeps the mode of the file it replaces.
         os.chmod(temp, _mode_for(target))

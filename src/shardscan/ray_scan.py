@@ -99,20 +99,10 @@ def scan_paths_ray(
     rows in the same order and the same problems. `address` as for audit_ray; `threads` are
     the hashing threads and the CPUs of each task (default 1). Raises ImportError when ray
     is not installed, FileNotFoundError for a path that does not exist."""
-    from .errors import FormatError
-    from .formats.base import FileProblem
-    from .scanner import ScanResult, discover
+    from .scanner import ScanResult, discover_given
 
     started = time.perf_counter()
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    problems: list[FileProblem] = []
-    targets = []
-    for given in paths:
-        found = discover([given], under_given=len(paths) > 1)
-        if not found:
-            problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given))))
-        targets += found
+    targets, problems = discover_given(paths)
     with _Cluster(address) as ray:
         task = ray.remote(num_cpus=threads or 1, max_retries=RETRIES)(_scan_target)
         # Absolute paths: a worker's working directory is not the driver's; names stay as given.

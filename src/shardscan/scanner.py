@@ -196,6 +196,22 @@ def read_listing(target: Target) -> Listing:
 
 
 @_gc.paused()
+def discover_given(paths: Sequence[PathLike] | PathLike) -> tuple[list[Target], list[FileProblem]]:
+    """The targets of the paths given (discover, one path at a time so that each names its own
+    files), and a problem for each path that holds none."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    problems: list[FileProblem] = []
+    targets = []
+    for given in paths:
+        found = discover([given], under_given=len(paths) > 1)
+        if not found:
+            problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given),
+                                                                      kind="absent")))
+        targets += found
+    return targets, problems
+
+
 def scan_paths(
     paths: Sequence[PathLike] | PathLike,
     *,
@@ -207,15 +223,7 @@ def scan_paths(
     raised, so one bad shard does not hide the others; a path that does not exist raises
     FileNotFoundError. `progress(done, total)` receives bytes hashed."""
     started = time.perf_counter()
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    problems: list[FileProblem] = []
-    targets = []
-    for given in paths:
-        found = discover([given], under_given=len(paths) > 1)
-        if not found:
-            problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given), kind="absent")))
-        targets += found
+    targets, problems = discover_given(paths)
     result = scan_targets(targets, hash=hash, threads=threads, progress=progress)
     return replace(result, problems=tuple(problems) + result.problems, elapsed=time.perf_counter() - started)
 
