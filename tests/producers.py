@@ -563,7 +563,7 @@ def _deepspeed_rank(rank: int, port: int, mode: str, directories: list[str], res
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -574,14 +574,14 @@ def deepspeed_zero_save(directory: Path) -> Path:
     (naming global_step2), global_step2/mp_rank_00_model_states.pt and one
     zero_pp_rank_{r}_mp_rank_00_optim_states.pt per data-parallel rank, plus the
     zero_to_fp32.py / zero_to_torch.py scripts DeepSpeed copies beside them."""
-    _spawn_ranks(_deepspeed_rank, DEEPSPEED_WORLD, (_free_port(),), "save", [directory])
+    _spawn_ranks(_deepspeed_rank, DEEPSPEED_WORLD, (free_port(),), "save", [directory])
     return directory
 
 
 def deepspeed_zero_resume(directories: list[Path]) -> MultiRankResume:
     """`engine.load_checkpoint(directory)` (which follows directory/latest) for each directory in
     turn on the same 2 gloo ranks; the first failure stops every rank."""
-    return _spawn_ranks(_deepspeed_rank, DEEPSPEED_WORLD, (_free_port(),), "load", directories)
+    return _spawn_ranks(_deepspeed_rank, DEEPSPEED_WORLD, (free_port(),), "load", directories)
 
 
 # --------------------------------------------------------------------------------------------
@@ -626,14 +626,14 @@ def hf_deepspeed_run(output_dir: Path) -> Path:
     trainer_state.json, training_args.bin, config files, and DeepSpeed's `latest`,
     global_stepN/mp_rank_00_model_states.pt and global_stepN/zero_pp_rank_0_mp_rank_00_optim_states.pt
     in place of optimizer.pt."""
-    _spawn_ranks(_hf_deepspeed_rank, 1, (_free_port(),), "save", [output_dir])
+    _spawn_ranks(_hf_deepspeed_rank, 1, (free_port(),), "save", [output_dir])
     return output_dir
 
 
 def hf_deepspeed_resume(directories: list[Path]) -> MultiRankResume:
     """`Trainer.train(resume_from_checkpoint=...)` under the same DeepSpeed config, each
     directory in turn in one process (the first failure stops it)."""
-    return _spawn_ranks(_hf_deepspeed_rank, 1, (_free_port(),), "load", directories)
+    return _spawn_ranks(_hf_deepspeed_rank, 1, (free_port(),), "load", directories)
 
 
 # --------------------------------------------------------------------------------------------

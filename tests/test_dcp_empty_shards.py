@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import socket
 import warnings
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 import torch.multiprocessing as mp
 import xxhash
 
+import producers
 from shardscan.scanner import scan_paths
 
 RANKS = 2
@@ -52,16 +52,10 @@ def _save_on_rank(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dcp-empty") / "ckpt"
-    mp.spawn(_save_on_rank, args=(_free_port(), str(out)), nprocs=RANKS, join=True)
+    mp.spawn(_save_on_rank, args=(producers.free_port(), str(out)), nprocs=RANKS, join=True)
     return out
 
 
