@@ -191,3 +191,18 @@ def test_corrupt_manifest_inside_a_checkpoint_is_a_finding(tmp_path):
     assert "shardscan.manifest.parquet: FAILED unreadable manifest" in text(run)
     report = json.loads(cli("check", "--json", str(ckpt)).stdout)
     assert not report["ok"] and report["errors"][0]["file"] == "shardscan.manifest.parquet"
+
+
+@pytest.mark.parametrize("where", ["a new manifest in a checkpoint", "a shard of a checkpoint"])
+def test_audit_output_inside_a_checkpoint_is_refused(tmp_path, where):
+    run_dir = tmp_path / "run"
+    for step in (10, 20):
+        good_checkpoint(run_dir / f"checkpoint-{step}")
+    inside = run_dir / "checkpoint-20"
+    output = inside / ("shardscan.manifest.parquet" if where.startswith("a new") else "model.safetensors")
+    before = {p: p.read_bytes() for p in inside.iterdir()}
+    run = cli("audit", str(run_dir), "-o", str(output))
+    assert run.returncode == 2, text(run)
+    assert "lies in checkpoint" in text(run) and len(text(run).splitlines()) == 1
+    assert {p: p.read_bytes() for p in inside.iterdir()} == before  # nothing written, nothing added
+    assert cli("audit", str(run_dir), "-o", str(run_dir / "audit.parquet")).returncode == 0  # beside them is fine

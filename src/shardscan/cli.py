@@ -272,6 +272,27 @@ def _refuse_output_among_inputs(output: Path, paths: list[Path]) -> None:
             raise typer.Exit(EXIT_USAGE)
 
 
+def _refuse_output_inside_checkpoints(output: Path, root: Path) -> None:
+    """Exit 2 before anything is read or written when `output` is, or would land inside, one
+    of the checkpoints under `root`: audit reads every file of each, and a table written into
+    one changes it (named like a manifest, it would even become that checkpoint's layout)."""
+    from .discover import find_checkpoints
+    from .report import printable
+
+    try:
+        checkpoints = find_checkpoints(root).checkpoints
+    except OSError:
+        return  # audit itself names the unreadable root
+    target = output.resolve()
+    for checkpoint in checkpoints:
+        place = checkpoint.path.resolve()
+        if target == place or (place.is_dir() and target.is_relative_to(place)):
+            message = f"shardscan: {output}: lies in checkpoint {checkpoint.path}, which audit reads; write it elsewhere"
+            sys.stderr.write(printable(message) + "\n")
+            raise typer.Exit(EXIT_USAGE)
+    _refuse_output_among_inputs(output, [root])
+
+
 StripPrefix = Annotated[
     Optional[list[str]],
     typer.Option("--strip-prefix", metavar="P", help="Remove prefix P (module., _orig_mod., ...) from every key on both sides; repeatable."),
@@ -410,6 +431,8 @@ def audit(
                conflicts={"--against": against, "--output": output, "--ray": ray or ray_address, "--no-hash": no_hash,
                           "--sha256/--no-sha256": sha256 is not None})
     table_on_stdout = _table_on_stdout(output, json_output)
+    if output is not None and not table_on_stdout:
+        _refuse_output_inside_checkpoints(output, root)
     progress = None if json_output else _progress_reporter()
     if ray or ray_address is not None:
         from .ray_audit import AUTO, audit_ray
