@@ -108,6 +108,17 @@ def test_cli_start_up_imports_no_heavy_modules():
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("command", [["scan"], ["scan", "--no-hash"], ["check"], ["check", "--no-hash"]])
+def test_commands_without_a_table_output_import_no_heavy_modules(tmp_path, command):
+    save_file({"w": torch.ones(4, 4)}, str(tmp_path / "model.safetensors"))
+    code = ("import sys, shardscan.cli\n"
+            "try:\n    shardscan.cli.main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'pyarrow') if m in sys.modules), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, *command, str(tmp_path / "model.safetensors")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stderr.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+
+
 def test_scan_torch_bin_and_refuse_an_unsafe_pickle(tmp_path):
     tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3).t(), "b": torch.ones(3, dtype=torch.float16)}
     torch.save(tensors, tmp_path / "pytorch_model.bin")

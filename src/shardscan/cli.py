@@ -139,10 +139,14 @@ def _table_on_stdout(output: Path | None, *others_on_stdout: bool) -> bool:
     return True
 
 
-def _write_table(table, output: Path | None) -> None:
+def _write_table(make_table, output: Path | None) -> None:
+    """Writes the table `make_table()` builds to `output`, when there is one: pyarrow costs
+    more to import than a header-only scan takes, so without -o it is never imported."""
     if output is None:
         return
     from .output import write_atomic, write_stdout
+
+    table = make_table()
 
     if os.fspath(output) == "-":
         write_stdout(table)
@@ -187,7 +191,7 @@ def scan(
         result = scan_paths_ray(paths, address=ray_address or AUTO, hash=not no_hash, threads=threads)
     else:
         result = scan_paths(paths, hash=not no_hash, threads=threads, progress=None if json_output else _progress_reporter())
-    _write_table(result.table, output)
+    _write_table(lambda: result.table, output)
     unreadable = _write_file_table(paths, files_out, threads) if files_out is not None else []
     if unreadable:
         from .errors import IntegrityError
@@ -227,7 +231,7 @@ def _write_file_table(paths: list[Path], files_out: Path, threads: int | None) -
     if is_sum_file_name(files_out):
         write_sums(table, files_out)
     else:
-        _write_table(table, files_out)
+        _write_table(lambda: table, files_out)
     return [(name, error) for name, error in zip(table.column("file").to_pylist(), table.column("error").to_pylist())
             if error is not None]
 
@@ -442,7 +446,7 @@ def audit(
         from .auditing import audit as run_audit
 
         result = run_audit(root, against, hash=not no_hash, threads=threads, progress=progress, sha256=sha256)
-    _write_table(result.table, output)
+    _write_table(lambda: result.table, output)
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
     else:
