@@ -17,7 +17,7 @@ from pathlib import Path
 #: (header, library to link, Debian package with both): one line per system library.
 SYSTEM_LIBRARIES = (
     ("xxhash.h", "xxhash", "libxxhash-dev"),  # XXH3-128, the tensor checksums
-    ("libdeflate.h", "deflate", "libdeflate-dev"),  # CRC32 of torch.save's zip records
+    ("isa-l/crc.h", "isal", "libisal-dev"),  # CRC-32 of torch.save's zip records (Intel ISA-L)
     ("openssl/evp.h", "crypto", "libssl-dev"),  # SHA-256 of whole files (OpenSSL's EVP interface)
 )
 

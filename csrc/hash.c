@@ -1,10 +1,14 @@
 /* The hashing engine: a batch of jobs over mapped files, XXH3-128 on N pthreads.
  *
  * Why mmap and not pread: on a warm page cache, hashing straight from the mapping avoids a
- * copy per byte (on two cores, 16-20 GB/s against 11.7 GB/s with pread). Resident memory
- * stays bounded because each window of pages is released with MADV_DONTNEED as soon as it is
- * hashed (the page cache keeps the data; only our mapping of
- * it goes), and a file that shrinks under us faults into the SIGBUS guard, not a crash. */
+ * copy per byte, and the copy costs more than the hash does. Resident memory stays bounded
+ * because each worker maps one window of its file at a time (MAPPED_BUDGET shared out between
+ * the workers) and releases it with MADV_DONTNEED as soon as it is hashed: the page cache
+ * keeps the data, only our mapping of it goes. Windows are as large as that budget allows
+ * because each release is a TLB shootdown on every core running the process, a cost per
+ * window, not per byte. A window's page tables are filled in one MADV_POPULATE_READ call
+ * rather than by a fault per folio. A file that shrinks under us faults into the SIGBUS
+ * guard, not a crash. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdarg.h>
@@ -13,14 +17,18 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#include <libdeflate.h> /* its CRC32 folds with PCLMUL: zlib's would cap .bin hashing at ~1 GB/s */
+/* ISA-L's CRC-32 folds 512 bits per instruction with VPCLMULQDQ where the CPU has it (and
+ * falls back to PCLMUL or tables elsewhere); libdeflate, as Debian 12 ships it, folds 128, and
+ * its CRC rather than memory bounded the hashing of torch.save records. */
+#include <isa-l/crc.h>
 
 #include "xxh3.h"
 
 #include "internal.h"
 
-#define WINDOW (8u << 20)   /* bytes hashed between two releases of pages */
-#define GATHER (1u << 20)   /* per-thread buffer for strided and byte-swapped data */
+#define MAPPED_BUDGET (96u << 20) /* bytes of windows mapped at once, all workers together */
+#define WINDOW_MAX (64u << 20)     /* past this, larger windows no longer pay for their memory */
+#define GATHER (1u << 20)          /* per-thread buffer for strided and byte-swapped data */
 
 typedef struct {
     ss_file *const *files;
@@ -30,6 +38,7 @@ typedef struct {
     uint32_t njobs;
     uint32_t next;   /* next position in order; taken with __atomic_fetch_add */
     size_t page;
+    size_t window; /* bytes each worker maps at a time */
     uint64_t *progress;
 } batch;
 
@@ -42,7 +51,9 @@ typedef struct {
     ss_values values;
 } stream;
 
-#define CHUNK (128u << 10) /* hash, then CRC and count each chunk while it is still in L2 */
+/* The hash pulls each chunk from memory into L1; the CRC and the counts then read it from
+ * there. A chunk larger than L1 sends them to L2, a much smaller one breaks the hash's stream. */
+#define CHUNK (32u << 10)
 
 /* Hashes and counts n bytes of the logical stream (and CRCs them when the CRC is taken on
  * this side of the gather buffer, i.e. for plain contiguous runs). */
@@ -50,7 +61,7 @@ static void stream_bytes(stream *st, const uint8_t *p, size_t n, int with_crc) {
     while (n) {
         size_t len = n < CHUNK ? n : CHUNK;
         hash_update(&st->state, p, len);
-        if (with_crc) st->crc = libdeflate_crc32(st->crc, p, len);
+        if (with_crc) st->crc = crc32_gzip_refl(st->crc, p, len);
         ss_values_add(&st->values, p, len);
         p += len;
         n -= len;
@@ -65,7 +76,7 @@ static void flush_gather(stream *st) {
 /* Appends n bytes to the gather buffer, reversing each `swap`-byte element when swap > 1.
  * The CRC covers the bytes as stored, in the order read, so it is taken here, before the swap. */
 static void gather_bytes(stream *st, const uint8_t *p, size_t n, uint32_t swap) {
-    if (st->with_crc) st->crc = libdeflate_crc32(st->crc, p, n);
+    if (st->with_crc) st->crc = crc32_gzip_refl(st->crc, p, n);
     while (n) {
         size_t room = GATHER - st->gathered;
         if (swap > 1) room -= room % swap;
@@ -87,10 +98,27 @@ static void gather_bytes(stream *st, const uint8_t *p, size_t n, uint32_t swap) 
 /* Drops our mapping of the whole pages inside [p, p + n): they are hashed, keep RSS flat. */
 static void release_pages(const batch *b, const uint8_t *p, size_t n) { ss_release_pages(p, n, b->page); }
 
+/* Maps [p, p + n) ahead of the hash in one call, and asks for the next window's pages to be
+ * read in (from disk on a cold cache, while this window is hashed). A failed populate (a
+ * kernel without it, or a file that shrank) leaves the pages to fault in as they are read,
+ * where the SIGBUS guard catches a shrink. */
+static void enter_window(const batch *b, const uint8_t *p, size_t n, uint64_t left) {
+    uintptr_t page_mask = (uintptr_t)b->page - 1;
+    uintptr_t start = (uintptr_t)p & ~page_mask, end = (uintptr_t)p + n;
+    if (left > n) {
+        uintptr_t next = (end + page_mask) & ~page_mask;
+        size_t ahead = left - n < b->window ? (size_t)(left - n) : b->window;
+        if (next < end + ahead) madvise((void *)next, end + ahead - next, MADV_WILLNEED);
+    }
+#ifdef MADV_POPULATE_READ
+    madvise((void *)start, end - start, MADV_POPULATE_READ);
+#endif
+}
+
 static void stream_contiguous(const batch *b, stream *st, const uint8_t *p, uint64_t n, uint32_t swap) {
     while (n) {
-        size_t len = n < WINDOW ? (size_t)n : WINDOW;
-        if (n > len) madvise((void *)((uintptr_t)(p + len) & ~(uintptr_t)(b->page - 1)), WINDOW, MADV_WILLNEED);
+        size_t len = n < b->window ? (size_t)n : b->window;
+        enter_window(b, p, len, n);
         if (swap > 1) {
             gather_bytes(st, p, len, swap);
             flush_gather(st);
@@ -271,7 +299,7 @@ static void run_job(const batch *b, ss_job *job, uint8_t *gather) {
     XXH3_INITSTATE(&st.state);
     XXH3_128bits_reset(&st.state);
     st.with_crc = (job->flags & SS_JOB_CRC32) != 0;
-    st.crc = 0; /* libdeflate_crc32's initial value */
+    st.crc = 0; /* crc32_gzip_refl's initial value, as zip's */
     st.gather = gather;
     ss_values_start(&st.values, job->value_kind);
     sigjmp_buf jump;
@@ -363,6 +391,12 @@ ss_status ss_hash_batch(ss_file *const *files, uint32_t nfiles, ss_job *jobs, ui
     (void)XXH3_128bits_dispatch(NULL, 0);
 #endif
     if (threads > 256) threads = 256;
+    /* Start with nothing mapped: reading the headers left pages of every file mapped (one
+     * byte read maps its whole folio, up to 2 MiB), and they would add to the windows. */
+    for (uint32_t i = 0; i < nfiles; i++)
+        if (files[i] && files[i]->data) ss_release_pages(files[i]->data, (size_t)files[i]->size, b.page);
+    b.window = MAPPED_BUDGET / threads < WINDOW_MAX ? MAPPED_BUDGET / threads : WINDOW_MAX;
+    b.window -= b.window % b.page;
     pthread_t tids[256];
     uint32_t started = 0;
     /* Thread 0 is the caller; failing to start more threads only costs speed. */

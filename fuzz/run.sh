@@ -43,7 +43,7 @@ for target in "$HERE"/fuzz_*.c; do
     # Each source defines _GNU_SOURCE itself (a -D here would redefine it); -Werror keeps the
     # build as warning-free as the core's.
     clang -std=c11 -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-        -I"$ROOT/csrc" "$target" "$ROOT"/csrc/*.c -pthread -lxxhash -ldeflate -lcrypto -lm -o "$WORK/fuzz_$name"
+        -I"$ROOT/csrc" "$target" "$ROOT"/csrc/*.c -pthread -lxxhash -lisal -lcrypto -lm -o "$WORK/fuzz_$name"
     ((BUILD_ONLY)) && continue
     ASAN_OPTIONS=detect_leaks=1 run_target "$name" "$WORK/fuzz_$name"
 done

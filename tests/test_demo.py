@@ -97,6 +97,6 @@ def test_the_source_install_links_the_system_libraries(demo_run):
     core = subprocess.run([str(copy / ".venv" / "bin" / "python"), "-c", code], capture_output=True, text=True,
                           check=True, cwd=copy).stdout.strip()
     ldd = subprocess.run(["ldd", core], capture_output=True, text=True, check=True).stdout
-    for soname in ("libxxhash.so", "libdeflate.so"):
+    for soname in ("libxxhash.so", "libisal.so"):
         [line] = [line for line in ldd.splitlines() if soname in line]
         assert "=> /usr/lib/" in line or "=> /lib/" in line, line

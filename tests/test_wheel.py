@@ -1,5 +1,5 @@
 """scripts/wheel: a self-contained wheel (abi3, manylinux) that installs into a fresh venv
-and runs there with libxxhash and libdeflate loaded from inside the wheel, not the system.
+and runs there with libxxhash and libisal loaded from inside the wheel, not the system.
 Slow: the wheel is built and installed once for the whole module."""
 
 from __future__ import annotations
