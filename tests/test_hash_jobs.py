@@ -184,3 +184,42 @@ def test_random_strided_swapped_jobs_match_numpy(tmp_path_factory, cases, thread
     with NativeFile(path) as f:
         results = hash_jobs([f], [job for job, _ in cases], threads=threads)
     assert [r.checksum for r in results] == [digest for _, digest in cases]
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory):
+    """A 160 MiB sparse file with random 8 KiB blocks across every MiB boundary: a byte lost or
+    read twice where the engine cuts a run (its chunks, its mapping windows) changes the digests."""
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    rng = np.random.default_rng(11)
+    size = 160 << 20
+    with open(path, "wb") as out:
+        out.truncate(size)
+        for at in range(1 << 20, size, 1 << 20):
+            out.seek(at - 4096)
+            out.write(rng.integers(0, 256, 8192, dtype=np.uint8).tobytes())
+    with NativeFile(path) as f:
+        yield path, f
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_runs_across_many_windows_match_xxhash_and_zlib(big_file, threads):
+    import zlib
+
+    # Each worker maps a window of at most 64 MiB at a time (less with more threads), so these
+    # runs, which start off page boundaries, span several windows whatever the thread count.
+    path, f = big_file
+    runs = [(12345, (100 << 20) + 777), ((100 << 20) + 13122, (50 << 20) + 4321), (5, 3)]
+    expected = []
+    with open(path, "rb") as raw:
+        for offset, nbytes in runs:
+            raw.seek(offset)
+            digest, crc, left = xxhash.xxh3_128(), 0, nbytes
+            while left:
+                block = raw.read(min(left, 1 << 22))
+                digest.update(block)
+                crc = zlib.crc32(block, crc)
+                left -= len(block)
+            expected.append((digest.hexdigest(), crc))
+    jobs = [HashJob(file=0, offset=offset, nbytes=nbytes, crc32=True) for offset, nbytes in runs]
+    assert [(r.checksum, r.crc32) for r in hash_jobs([f], jobs, threads=threads)] == expected
