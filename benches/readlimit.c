@@ -1,9 +1,10 @@
 /*
  * readlimit - the machine's read limit for a set of files: N threads read every byte and
  * do the least possible work with it (a vector add per 64-byte line), so the figure is the
- * cost of getting bytes from the page cache (or disk) into registers and nothing else.
+ * cost of getting bytes from the page cache (or disk) into registers and nothing else; and,
+ * in xxh3 mode, the same pass with XXH3-128 as the work, the limit for hashing those bytes.
  *
- *   readlimit mmap|pread THREADS FILE...
+ *   readlimit mmap|pread|xxh3 THREADS FILE...
  *
  * Work is split into 64 MiB chunks across all files, handed out through one atomic counter,
  * so both threads stay busy until the end even with shards of unequal size.
@@ -11,8 +12,12 @@
  *          of a fault per 64 KiB), summed, and unmapped, so resident memory stays one chunk per
  *          thread; this is the path a mmap-based hasher takes.
  *   pread: each thread preads into its own reused 8 MiB buffer; the copy is part of the cost.
+ *   xxh3:  mapped as for mmap, then each chunk hashed with libxxhash's XXH3_128bits_dispatch
+ *          (SSE2, AVX2 or AVX-512 picked at run time, as shardscan's core does). A chunk is
+ *          hashed on its own, so the digests are not any tensor's, but the arithmetic per byte
+ *          is the same as hashing whole tensors: the figure is a plain C loop's hashing rate.
  * Prints the byte count and the sum (the sum keeps the compiler from dropping the reads).
- * Built by benches/run.py with `gcc -O2 -pthread`.
+ * Built by benches/run.py with `gcc -O2 -pthread ... -lxxhash`.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -26,6 +31,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xxh_x86dispatch.h>
+#define hash128 XXH3_128bits_dispatch
+#else
+#define hash128 XXH3_128bits
+#endif
+
 #define CHUNK (64u << 20)
 #define PREAD_BUF (8u << 20)
 
@@ -38,7 +52,8 @@ struct job { int fd; uint64_t off, len; };
 static struct job *jobs;
 static size_t njobs;
 static atomic_size_t next_job;
-static int use_mmap;
+enum mode { MODE_MMAP, MODE_PREAD, MODE_XXH3 };
+static enum mode mode;
 
 static uint64_t sum_bytes(const unsigned char *p, size_t n)
 {
@@ -58,7 +73,7 @@ static void *worker(void *arg)
 {
     uint64_t *out = arg, s = 0;
     unsigned char *buf = NULL;
-    if (!use_mmap && posix_memalign((void **)&buf, 4096, PREAD_BUF) != 0) {
+    if (mode == MODE_PREAD && posix_memalign((void **)&buf, 4096, PREAD_BUF) != 0) {
         perror("posix_memalign");
         exit(2);
     }
@@ -67,13 +82,18 @@ static void *worker(void *arg)
         if (j >= njobs)
             break;
         struct job *jb = &jobs[j];
-        if (use_mmap) {
+        if (mode != MODE_PREAD) {
             void *m = mmap(NULL, jb->len, PROT_READ, MAP_SHARED | MAP_POPULATE, jb->fd, (off_t)jb->off);
             if (m == MAP_FAILED) {
                 perror("mmap");
                 exit(2);
             }
-            s += sum_bytes(m, jb->len);
+            if (mode == MODE_XXH3) {
+                XXH128_hash_t h = hash128(m, jb->len);
+                s += h.low64 ^ h.high64;
+            } else {
+                s += sum_bytes(m, jb->len);
+            }
             munmap(m, jb->len);
         } else {
             for (uint64_t done = 0; done < jb->len;) {
@@ -95,11 +115,16 @@ static void *worker(void *arg)
 
 int main(int argc, char **argv)
 {
-    if (argc < 4 || (strcmp(argv[1], "mmap") && strcmp(argv[1], "pread"))) {
-        fprintf(stderr, "usage: readlimit mmap|pread THREADS FILE...\n");
+    if (argc >= 4 && !strcmp(argv[1], "mmap"))
+        mode = MODE_MMAP;
+    else if (argc >= 4 && !strcmp(argv[1], "pread"))
+        mode = MODE_PREAD;
+    else if (argc >= 4 && !strcmp(argv[1], "xxh3"))
+        mode = MODE_XXH3;
+    else {
+        fprintf(stderr, "usage: readlimit mmap|pread|xxh3 THREADS FILE...\n");
         return 2;
     }
-    use_mmap = !strcmp(argv[1], "mmap");
     int nthreads = atoi(argv[2]);
     if (nthreads < 1)
         nthreads = 1;

@@ -40,6 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import make_checkpoint  # noqa: E402  (sibling script, not a package)
+import make_sparse  # noqa: E402
 
 PY = sys.executable
 SWEEP_CAP = "500M"  # the throttled sweep's --max-rate: below this machine's disk and hashing rates
@@ -212,6 +213,11 @@ def probe(argv: list[str]) -> str:
     return "not available" + (f" ({tail[-1][:80]})" if tail else f" (exit {r.returncode})")
 
 
+#: Libraries a bench tool links: readlimit's xxh3 mode is libxxhash's XXH3-128 with its run-time
+#: dispatch, the same entry points shardscan's core calls (Debian libxxhash-dev).
+TOOL_LIBS = {"readlimit": ["-lxxhash"]}
+
+
 def build_tool(workdir: Path, name: str) -> Path:
     """Compile benches/NAME.c into the workdir (once per version of the source and flags).
 
@@ -221,14 +227,15 @@ def build_tool(workdir: Path, name: str) -> Path:
     """
     src = HERE / f"{name}.c"
     cmd = ["gcc", "-O2", "-march=native", "-Wall", "-Wextra", "-pthread"]
+    libs = TOOL_LIBS.get(name, [])
     # The binary's name carries a hash of source and flags, so a stale build is never reused.
-    tag = hashlib.sha1(src.read_bytes() + " ".join(cmd).encode()).hexdigest()[:10]
+    tag = hashlib.sha1(src.read_bytes() + " ".join(cmd + libs).encode()).hexdigest()[:10]
     exe = workdir / f"{name}-{tag}"
     if not exe.exists():
         tmp = exe.with_name(exe.name + ".tmp")
-        if subprocess.run([*cmd, "-o", str(tmp), str(src)]).returncode != 0:
+        if subprocess.run([*cmd, "-o", str(tmp), str(src), *libs]).returncode != 0:
             # A compiler that does not know -march=native: portable code, slower limit.
-            subprocess.run([c for c in cmd if c != "-march=native"] + ["-o", str(tmp), str(src)], check=True)
+            subprocess.run([c for c in cmd if c != "-march=native"] + ["-o", str(tmp), str(src), *libs], check=True)
         os.replace(tmp, exe)
     return exe
 
@@ -259,6 +266,10 @@ class Config:
     cold: bool
     out: Path
     smoke: bool
+    sparse: int = 0  # total bytes of the sparse checkpoint (8 tensors); 0 = not run
+
+
+SPARSE_TENSORS = 8
 
 
 def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str],
@@ -308,6 +319,9 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
               st_bytes, st_in, "limit"),
         Bench(f"limit: pread read, {min(2, cores)} threads", [str(reader), "pread", str(min(2, cores)), *s_st],
               st_bytes, st_in, "limit"),
+        # The limit for hashing: the same mapped pass with libxxhash's XXH3-128 as the work.
+        Bench(f"limit: mmap + XXH3-128, {min(2, cores)} threads", [str(reader), "xxh3", str(min(2, cores)), *s_st],
+              st_bytes, st_in, "limit", modes=("warm",)),
         # O_DIRECT bypasses the page cache, so warm and cold are the same run; measure it cold only.
         Bench("limit: dd iflag=direct bs=16M", ["sh", "-c", dd_loop, "sh", *s_st], st_bytes, st_in,
               "limit", modes=("cold",)),
@@ -324,6 +338,14 @@ def main_benches(cfg: Config, ckpt: Path, man: dict, reader: Path, ss: list[str]
               "shardscan", note=have_check),
         Bench("openssl dgst -sha256, 2 files at a time", ["sh", "-c", openssl_pairs, "sh", *s_st], st_bytes, st_in,
               "peer"),
+        # scan's hashing pass with its NaN/Inf counts and without (the engine alone, its own
+        # clock): what the value checks cost. scan itself has no switch to leave them out.
+        Bench("shardscan engine: hashing + NaN/Inf counts (as scan)",
+              None if have_scan else [PY, str(HERE / "valuecost.py"), "counted", "--json", *s_st], st_bytes, st_in,
+              "shardscan", modes=("warm",), note=have_scan),
+        Bench("shardscan engine: hashing alone (no value counts)",
+              None if have_scan else [PY, str(HERE / "valuecost.py"), "plain", "--json", *s_st], st_bytes, st_in,
+              "shardscan", modes=("warm",), note=have_scan),
         Bench("python: safe_open + xxh3_128 per tensor", [PY, str(HERE / "peers.py"), "st-xxh", *s_st],
               st_bytes, st_in, "peer"),
         Bench("python: torch.load(mmap) + xxh3_128 (.bin)", [PY, str(HERE / "peers.py"), "torch-xxh",
@@ -638,17 +660,111 @@ def run(cfg: Config) -> Path:
     log("header-only scaling ...")
     measure([b for _, row in many_rows for b in row], "warm", cfg.reps_warm, list(many.values()), tools, log)
 
+    # 6. A very large checkpoint (opt-in, --sparse): all-zero tensors in one sparse file, hashed
+    # by scan and by the C mmap + XXH3 loop, alternated.
+    sparse_rows = sparse_benches(cfg, reader, ss, have_scan)
+    if sparse_rows:
+        log("sparse checkpoint ...")
+        measure(sparse_rows, "warm", cfg.reps_warm, sparse_rows[0].inputs, tools, log)
+
     log("verifying digests ...")
     checks = verify_digests(ss, have_scan, main_dir, man, cfg.workdir)
+    checks += verify_sparse(cfg, ss, have_scan, sparse_rows)
     elapsed = time.perf_counter() - t_start
     load = (load_start, os.getloadavg())
     text = report(cfg, man, benches, help_b, thread_rows, size_rows, many_rows, many_man, ss, elapsed, checks,
-                  load)
+                  load, sparse_rows)
     write_atomic(cfg.out, text)
-    write_atomic(cfg.out.with_suffix(".json"), json.dumps(raw(benches, help_b, thread_rows, size_rows, many_rows),
-                                                          indent=1) + "\n")
+    write_atomic(cfg.out.with_suffix(".json"), json.dumps(raw(benches, help_b, thread_rows, size_rows, many_rows,
+                                                              sparse_rows), indent=1) + "\n")
     log(f"wrote {cfg.out} ({elapsed:.0f} s)")
     return cfg.out
+
+
+def sparse_path(cfg: Config) -> Path:
+    return cfg.workdir / "sparse" / f"zeros-{size_label(cfg.sparse)}.safetensors"
+
+
+def sparse_benches(cfg: Config, reader: Path, ss: list[str], have_scan: str) -> list[Bench]:
+    """scan of the sparse checkpoint and the C mmap + XXH3-128 loop over the same file; [] when
+    --sparse was not given. The file is a header and a hole: every pass reads zero pages the
+    kernel fills (more of them than RAM holds at 32 GiB), no disk."""
+    if not cfg.sparse:
+        return []
+    path = sparse_path(cfg)
+    nbytes = make_sparse.write_sparse(path, SPARSE_TENSORS, cfg.sparse // SPARSE_TENSORS)
+    two = str(min(2, os.cpu_count() or 1))
+    return [
+        Bench("shardscan scan (sparse)", None if have_scan else [*ss, "scan", "--json", str(path)], nbytes, [path],
+              "shardscan", modes=("warm",), note=have_scan),
+        Bench(f"limit: mmap + XXH3-128, {two} threads (sparse)", [str(reader), "xxh3", two, str(path)], nbytes,
+              [path], "limit", modes=("warm",)),
+    ]
+
+
+def on_terminal(argv: list[str]) -> tuple[int, bytes]:
+    """Run argv with its stderr on a pseudo-terminal (stdout discarded); its exit code and all it
+    wrote there."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+                             env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "120"})
+    finally:
+        os.close(slave)
+    out = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the child closed its side
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return p.wait(), bytes(out)
+
+
+def verify_sparse(cfg: Config, ss: list[str], have_scan: str, rows: list[Bench]) -> list[str]:
+    """The sparse generator's layout against safetensors itself (a small file, always), and with
+    --sparse the big file's scan: every tensor's checksum against the xxhash package's XXH3-128
+    of as many zeros, all_zero set, no NaN, and whether a progress bar showed on a terminal."""
+    import csv
+
+    import xxhash
+
+    diff = make_sparse.same_as_safetensors(cfg.workdir)
+    lines = [f"- sparse generator (8 tensors of 64 KiB) vs safetensors.torch.save_file and safe_open: "
+             f"{diff or 'byte for byte the same file, every tensor read back as zeros'}"]
+    if not rows:
+        return lines
+    what = f"shardscan scan (sparse, {SPARSE_TENSORS} tensors of {size_label(cfg.sparse // SPARSE_TENSORS)})"
+    if have_scan:
+        return lines + [f"- {what}: not compared ({have_scan})"]
+    tensor_bytes = cfg.sparse // SPARSE_TENSORS
+    zeros, h = memoryview(bytes(min(tensor_bytes, 64 << 20))), xxhash.xxh3_128()
+    for start in range(0, tensor_bytes, len(zeros)):
+        h.update(zeros[: min(len(zeros), tensor_bytes - start)])
+    want = h.hexdigest()
+    out = cfg.workdir / "verify-sparse.csv"
+    # One pass gives both: the table for the checksums, and stderr on a terminal for the bar.
+    rc, screen = on_terminal([*ss, "scan", "-o", str(out), str(sparse_path(cfg))])
+    if rc != 0:
+        return lines + [f"- {what}: not compared (exit {rc})"]
+    with open(out, newline="") as f:
+        table = list(csv.DictReader(f))
+    out.unlink()
+    same = sum(1 for r in table if r["checksum"] == want)
+    zero = sum(1 for r in table if r["all_zero"].lower() == "true" and r["nan_count"] == "0")
+    verdict = "all equal" if same == len(table) == SPARSE_TENSORS else "MISMATCH"
+    lines.append(f"- {what} vs python xxhash.xxh3_128 of {tensor_bytes} zero bytes: {same}/{SPARSE_TENSORS} "
+                 f"tensors equal ({verdict}); all_zero with no NaN: {zero}/{len(table)}")
+    # The bar appears after about a second of hashing; a small --sparse file may finish first.
+    shown = b"/s" in screen
+    lines.append(f"- progress with stderr on a terminal (sparse scan): {'shown' if shown else 'not shown'}"
+                 + ("" if shown else " (the bar waits 1 s; a scan shorter than that shows none)"))
+    return lines
 
 
 def verify_digests(ss: list[str], have_scan: str, ckpt: Path, man: dict, workdir: Path) -> list[str]:
@@ -695,7 +811,7 @@ def verify_digests(ss: list[str], have_scan: str, ckpt: Path, man: dict, workdir
     return lines
 
 
-def raw(benches, help_b, thread_rows, size_rows, many_rows) -> dict:
+def raw(benches, help_b, thread_rows, size_rows, many_rows, sparse_rows) -> dict:
     """Every run's figures, for anyone who wants to recompute the table differently."""
     def dump(b: Bench, prefix: str = "") -> dict:
         return {"label": prefix + b.label, "argv": b.argv, "nbytes": b.nbytes,
@@ -704,6 +820,7 @@ def raw(benches, help_b, thread_rows, size_rows, many_rows) -> dict:
     out = [dump(b) for b in benches] + [dump(help_b)]
     out += [dump(b, "threads: ") for _, a, c in thread_rows for b in (a, c)]
     out += [dump(b, "size: ") for _, _, b, lim in size_rows for b in (b, lim)]
+    out += [dump(b, "sparse: ") for b in sparse_rows]
     out += [dump(b, f"tensors={n}: ") for n, row in many_rows for b in row]
     return {"benches": out}
 
@@ -718,7 +835,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows, many_man, ss, elapsed,
-           checks: list[str], load) -> str:
+           checks: list[str], load, sparse_rows: list[Bench]) -> str:
     L: list[str] = []
     L.append(f"# shardscan benchmarks ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     L.append(f"- Machine: {machine()}")
@@ -745,12 +862,13 @@ def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows,
     L.append("| target | bar | measured (medians) | fastest runs | |")
     L.append("|---|---|---|---|---|")
     # The verdict is on medians; the fastest-run column shows what the noise of a shared machine hides.
-    for t, b in zip(targets(cfg, benches, help_b, size_rows), targets(cfg, benches, help_b, size_rows, min)):
+    for t, b in zip(targets(cfg, benches, help_b, size_rows, sparse_rows),
+                    targets(cfg, benches, help_b, size_rows, sparse_rows, min)):
         t.best = b.value
         L.append(t.row())
     L.append("")
 
-    L.append("## Same answers (checked once, untimed, on the main checkpoint)\n")
+    L.append("## Same answers (checked once, untimed)\n")
     L += checks
     L.append("")
 
@@ -805,6 +923,7 @@ def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows,
                  f"{t / (b.nbytes / GB):.3f} | {marginal} | {own} | {peak_rss(rss)} |")
     L.append("")
 
+    L += sparse_section(cfg, sparse_rows)
     L.append("## Header-only cost against the number of tensors (warm)\n")
     L.append("Whole process, ms, median (min-max); for shardscan also its own clock (start-up excluded).\n")
     row0 = many_rows[0][1] if many_rows else []
@@ -848,7 +967,82 @@ def report(cfg: Config, man, benches, help_b, thread_rows, size_rows, many_rows,
     return "\n".join(L)
 
 
-def targets(cfg: Config, benches: list[Bench], help_b: Bench, size_rows, stat=statistics.median) -> list[Target]:
+def sparse_section(cfg: Config, rows: list[Bench]) -> list[str]:
+    """The sparse checkpoint's table, or how to run it."""
+    L = ["## Very large checkpoint (sparse, all-zero tensors)\n"]
+    if not rows:
+        return L + ["Not run: `--sparse 32GiB` adds it (8 tensors of 4 GiB in one sparse file, 64-bit offsets; "
+                    "see benches/README.md).\n"]
+    L.append(f"One safetensors file of {SPARSE_TENSORS} BF16 tensors of {size_label(cfg.sparse // SPARSE_TENSORS)} "
+             f"({rows[0].nbytes / GB:.2f} GB, a hole after the header), commands alternated.\n")
+    L.append("| command | time s, median (min-max) | GB/s, median (min-max) | x mmap + XXH3 limit | "
+             "GB/s by its own clock | peak RSS | inputs cached at start |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
+    lim = rows[-1]
+    for b in rows:
+        st = status(b, "warm")
+        if st:
+            L.append(f"| {b.label} | {st} | | | | | |")
+            continue
+        r = ratio(b, lim, "warm")
+        L.append(f"| {b.label} | {fmt_time(b.ok('warm'), cfg.reps_warm)} | {fmt_rate(b, 'warm')} | "
+                 f"{'' if r is None else f'{r:.2f}'} | {fmt_inner(b, 'warm')} | {peak_rss(b.ok('warm'))} | "
+                 f"{fmt_cached(b.ok('warm'), 'warm')} |")
+    L.append("")
+    return L
+
+
+def hashing_time(scan: Bench, no_hash: Bench, stat=statistics.median) -> float | None:
+    """Seconds scan spends hashing: the whole scan process minus the whole scan --no-hash process
+    (same start-up, same headers), both timed by the spawner's external clock."""
+    if not scan.ok("warm") or not no_hash.ok("warm"):
+        return None
+    t = med(scan.ok("warm"), stat) - med(no_hash.ok("warm"), stat)
+    return t if t > 0 else None
+
+
+def hashing_targets(by: dict[str, Bench], why: str, stat) -> list[Target]:
+    """Hashing time against the C mmap + XXH3-128 loop and, per thread, against xxhsum; and what
+    the value checks add to the hashing pass."""
+    scan, nh = by["shardscan scan (XXH3-128)"], by["shardscan scan --no-hash"]
+    lim = next(b for b in by.values() if b.label.startswith("limit: mmap + XXH3-128"))
+    threads = min(2, os.cpu_count() or 1)
+    t_hash = hashing_time(scan, nh, stat)
+    vs_c = vs_xxhsum = None
+    if t_hash is not None and lim.ok("warm"):
+        vs_c = med(lim.ok("warm"), stat) / t_hash
+    xxhsum = by["xxhsum -H2"]
+    if t_hash is not None and xxhsum.ok("warm"):
+        vs_xxhsum = (scan.nbytes / t_hash / threads) / (xxhsum.nbytes / med(xxhsum.ok("warm"), stat))
+    out = [Target(f"hashing time (scan minus scan --no-hash, whole processes) vs C mmap + XXH3-128, {threads} threads",
+                  vs_c, 0.9, True, why_missing=why),
+           Target(f"hashing rate per thread (the same / {threads}) vs xxhsum -H2 (1 thread)", vs_xxhsum, 1.0, True,
+                  why_missing=why)]
+    counted, plain = (by["shardscan engine: hashing + NaN/Inf counts (as scan)"],
+                      by["shardscan engine: hashing alone (no value counts)"])
+    own = [[r.inner_seconds for r in b.ok("warm") if r.inner_seconds] for b in (counted, plain)]
+    cost = stat(own[0]) / stat(own[1]) if all(own) else None
+    out.append(Target("value checks: engine's hashing pass with NaN/Inf counts / without (its own clock)", cost, 1.1,
+                      False, why_missing=counted.note or counted.failure.get("warm", "") or "no successful run"))
+    return out
+
+
+def sparse_targets(cfg: Config, rows: list[Bench], stat) -> list[Target]:
+    what = f"{size_label(cfg.sparse) if cfg.sparse else '32GiB'} sparse checkpoint"
+    if not rows:
+        why = "opt-in, run with --sparse 32GiB"
+        return [Target(f"{what}: scan vs C mmap + XXH3-128", None, 0.8, True, why_missing=why),
+                Target(f"{what}: scan peak RSS", None, 256, False, " MiB", why)]
+    scan, lim = rows
+    why = scan.note or scan.failure.get("warm", "") or "no successful run"
+    rss = [r.maxrss_kib / 1024 for r in scan.ok("warm")]
+    return [Target(f"{what}: scan vs C mmap + XXH3-128, {min(2, os.cpu_count() or 1)} threads",
+                   ratio(scan, lim, "warm", stat), 0.8, True, why_missing=why),
+            Target(f"{what}: scan peak RSS", max(rss) if rss else None, 256, False, " MiB", why)]
+
+
+def targets(cfg: Config, benches: list[Bench], help_b: Bench, size_rows, sparse_rows: list[Bench],
+            stat=statistics.median) -> list[Target]:
     """The speed targets, each judged on medians; stat=min gives the fastest-run view of the same."""
     by = {b.label: b for b in benches}
     scan = by["shardscan scan (XXH3-128)"]
@@ -868,6 +1062,7 @@ def targets(cfg: Config, benches: list[Bench], help_b: Bench, size_rows, stat=st
     vs = [(r, l) for r, l in vs if r is not None]
     worst = min(vs) if vs else (None, "")
     out.append(Target(f"warm scan vs fastest peer ({worst[1]})", worst[0], 1.0, True, why_missing=why))
+    out += hashing_targets(by, why, stat)
     if cfg.cold:
         out.append(Target("cold scan vs dd O_DIRECT", ratio(scan, dd, "cold", stat), 0.9, True, why_missing=why))
         out.append(Target("cold scan vs xxhsum -H2 (cold)", ratio(scan, by["xxhsum -H2"], "cold", stat), 1.0, True,
@@ -909,7 +1104,7 @@ def targets(cfg: Config, benches: list[Bench], help_b: Bench, size_rows, stat=st
                       0.9, True, why_missing=sha.note or sha.failure.get("warm", "")))
     out.append(Target("shardscan --help", med(help_b.ok("warm"), stat) if help_b.ok("warm") else None, 0.3, False, " s",
                       help_b.note or help_b.failure.get("warm", "")))
-    return out
+    return out + sparse_targets(cfg, sparse_rows, stat)
 
 
 README_BEGIN = "<!-- latest:begin (written by benches/run.py --readme) -->"
@@ -946,23 +1141,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "latest.md")
     ap.add_argument("--smoke", action="store_true",
                     help="a few MB, one repetition: keeps the script from rotting (run by the test suite)")
+    ap.add_argument("--sparse", type=make_checkpoint.parse_size, default=0, metavar="SIZE",
+                    help="also scan one sparse safetensors file of 8 all-zero tensors of SIZE/8 (e.g. 32GiB: each "
+                         "pass reads SIZE of zero pages the kernel fills; adds ~2 min at 32GiB)")
     ap.add_argument("--clean", action="store_true", help="delete the workdir's checkpoints afterwards")
     ap.add_argument("--readme", action="store_true",
                     help="also copy the table into benches/README.md (between its 'latest' markers)")
     a = ap.parse_args(argv)
     if a.smoke:
         size, shard, sizes, counts, reps, cold_reps = 4 << 20, 1 << 20, [2 << 20, 4 << 20], [100, 1000], 1, 1
+        sparse = 8 << 20  # the same rows and checks as --sparse 32GiB, on 8 tensors of 1 MiB
     else:
         size, shard, counts, reps, cold_reps = a.size, a.shard_size, a.counts, a.reps, a.cold_reps
         sizes = a.sizes or sorted({1 << 30, 2 << 30, 4 << 30} | {size})
         counts = [int(c) for c in str(counts).split(",") if c.strip()]
+        sparse = a.sparse
+    if sparse % (SPARSE_TENSORS * 2048):
+        ap.error(f"--sparse must be a multiple of {SPARSE_TENSORS} x 2 KiB")
     repo = HERE.parent.resolve()
     if a.workdir.resolve().is_relative_to(repo):
         ap.error("--workdir must be outside the repository (generated checkpoints are gigabytes)")
     cores = os.cpu_count() or 1
     cfg = Config(workdir=a.workdir, size=size, shard_size=shard, sizes=sizes, counts=counts,
                  reps_warm=reps, reps_cold=cold_reps, threads=list(range(1, cores + 1)), cold=not a.no_cold,
-                 out=a.out, smoke=a.smoke)
+                 out=a.out, smoke=a.smoke, sparse=sparse)
     try:
         out = run(cfg)
         if a.readme:

@@ -39,6 +39,9 @@ def test_smallest_bench_configuration_completes_with_every_row(tmp_path: Path) -
         assert f"| {label}" in warm, label
         assert f"| {label}" in cold, label
     assert "| limit: dd iflag=direct bs=16M |" in cold
+    for label in (f"limit: mmap + XXH3-128, {two} threads", "shardscan engine: hashing + NaN/Inf counts (as scan)",
+                  "shardscan engine: hashing alone (no value counts)"):  # warm only
+        assert f"| {label} |" in warm, label
 
     for heading in ("## Targets", "## Same answers", "## Start-up", "## Thread scaling", "## Size scaling",
                     "## Header-only cost"):
@@ -46,8 +49,21 @@ def test_smallest_bench_configuration_completes_with_every_row(tmp_path: Path) -
     for target in ("warm scan vs 2-thread mmap read", "cold scan vs dd O_DIRECT", "scan peak RSS",
                    "check --no-hash, whole process", ".bin scan GB/s", "scan --no-hash vs safe_open headers",
                    ".bin scan --no-hash vs torch.load(mmap) headers",
-                   "warm check --sha256 --no-hash vs openssl dgst -sha256", "shardscan --help"):
+                   "warm check --sha256 --no-hash vs openssl dgst -sha256", "shardscan --help",
+                   "hashing time (scan minus scan --no-hash, whole processes) vs C mmap + XXH3-128",
+                   "hashing rate per thread", "value checks:", "8MiB sparse checkpoint: scan vs C mmap + XXH3-128",
+                   "8MiB sparse checkpoint: scan peak RSS"):
         assert f"| {target}" in table, target
+    targets = table.split("## Targets")[1].split("## Same answers")[0]
+    assert "not measured" not in targets.split("| 8MiB sparse")[1]  # --smoke runs the sparse rows
+    # The untimed checks: the sparse generator against safetensors itself, every zero tensor's
+    # checksum against xxhash's.
+    answers = table.split("## Same answers")[1].split("## Warm")[0]
+    assert "byte for byte the same file" in answers
+    assert "8/8 tensors equal (all equal); all_zero with no NaN: 8/8" in answers
+    sparse = table.split("## Very large checkpoint")[1].split("## Header-only")[0]
+    assert "| shardscan scan (sparse) |" in sparse and "not run" not in sparse and "failed" not in sparse
+    assert f"| limit: mmap + XXH3-128, {two} threads (sparse) |" in sparse
     threads = table.split("## Thread scaling")[1].split("## Size scaling")[0]
     for n in range(1, cores + 1):
         assert f"\n| {n} |" in threads, n
