@@ -143,3 +143,18 @@ def test_an_iteration_newer_than_the_tracker_never_finished(megatron_run: Path, 
     rows = {Path(r.path).name: r for r in shardscan.audit(run).rows}
     assert rows[OLDER].ok and rows[NEWER].problem.startswith(f"newer than {OLDER}, which {TRACKER} names")
     assert shardscan.latest(run) == run / OLDER
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("abc", "holds 'abc', neither an iteration number nor 'release'"),
+    ("-1", "holds -1: Megatron-LM's read_metadata asserts"),
+    ("9" * 4000, "holds 999999999999999999999999..., an iteration of 4000 digits"),
+    ("", "holds '', neither"),
+])
+def test_a_tracker_holding_no_iteration_is_its_own_failed_row(megatron_run: Path, tmp_path: Path, text: str,
+                                                              problem: str) -> None:
+    run = producers.copy_checkpoint(megatron_run, tmp_path / "run")
+    (run / TRACKER).write_text(text)
+    rows = {Path(r.path).name: r for r in shardscan.audit(run).rows}
+    assert rows[TRACKER].problem.startswith(problem) and rows[OLDER].ok and rows[NEWER].ok
+    assert shardscan.latest(run) == run / NEWER

@@ -63,6 +63,7 @@ MEGATRON_RELEASE = "release"
 MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
 #: Files megatron-core's dist_checkpointing writes beside the DCP files of a torch_dist save.
 MEGATRON_CONFIG, MEGATRON_COMMON = "metadata.json", "common.pt"
+_MEGATRON_MAX_ITERATION = 10**18
 # Step numbers in names, most specific first: "epoch=3-step=1200", "global_step800",
 # "checkpoint-500", "iter_0001000", then a number closing the name ("model_00010").
 _STEP_PATTERNS = (
@@ -266,8 +267,10 @@ class _Walk:
             self.found.append(Checkpoint(path / named, "megatron", step_of(named), 0.0,
                                          (f"{MEGATRON_TRACKER} names {named}, which does not exist",), readable=False))
         elif problem is not None:
-            entry = names.get(MEGATRON_TRACKER)
-            mtime = _newest([], entry.stat(follow_symlinks=False)) if entry is not None else 0.0
+            try:
+                mtime = names[MEGATRON_TRACKER].stat(follow_symlinks=False).st_mtime
+            except (KeyError, OSError):
+                mtime = 0.0
             self.found.append(Checkpoint(path / MEGATRON_TRACKER, "megatron", None, mtime, (problem,), readable=False))
 
 
@@ -306,6 +309,8 @@ def read_megatron_tracker(path: Path) -> tuple[str | None, str | None]:
         return None, f"holds {text!r:.40}, neither an iteration number nor 'release': Megatron-LM exits without loading"
     if iteration < 0:
         return None, f"holds {iteration}: Megatron-LM's read_metadata asserts a non-negative iteration"
+    if iteration >= _MEGATRON_MAX_ITERATION:  # its directory name could not exist
+        return None, f"holds {text:.24}..., an iteration of {len(str(iteration))} digits"
     return f"iter_{iteration:07d}", None
 
 
