@@ -158,3 +158,21 @@ def test_a_tracker_holding_no_iteration_is_its_own_failed_row(megatron_run: Path
     rows = {Path(r.path).name: r for r in shardscan.audit(run).rows}
     assert rows[TRACKER].problem.startswith(problem) and rows[OLDER].ok and rows[NEWER].ok
     assert shardscan.latest(run) == run / NEWER
+
+
+def test_the_cli_names_the_iteration_to_resume_with_ckpt_step(megatron_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shardscan.cli import app
+
+    run = producers.copy_checkpoint(megatron_run, tmp_path / "run")
+    producers.delete(run / NEWER / "common.pt")
+    runner = CliRunner()
+    picked = runner.invoke(app, ["latest", str(run)])
+    assert picked.exit_code == 0 and picked.stdout.strip() == str(run / OLDER), picked.output
+    audited = runner.invoke(app, ["audit", str(run), "--json"])
+    assert audited.exit_code == 1, audited.output
+    rows = json.loads(audited.stdout)["checkpoints"]
+    assert [(Path(r["path"]).name, r["format"], r["ok"]) for r in rows] == [(OLDER, "megatron", True),
+                                                                            (NEWER, "megatron", False)]
+    assert [e["file"] for e in rows[1]["file_errors"]] == ["common.pt"]
