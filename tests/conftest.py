@@ -86,3 +86,16 @@ def hf_deepspeed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not producers.deepspeed_available():
         pytest.skip("deepspeed is not importable")
     return producers.hf_deepspeed_run(tmp_path_factory.mktemp("hf-deepspeed") / "run")
+
+
+@pytest.fixture(scope="session")
+def megatron_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Megatron-LM --save directory: iter_0000010/ and iter_0000020/ in the torch_dist format,
+    every file in them written by megatron-core's dist_checkpointing from 2 gloo ranks, and
+    latest_checkpointed_iteration.txt (the tracker and the iter_ names follow Megatron-LM's
+    training loop, which no installable package runs on CPU: producers.megatron_run)."""
+    import producers
+
+    if not producers.megatron_available():
+        pytest.skip("megatron-core is not importable")
+    return producers.megatron_run(tmp_path_factory.mktemp("megatron") / "run")

@@ -637,6 +637,160 @@ def hf_deepspeed_resume(directories: list[Path]) -> MultiRankResume:
 
 
 # --------------------------------------------------------------------------------------------
+# Megatron-LM torch_dist checkpoints, written by megatron-core from two gloo ranks
+# --------------------------------------------------------------------------------------------
+
+MEGATRON_WORLD = 2
+MEGATRON_ITERATIONS = (10, 20)
+MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
+#: How a load that returned without error, but with other values than those saved, fails.
+MEGATRON_CHANGED = "loaded values that differ from those saved"
+
+
+def megatron_available() -> bool:
+    try:
+        from megatron.core import dist_checkpointing  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _megatron_on_cpu() -> None:
+    """megatron-core's torch_dist save makes two CUDA calls that do nothing a CPU save needs:
+    `torch.cuda.synchronize()` after copying the tensors to host memory (they are there
+    already), and `torch.cuda.current_device()` as the device of a one-element failure flag it
+    broadcasts. On a CPU-only torch both raise "Torch not compiled with CUDA enabled", so each
+    rank makes them CPU no-ops, as Megatron-LM's open pull request 6270 does in megatron-core
+    itself. Neither touches what is written."""
+    if not torch.cuda.is_available():
+        torch.cuda.synchronize = lambda device=None: None
+        torch.cuda.current_device = lambda: "cpu"
+
+
+def megatron_iteration_dir(iteration: int) -> str:
+    """Megatron-LM's name for the checkpoint of an iteration (`get_checkpoint_name`)."""
+    return f"iter_{iteration:07d}"
+
+
+def megatron_training_state(iterations: int) -> dict[str, torch.Tensor]:
+    """The full (unsharded) model and Adam moments after `iterations` deterministic steps, the
+    same on every rank: what each rank shards into the checkpoint and what a load must give back."""
+    model = _small_mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(SEED)
+    for _ in range(iterations):
+        model(torch.randn(4, 16, generator=generator)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    state: dict[str, torch.Tensor] = {}
+    for name, parameter in model.named_parameters():
+        state[f"model.{name}"] = parameter.detach().clone()
+        moments = optimizer.state[parameter]
+        state[f"optimizer.{name}.exp_avg"] = moments["exp_avg"].clone()
+        state[f"optimizer.{name}.exp_avg_sq"] = moments["exp_avg_sq"].clone()
+    return state
+
+
+def _megatron_sharded_state(rank: int, iteration: int, full: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A sharded state dict shaped like Megatron-LM's `generate_state_dict`: weight matrices
+    split by rows over the tensor-parallel ranks, biases replicated (rank 0's copy is the one
+    written), one RNG-state ShardedObject per rank, and the plain objects that go to common.pt."""
+    from megatron.core.dist_checkpointing import ShardedObject, ShardedTensor
+
+    sharded: dict[str, Any] = {}
+    for key, tensor in full.items():
+        if tensor.dim() == 2:
+            rows = tensor.shape[0] // MEGATRON_WORLD
+            local = tensor[rank * rows:(rank + 1) * rows].clone()
+            sharded[key] = ShardedTensor.from_rank_offsets(key, local, (0, rank, MEGATRON_WORLD))
+        else:
+            sharded[key] = ShardedTensor.from_rank_offsets(key, tensor.clone(), replica_id=rank)
+    rng = {"random_rng_state": (3, (iteration, rank), None),
+           "torch_rng_state": torch.Generator().manual_seed(SEED + 2 * iteration + rank).get_state()}
+    sharded["rng_state"] = ShardedObject("rng_state", rng, (MEGATRON_WORLD,), (rank,), replica_id=0)
+    sharded.update(iteration=iteration, checkpoint_version=3.0, num_floating_point_operations_so_far=iteration * 1000,
+                   opt_param_scheduler={"max_lr": 1e-2, "num_steps": iteration})
+    return sharded
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values, tensors by every element, containers item by item."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    return type(a) is type(b) and a == b
+
+
+def _megatron_load_and_compare(rank: int, directory: str) -> None:
+    """dist_checkpointing.load of one iteration directory into fresh (zero) shards, then every
+    loaded tensor, object and common.pt value compared with what that iteration saved."""
+    from megatron.core import dist_checkpointing
+
+    iteration = int(Path(directory).name.removeprefix("iter_"))
+    full = megatron_training_state(iteration)
+    expected = _megatron_sharded_state(rank, iteration, full)
+    template = _megatron_sharded_state(rank, 0, {k: torch.zeros_like(v) for k, v in full.items()})
+    loaded = dist_checkpointing.load({k: v for k, v in template.items() if hasattr(v, "key")}, directory)
+    if loaded.keys() != expected.keys():
+        raise AssertionError(f"{MEGATRON_CHANGED}: keys {sorted(loaded.keys() ^ expected.keys())}")
+    for key, value in expected.items():
+        if not _same(loaded[key], getattr(value, "data", value)):
+            raise AssertionError(f"{MEGATRON_CHANGED}: {key}")
+
+
+def _megatron_rank(rank: int, mode: str, directories: list[str], results: str) -> None:
+    """One rank of a Megatron run ("save": each iteration of MEGATRON_ITERATIONS into the save
+    directory directories[0]) or of loading each iteration directory in turn ("load")."""
+    import torch.distributed as dist
+
+    _megatron_on_cpu()
+    from megatron.core import dist_checkpointing
+
+    dist.init_process_group("gloo", init_method=f"file://{results}/rendezvous", rank=rank, world_size=MEGATRON_WORLD)
+    try:
+        if mode == "save":
+            save_dir = Path(directories[0])
+            for iteration in MEGATRON_ITERATIONS:
+                checkpoint = save_dir / megatron_iteration_dir(iteration)
+                if rank == 0:  # Megatron-LM: rank 0 creates the directory, every rank writes into it
+                    checkpoint.mkdir(parents=True, exist_ok=True)
+                dist.barrier()
+                state = _megatron_sharded_state(rank, iteration, megatron_training_state(iteration))
+                dist_checkpointing.save(state, str(checkpoint))
+                dist.barrier()
+                if rank == 0:  # Megatron-LM writes the tracker once the save is complete
+                    (save_dir / MEGATRON_TRACKER).write_text(str(iteration))
+            return
+        for index, directory in enumerate(directories):
+            _record_outcome(results, rank, index, lambda: _megatron_load_and_compare(rank, directory))
+    finally:
+        dist.destroy_process_group()
+
+
+def megatron_run(save_dir: Path) -> Path:
+    """A Megatron-LM `--save` directory holding iter_0000010/ and iter_0000020/ in the torch_dist
+    format and latest_checkpointed_iteration.txt ("20"). Every file inside an iteration directory
+    (.metadata, __{rank}_{n}.distcp, common.pt, metadata.json) is written by megatron-core's own
+    `dist_checkpointing.save` on 2 gloo ranks; the directory names and the tracker file come from
+    Megatron-LM's training loop (megatron/training/checkpointing.py), which no installable package
+    runs on CPU, so this helper writes them exactly as it does: rank 0 creates `iter_{:07d}`
+    before the save and writes the iteration number into the tracker after it."""
+    _spawn_ranks(_megatron_rank, MEGATRON_WORLD, (), "save", [save_dir])
+    return save_dir
+
+
+def megatron_load(directories: list[Path]) -> MultiRankResume:
+    """`dist_checkpointing.load` of each iteration directory in turn on 2 gloo ranks, as
+    Megatron-LM's `_load_global_dist_base_checkpoint` does, then a comparison of every loaded
+    tensor and the iteration with what was saved there: a load that raises, or that returns
+    other values than those saved (AssertionError), fails that directory."""
+    return _spawn_ranks(_megatron_rank, MEGATRON_WORLD, (), "load", directories)
+
+
+# --------------------------------------------------------------------------------------------
 # Damage: what interrupted saves and bad disks leave behind
 # --------------------------------------------------------------------------------------------
 

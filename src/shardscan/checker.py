@@ -135,7 +135,9 @@ def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = ()
     name_of = lambda n: n[len(relabel):] if relabel and n.startswith(relabel) else n  # noqa: E731
     # A file or a DCP directory is its own resume set: all of it is the model.
     whole = len(members.members) == 1 and members.members[0].path == path
-    role = (lambda name: MODEL) if whole else role_of
+    # A Megatron iteration's own DCP files (the member that is the directory) are its model.
+    own = os.fspath(path)
+    role = (lambda name: MODEL) if whole else (lambda name: MODEL if name == own else role_of(name))
     prefix = f"{label}/" if label and path.is_dir() else ""
     actual = _Actual(specs={}, damaged=set(), errors=[], files=len(given.files), tensors=len(given.columns),
                      nbytes=sum(given.columns.nbytes), bytes_by_file={}, notes=notes)

@@ -7,6 +7,11 @@ kind            recognised by                                completeness marker
 ==============  ===========================================  ==============================
 dcp             a ``.metadata`` file or ``*.distcp`` files   ``.metadata`` (written last by
                                                              the coordinator)
+megatron        a directory named ``iter_NNNNNNN`` (or       the parent's
+                ``release``) holding megatron-core's         ``latest_checkpointed_iteration.txt``:
+                ``metadata.json`` or ``common.pt``           an iteration newer than the one
+                (checked before dcp: its tensors are a       it names was never finished;
+                DCP directory's)                             ``.metadata`` as for dcp
 deepspeed       a directory named ``global_stepN``           the parent's ``latest`` tag:
                                                              a step newer than the one it
                                                              names was never finished
@@ -30,6 +35,12 @@ device and inode so links from outside cannot loop either, and never opens anyth
 regular files (a FIFO opened for reading waits forever for a writer). Entries it cannot use
 are reported, never raised: a checkpoint-like name that cannot be read becomes a Checkpoint
 with a problem (so ``audit`` shows it and ``latest`` skips it), a symlink loop becomes a note.
+
+A run's own bookkeeping is judged the same way: a DeepSpeed ``latest`` or a Megatron-LM
+``latest_checkpointed_iteration.txt`` naming a directory that is not there becomes an unreadable
+Checkpoint of that directory, and a Megatron tracker that is absent or holds no iteration an
+unreadable Checkpoint of the tracker file itself (Megatron-LM's ``--load`` without
+``--ckpt-step`` then starts from random weights, or exits).
 """
 
 from __future__ import annotations
@@ -40,11 +51,19 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Collection, Iterator
 
 from . import formats
 _TRAINER = re.compile(r"^checkpoint-(\d+)$")
 _DEEPSPEED = re.compile(r"^global_step(\d+)$")
+# Megatron-LM (megatron/training/checkpointing.py): `--save DIR` holds one `iter_{:07d}` directory
+# per save (`release` for a converted model) and the tracker naming the newest complete one.
+_MEGATRON = re.compile(r"^iter_(\d{7,})$")
+MEGATRON_RELEASE = "release"
+MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"
+#: Files megatron-core's dist_checkpointing writes beside the DCP files of a torch_dist save.
+MEGATRON_CONFIG, MEGATRON_COMMON = "metadata.json", "common.pt"
+_MEGATRON_MAX_ITERATION = 10**18
 # Step numbers in names, most specific first: "epoch=3-step=1200", "global_step800",
 # "checkpoint-500", "iter_0001000", then a number closing the name ("model_00010").
 _STEP_PATTERNS = (
@@ -168,6 +187,7 @@ class _Walk:
             self.found.append(Checkpoint(path, kind, step_of(path.name), _newest(entries, st), tuple(problems)))
             return None
         self._deepspeed_tag(path, names)
+        self._megatron_tracker(path, names)
         return path, iter(entries)
 
     def entry(self, parent: Path, entry: os.DirEntry[str]) -> tuple[Path, os.stat_result] | None:
@@ -234,6 +254,66 @@ class _Walk:
                                      (f"'latest' names {tag}, which does not exist",), readable=False))
 
 
+    def _megatron_tracker(self, path: Path, names: dict[str, os.DirEntry[str]]) -> None:
+        """The tracker of a Megatron-LM save directory, which `--load DIR` follows: a row for
+        the directory it names when that is not there, or for the tracker itself when it holds
+        no iteration, or is absent while megatron-core iteration directories are present."""
+        candidates = [n for n in names if _MEGATRON.match(n) or n == MEGATRON_RELEASE]
+        if MEGATRON_TRACKER not in names and not any(is_megatron_iteration(n, _scan_names(path / n))
+                                                     for n in candidates):
+            return
+        named, problem = read_megatron_tracker(path)
+        if named is not None and named not in names:
+            self.found.append(Checkpoint(path / named, "megatron", step_of(named), 0.0,
+                                         (f"{MEGATRON_TRACKER} names {named}, which does not exist",), readable=False))
+        elif problem is not None:
+            try:
+                mtime = names[MEGATRON_TRACKER].stat(follow_symlinks=False).st_mtime
+            except (KeyError, OSError):
+                mtime = 0.0
+            self.found.append(Checkpoint(path / MEGATRON_TRACKER, "megatron", None, mtime, (problem,), readable=False))
+
+
+def is_megatron_iteration(name: str, names: Collection[str]) -> bool:
+    """Whether a directory of this name and entries is one save of a Megatron-LM run in
+    megatron-core's torch_dist format (`iter_0000100/` with metadata.json or common.pt beside
+    its DCP files)."""
+    return bool(_MEGATRON.match(name) or name == MEGATRON_RELEASE) and (
+        MEGATRON_CONFIG in names or MEGATRON_COMMON in names)
+
+
+def read_megatron_tracker(path: Path) -> tuple[str | None, str | None]:
+    """(the iteration directory the tracker in `path` names, what is wrong with the tracker).
+    Read as Megatron-LM's `read_metadata` reads it: the stripped text is an iteration number
+    (`iter_{:07d}`) or "release"; anything else makes Megatron-LM exit without loading."""
+    try:
+        st = (path / MEGATRON_TRACKER).stat()
+    except FileNotFoundError:
+        return None, (f"absent: Megatron-LM's --load {path.name or path} then starts from random weights "
+                      "(only --ckpt-step N still finds iter_N)")
+    except OSError as exc:
+        return None, f"cannot stat: {exc.strerror or exc}"
+    try:
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
+            return None, f"not a small regular file ({st.st_size} bytes)"
+        text = (path / MEGATRON_TRACKER).read_bytes().decode("utf-8").strip()
+    except OSError as exc:
+        return None, f"cannot read: {exc.strerror or exc}"
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text: Megatron-LM's read_metadata raises UnicodeDecodeError"
+    if text == MEGATRON_RELEASE:
+        return MEGATRON_RELEASE, None
+    try:
+        iteration = int(text)
+    except ValueError:
+        return None, f"holds {text!r:.40}, neither an iteration number nor 'release': Megatron-LM exits without loading"
+    if iteration < 0:
+        return None, f"holds {iteration}: Megatron-LM's read_metadata asserts a non-negative iteration"
+    if iteration >= _MEGATRON_MAX_ITERATION:  # its directory name could not exist
+        return None, f"holds {text:.24}..., an iteration of {len(str(iteration))} digits"
+    return f"iter_{iteration:07d}", None
+
+
 def markers(path: Path) -> tuple[str, ...]:
     """What the completeness markers of the checkpoint directory `path` say is wrong (the
     problems `find_checkpoints` gives its Checkpoint); () for a file."""
@@ -247,6 +327,9 @@ def _classify(path: Path, names: dict[str, os.DirEntry[str]]) -> tuple[str | Non
     its completeness markers show."""
     problems: list[str] = []
     whole = formats.directory_format(path, names)
+    if is_megatron_iteration(path.name, names):
+        why = formats.unfinished(whole, names) if whole is not None else None
+        return "megatron", ([why] if why else []) + _megatron_newer(path)
     if whole is not None:
         why = formats.unfinished(whole, names)
         return whole.name, [why] if why else []
@@ -270,6 +353,19 @@ def _classify(path: Path, names: dict[str, os.DirEntry[str]]) -> tuple[str | Non
     if has_weights or ("config.json" in names and has_loose):
         return "hf-model", problems
     return None, problems
+
+
+def _megatron_newer(path: Path) -> list[str]:
+    """An iteration newer than the one the run's tracker names: Megatron-LM rewrites the
+    tracker only once a save is complete (async saves too, in their finalize step)."""
+    match = _MEGATRON.match(path.name)
+    named, _ = read_megatron_tracker(path.parent)
+    tracked = _MEGATRON.match(named) if named else None
+    # A tracker naming a directory that is not there is the tracker's problem (its own row).
+    if match and tracked and int(match.group(1)) > int(tracked.group(1)) and (path.parent / named).is_dir():
+        return [f"newer than {named}, which {MEGATRON_TRACKER} names: Megatron-LM writes it after a save "
+                "completes, so this one did not"]
+    return []
 
 
 def _scan_names(path: Path) -> dict[str, os.DirEntry[str]]:

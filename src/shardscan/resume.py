@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import formats
+from .discover import MEGATRON_COMMON, MEGATRON_CONFIG, is_megatron_iteration
 
 MODEL, STATE, OBJECTS = "model", "state", "objects"
 
@@ -45,6 +46,8 @@ _OBJECTS = re.compile(
     # DeepSpeed pickles its own classes (loss scaler, ZeRO stage enum) and loads with
     # weights_only=False: module states and ZeRO optimizer shards.
     r"|^mp_rank_\d+_model_states\.pt$|^(?:bf16_)?zero_pp_rank_\d+_mp_rank_\d+_optim_states\.pt$"
+    # megatron-core torch_dist: everything that is not sharded (iteration, scheduler, args).
+    r"|^common\.pt$"
 )
 _STATE_DIRS = re.compile(r"^optimizer(?:_\d+)?$")  # FSDP sharded optimizer state (DCP)
 _TRAINER = re.compile(r"^checkpoint-(\d+)$")
@@ -99,9 +102,13 @@ def resume_set(path: Path, index_shards: list[str] | None = None) -> ResumeSet:
     a directory's members are its tensor and state files (see the module doc), with the model
     weights narrowed to the family its indexes name (`index_shards`) or the preferred one.
     Raises OSError when the directory cannot be listed."""
-    if not path.is_dir() or formats.directory_format(path):
+    if not path.is_dir():
         return ResumeSet((Member(path, os.fspath(path), MODEL),))
     names = sorted(os.listdir(path))
+    if is_megatron_iteration(path.name, names):
+        return _megatron(path, set(names))
+    if formats.directory_format(path, names):
+        return ResumeSet((Member(path, os.fspath(path), MODEL),))
     members: list[Member] = []
     model: list[Member] = []
     for name in names:
@@ -239,4 +246,53 @@ def _trainer_state(path: Path, names: set[str]) -> list[tuple[str, str, str]]:
     step = state.get("global_step") if isinstance(state, dict) else None
     if step != int(match.group(1)):
         return [("trainer_state.json", f"global_step is {step!r}, but the directory is {path.name}", "format")]
+    return []
+
+
+#: The (backend, version) pairs megatron-core's dist_checkpointing.load has a strategy for.
+_MEGATRON_BACKENDS = {"sharded_backend": ("torch_dist", "sharded_backend_version"),
+                      "common_backend": ("torch", "common_backend_version")}
+
+
+def _megatron(path: Path, names: set[str]) -> ResumeSet:
+    """A Megatron-LM iteration directory in megatron-core's torch_dist format: its DCP files
+    (`.metadata` and every `.distcp` it names, read as one member named "."), `common.pt`
+    (unpickled in full by `load_common`) and `metadata.json` (read first, to pick the loader).
+    megatron-core's `dist_checkpointing.load` raises without any of them."""
+    members, problems = [], _megatron_config(path, names)
+    if formats.directory_format(path, names):
+        members.append(Member(path, ".", MODEL))
+    else:
+        problems.append((".", "absent: no .metadata or .distcp files, so none of the sharded tensors", "absent"))
+    if MEGATRON_COMMON in names:
+        members.append(Member(path / MEGATRON_COMMON, MEGATRON_COMMON, OBJECTS))
+    else:
+        problems.append((MEGATRON_COMMON, "absent: megatron-core loads it before any tensor", "absent"))
+    return ResumeSet(tuple(members), tuple(problems))
+
+
+def _megatron_config(path: Path, names: set[str]) -> list[tuple[str, str, str]]:
+    """metadata.json as megatron-core reads it: a JSON object of exactly CheckpointingConfig's
+    fields, naming backends it has a loader for."""
+    if MEGATRON_CONFIG not in names:
+        return [(MEGATRON_CONFIG, "absent: without it megatron-core does not take the directory for a "
+                 "distributed checkpoint and dist_checkpointing.load raises", "absent")]
+    try:
+        with open(path / MEGATRON_CONFIG, "rb") as handle:
+            config = json.loads(handle.read(1 << 20).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return [(MEGATRON_CONFIG, f"not valid JSON ({type(exc).__name__})", "format")]
+    if not isinstance(config, dict):
+        return [(MEGATRON_CONFIG, "not a JSON object", "format")]
+    known = set(_MEGATRON_BACKENDS) | {version for _, version in _MEGATRON_BACKENDS.values()}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        return [(MEGATRON_CONFIG, f"unknown field {unknown[0]!r:.40}: megatron-core's CheckpointingConfig refuses it",
+                 "format")]
+    for field, (backend, version_field) in _MEGATRON_BACKENDS.items():
+        named = config.get(field, "torch" if field == "common_backend" else None)
+        version = config.get(version_field, 1)
+        if (named, version) != (backend, 1):
+            return [(MEGATRON_CONFIG, f"{field} is {named!r:.40} version {version!r:.20}: megatron-core loads "
+                     f"{backend!r} version 1 only", "format")]
     return []

@@ -175,11 +175,15 @@ def discover(paths: Sequence[PathLike], *, under_given: bool | None = None) -> l
         path = Path(given)
         if not path.exists() and not path.is_symlink():
             raise FileNotFoundError(f"{given}: no such file or directory")
-        if path.is_dir() and not formats.directory_format(path):
+        members = resume_set(path).members if path.is_dir() else ()
+        if members and not (len(members) == 1 and members[0].path == path):
             many = len(paths) > 1 if under_given is None else under_given
             under = os.fspath(given).rstrip(os.sep) + os.sep if many else ""
-            targets += [Target(m.path, under + m.name, m.role == OBJECTS) for m in resume_set(path).members]
-        else:  # a file, or a DCP checkpoint read as a whole
+            # A member that is the directory itself (a Megatron iteration's DCP files) is read
+            # as a DCP directory and named as the directory was given.
+            targets += [Target(m.path, os.fspath(given) if m.path == path else under + m.name, m.role == OBJECTS)
+                        for m in members]
+        elif not path.is_dir() or members:  # a file, or a DCP checkpoint read as a whole
             targets.append(Target(path, os.fspath(given), role_of(path.name) == OBJECTS))
     return targets
 
@@ -203,12 +207,16 @@ def discover_given(paths: Sequence[PathLike] | PathLike) -> tuple[list[Target], 
         paths = [paths]
     problems: list[FileProblem] = []
     targets = []
+    seen: set[Path] = set()
     for given in paths:
         found = discover([given], under_given=len(paths) > 1)
         if not found:
             problems.append(FileProblem(os.fspath(given), FormatError("no tensor files found", path=os.fspath(given),
                                                                       kind="absent")))
-        targets += found
+        # A Megatron iteration directory expands to its members, which its resume set also
+        # lists one by one: each file is read once.
+        targets += [t for t in found if t.path not in seen]
+        seen.update(t.path for t in found)
     return targets, problems
 
 

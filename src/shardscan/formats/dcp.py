@@ -63,6 +63,12 @@ _DCP_OTHER = (
     ("pathlib", "PosixPath"),
     ("pathlib", "WindowsPath"),
     ("pathlib", "PurePosixPath"),
+    # Metadata.all_local_plans: every rank's SavePlan, kept by savers that reuse the plan of the
+    # previous save (megatron-core's torch_dist strategy fills it on every save).
+    ("torch.distributed.checkpoint.planner", "SavePlan"),
+    ("torch.distributed.checkpoint.planner", "WriteItem"),
+    ("torch.distributed.checkpoint.planner", "WriteItemType"),
+    ("torch.distributed.checkpoint.planner", "TensorWriteData"),
 )
 #: The torch values the metadata's fields may hold, built as the torch policy builds them.
 _TORCH_VALUES = ("torch.Size", "torch.device", "torch.serialization._get_layout", "collections.OrderedDict",
