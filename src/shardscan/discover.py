@@ -253,7 +253,6 @@ class _Walk:
         self.found.append(Checkpoint(path / tag, "deepspeed", step_of(tag), 0.0,
                                      (f"'latest' names {tag}, which does not exist",), readable=False))
 
-
     def _megatron_tracker(self, path: Path, names: dict[str, os.DirEntry[str]]) -> None:
         """The tracker of a Megatron-LM save directory, which `--load DIR` follows: a row for
         the directory it names when that is not there, or for the tracker itself when it holds
