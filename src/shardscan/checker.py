@@ -149,7 +149,8 @@ def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = ()
         actual.errors.append(FileError(prefix + file, problem.error, tuple(problem.intact), tuple(problem.cut),
                                        tuple(problem.lost), kind=problem.kind))
     actual.errors += [FileError(prefix + file, error, kind=kind) for file, error, kind in members.problems]
-    actual.damaged -= set(actual.specs) | set(actual.state_specs)
+    if actual.damaged:
+        actual.damaged = {k for k in actual.damaged if k not in actual.specs and k not in actual.state_specs}
     return actual
 
 
@@ -177,50 +178,70 @@ def _collect_rows(actual: _Actual, result: ScanResult, name_of: Callable[[str], 
                   role: Callable[[str], str]) -> None:
     """Specs of the scanned rows: the weights' by key (a key in two weight files is a
     duplicate), the other files' by qualified key. A file's rows are contiguous (one listing
-    each), so names, roles and byte totals are worked out once per file, not once per tensor."""
+    each), so the weights are taken a file at a time; they are looked at row by row only when
+    the key count says a key repeats (or a file's rows are not contiguous)."""
     columns = result.columns
-    files = columns.file
+    blocks = _file_blocks(columns.file, name_of)
+    weights = [block for block in blocks or () if role(block[2]) == MODEL]
+    for block in weights:
+        _collect_file(actual, columns, *block)
+    if blocks is not None and len(actual.specs) == sum(end - start for start, end, _ in weights):
+        rest = [range(start, end) for start, end, name in blocks if role(name) != MODEL]
+    else:
+        for found in (actual.specs, actual.bytes_by_file, actual.nonfinite, actual.zeros):
+            found.clear()
+        rest = [range(len(columns.file))]
+    for rows in rest:
+        _collect_row_by_row(actual, columns, rows, name_of, role)
+
+
+def _file_blocks(files: list[str], name_of: Callable[[str], str]) -> list[tuple[int, int, str]] | None:
+    """(first row, end row, name) of each file's rows, or None when a file's rows are not
+    contiguous."""
     order = list(dict.fromkeys(files))
+    blocks = []
     start = 0
     for i, raw in enumerate(order):
         end = files.index(order[i + 1], start) if i + 1 < len(order) else len(files)
-        # A file's rows elsewhere too would break the next block's count: then row by row.
         if files[start:end].count(raw) != end - start:
-            return _collect_row_by_row(actual, columns, range(start, len(files)), name_of, role)
-        _collect_file(actual, columns, start, end, name_of(raw), role)
+            return None
+        blocks.append((start, end, name_of(raw)))
         start = end
+    return blocks
 
 
-def _collect_file(actual: _Actual, columns, start: int, end: int, name: str, role: Callable[[str], str]) -> None:
-    keys = columns.key[start:end]
-    nbytes = columns.nbytes[start:end]
+def _collect_file(actual: _Actual, columns, start: int, end: int, name: str) -> None:
+    """The rows of one weight file, in bulk (the caller checks that no key repeats)."""
+    keys, nbytes = columns.key[start:end], columns.nbytes[start:end]
     actual.bytes_by_file[name] = actual.bytes_by_file.get(name, 0) + sum(nbytes)
-    if role(name) != MODEL or not actual.specs.keys().isdisjoint(keys) or len(set(keys)) != len(keys):
-        return _collect_row_by_row(actual, columns, range(start, end), lambda raw: name, role, count_bytes=False)
+    # An unhashed scan leaves the value columns all None: list.count sees that at C speed.
     nan, inf, zero = columns.nan_count[start:end], columns.inf_count[start:end], columns.all_zero[start:end]
-    shapes = columns.shape[start:end]
-    if any(nan) or any(inf):
+    shapes = list(map(tuple, columns.shape[start:end]))
+    if _any(nan) or _any(inf):
         actual.nonfinite += [NonFinite(key, name, n or 0, i or 0) for key, n, i in zip(keys, nan, inf)
                              if (n or i) and not key.startswith(_BOOKKEEPING)]
-    if any(zero):
+    if _any(zero):
         actual.zeros += [key for key, z, shape, size in zip(keys, zero, shapes, nbytes) if z and len(shape) >= 2 and size]
-    rows = list(zip(columns.dtype[start:end], map(tuple, shapes), columns.checksum[start:end], repeat(name)))
-    if any(columns.checksum[start:end]):
-        specs = map(Spec, *zip(*rows)) if rows else iter(())
+    dtypes, checksums = columns.dtype[start:end], columns.checksum[start:end]
+    if _any(checksums):
+        actual.specs.update(zip(keys, map(Spec, dtypes, shapes, checksums, repeat(name))))
     else:  # unhashed: one Spec per distinct (dtype, shape) of the file (Specs are frozen)
-        distinct = {row: Spec(*row) for row in set(rows)}
-        specs = map(distinct.__getitem__, rows)
-    actual.specs.update(zip(keys, specs))
+        distinct = {row: Spec(*row, None, name) for row in set(zip(dtypes, shapes))}
+        actual.specs.update(zip(keys, map(distinct.__getitem__, zip(dtypes, shapes))))
+
+
+def _any(values: list) -> bool:
+    """Whether a value column holds anything but None and False (the values of no finding)."""
+    return values.count(None) + values.count(0) != len(values)  # 0 == False: counted once
 
 
 def _collect_row_by_row(actual: _Actual, columns, rows: Iterable[int], name_of: Callable[[str], str],
-                        role: Callable[[str], str], count_bytes: bool = True) -> None:
+                        role: Callable[[str], str]) -> None:
     for row in rows:
         key, dtype, shape, nbytes = columns.key[row], columns.dtype[row], columns.shape[row], columns.nbytes[row]
         nan, inf, zero = columns.nan_count[row], columns.inf_count[row], columns.all_zero[row]
         name = name_of(columns.file[row])
-        if count_bytes:
-            actual.bytes_by_file[name] = actual.bytes_by_file.get(name, 0) + nbytes
+        actual.bytes_by_file[name] = actual.bytes_by_file.get(name, 0) + nbytes
         spec = Spec(dtype=dtype, shape=tuple(shape), checksum=columns.checksum[row], file=name)
         file_role = role(name)
         shown = _qualifier(name, file_role)(key)
