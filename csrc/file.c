@@ -56,6 +56,11 @@ void ss_quote_name(char *out, size_t cap, const char *name, size_t len) {
 int ss_utf8_valid(const unsigned char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
+        uint64_t word;
+        if (n - i >= 8 && (memcpy(&word, s + i, 8), !(word & 0x8080808080808080ull))) { /* ASCII: 8 at a time */
+            i += 8;
+            continue;
+        }
         unsigned char c = s[i];
         if (c < 0x80) { i++; continue; }
         size_t len;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "xxh3.h"
 
 #define MAX_HEADER 100000000ull
 #define MAX_DEPTH 128 /* serde_json's recursion limit */
@@ -18,8 +19,9 @@
 static const struct {
     const char *st_name, *name;
     uint32_t bits;
+    size_t st_len;
 } DTYPES[SS_DTYPE_COUNT] = {
-#define SS_DTYPE_ROW(id, st, torch, nbits) [id] = {st, torch, nbits},
+#define SS_DTYPE_ROW(id, st, torch, nbits) [id] = {st, torch, nbits, sizeof st - 1},
     SS_DTYPE_LIST(SS_DTYPE_ROW)
 #undef SS_DTYPE_ROW
 };
@@ -271,12 +273,12 @@ static const char *tensor_label(parser *ps, const entry *e, char *buf, size_t ca
 }
 
 static ss_status parse_tensor(parser *ps, entry *e) {
-    char label[160];
-    tensor_label(ps, e, label, sizeof label);
+    char label_buf[160]; /* the quoted name, made only for an error message */
+#define LABEL tensor_label(ps, e, label_buf, sizeof label_buf)
     skip_ws(ps);
     if (ps->p >= ps->end || *ps->p != '{') {
         ss_status s = skip_value(ps, 1);
-        return s ? s : ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, "tensor '%s': entry is not an object", label);
+        return s ? s : ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, "tensor '%s': entry is not an object", LABEL);
     }
     ps->p++;
     int have_dtype = 0, have_shape = 0, have_offsets = 0;
@@ -294,12 +296,12 @@ static ss_status parse_tensor(parser *ps, entry *e) {
         ps->p++;
         skip_ws(ps);
         if ((is_dtype && have_dtype) || (is_shape && have_shape) || (is_offsets && have_offsets))
-            return ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, "tensor '%s': field given twice", label);
+            return ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, "tensor '%s': field given twice", LABEL);
         if (is_dtype) {
             have_dtype = 1;
             if (ps->p >= ps->end || *ps->p != '"') {
                 if ((s = skip_value(ps, 1))) return s;
-                return ss_fail(ps->err, SS_E_ST_DTYPE, "tensor '%s': dtype is not a string", label);
+                return ss_fail(ps->err, SS_E_ST_DTYPE, "tensor '%s': dtype is not a string", LABEL);
             }
             size_t at = ps->text.len;
             if ((s = parse_string(ps, &ps->text))) return s;
@@ -307,12 +309,12 @@ static ss_status parse_tensor(parser *ps, entry *e) {
             const char *name = (char *)ps->text.data + at;
             int found = -1;
             for (int d = 0; d < SS_DTYPE_COUNT; d++)
-                if (strlen(DTYPES[d].st_name) == n && memcmp(DTYPES[d].st_name, name, n) == 0) found = d;
+                if (DTYPES[d].st_len == n && memcmp(DTYPES[d].st_name, name, n) == 0) found = d;
             if (found < 0) {
                 char shown[64];
                 ss_quote_name(shown, sizeof shown, name, n);
                 ps->text.len = at;
-                return ss_fail(ps->err, SS_E_ST_DTYPE, "tensor '%s': unknown dtype '%s'", label, shown);
+                return ss_fail(ps->err, SS_E_ST_DTYPE, "tensor '%s': unknown dtype '%s'", LABEL, shown);
             }
             ps->text.len = at;
             e->dtype = (uint8_t)found;
@@ -322,7 +324,7 @@ static ss_status parse_tensor(parser *ps, entry *e) {
                                         : "data_offsets is not a list of two non-negative integers";
             if (ps->p >= ps->end || *ps->p != '[') {
                 if ((s = skip_value(ps, 1))) return s;
-                return ss_fail(ps->err, bad, "tensor '%s': %s", label, what);
+                return ss_fail(ps->err, bad, "tensor '%s': %s", LABEL, what);
             }
             ps->p++;
             uint64_t values[2] = {0, 0};
@@ -334,7 +336,7 @@ static ss_status parse_tensor(parser *ps, entry *e) {
                 uint64_t v;
                 int r = parse_uint(ps, &v, &s);
                 if (r < 0) return s;
-                if (r == 0 || (is_shape && v > INT64_MAX)) return ss_fail(ps->err, bad, "tensor '%s': %s", label, what);
+                if (r == 0 || (is_shape && v > INT64_MAX)) return ss_fail(ps->err, bad, "tensor '%s': %s", LABEL, what);
                 if (is_shape) {
                     int64_t d = (int64_t)v;
                     if (!vec_push(&ps->dims, &d)) return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
@@ -352,7 +354,7 @@ static ss_status parse_tensor(parser *ps, entry *e) {
                 e->ndims = (uint32_t)count;
             } else {
                 have_offsets = 1;
-                if (count != 2) return ss_fail(ps->err, bad, "tensor '%s': %s", label, what);
+                if (count != 2) return ss_fail(ps->err, bad, "tensor '%s': %s", LABEL, what);
                 e->begin = values[0];
                 e->end = values[1];
             }
@@ -365,9 +367,10 @@ static ss_status parse_tensor(parser *ps, entry *e) {
         return json_error(ps, "expected ',' or '}'");
     }
     if (!have_dtype || !have_shape || !have_offsets)
-        return ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, "tensor '%s': missing %s", label,
+        return ss_fail(ps->err, SS_E_ST_TENSOR_ENTRY, "tensor '%s': missing %s", LABEL,
                        !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
     return SS_OK;
+#undef LABEL
 }
 
 static ss_status parse_metadata(parser *ps) {
@@ -414,36 +417,42 @@ static int by_offsets(const void *a, const void *b) {
     return 0;
 }
 
-typedef struct {
-    const char *name;
-    uint32_t len;
-    uint32_t index;
-} name_ref;
-
-static int by_name(const void *a, const void *b) {
-    const name_ref *x = a, *y = b;
-    uint32_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(x->name, y->name, n);
-    return c ? c : (x->len > y->len) - (x->len < y->len);
+/* Whether the entries are already in offset order: writers emit them so, and the check is
+ * one pass where the sort is n log n. */
+static int sorted_by_offsets(const parser *ps) {
+    const entry *es = ps->entries.data;
+    for (size_t i = 1; i < ps->entries.len; i++)
+        if (by_offsets(&es[i - 1], &es[i]) > 0) return 0;
+    return 1;
 }
 
+/* A name given twice, found through an open-addressing table of entry indices (0 = empty):
+ * linear in the number of tensors, which reach a million in one header. */
 static ss_status check_duplicates(parser *ps) {
     size_t n = ps->entries.len;
     if (n < 2) return SS_OK;
-    name_ref *refs = malloc(n * sizeof *refs);
-    if (!refs) return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
+    size_t slots = 2;
+    while (slots < 2 * n) slots *= 2;
+    uint32_t *table = calloc(slots, sizeof *table);
+    if (!table) return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
     const entry *es = ps->entries.data;
-    for (size_t i = 0; i < n; i++) refs[i] = (name_ref){(char *)ps->text.data + es[i].key_start, es[i].key_len, (uint32_t)i};
-    qsort(refs, n, sizeof *refs, by_name);
+    const char *text = ps->text.data;
     ss_status s = SS_OK;
-    for (size_t i = 1; i < n && !s; i++) {
-        if (by_name(&refs[i - 1], &refs[i]) == 0) {
-            char label[160];
-            ss_quote_name(label, sizeof label, refs[i].name, refs[i].len);
-            s = ss_fail(ps->err, SS_E_ST_DUPLICATE, "tensor '%s' appears twice in the header", label);
+    for (size_t i = 0; i < n && !s; i++) {
+        const char *name = text + es[i].key_start;
+        size_t at = (size_t)XXH3_64bits(name, es[i].key_len) & (slots - 1);
+        for (; table[at]; at = (at + 1) & (slots - 1)) {
+            const entry *other = &es[table[at] - 1];
+            if (other->key_len == es[i].key_len && memcmp(text + other->key_start, name, es[i].key_len) == 0) {
+                char label[160];
+                ss_quote_name(label, sizeof label, name, es[i].key_len);
+                s = ss_fail(ps->err, SS_E_ST_DUPLICATE, "tensor '%s' appears twice in the header", label);
+                break;
+            }
         }
+        table[at] = (uint32_t)(i + 1);
     }
-    free(refs);
+    free(table);
     return s;
 }
 
@@ -612,7 +621,7 @@ ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err) {
     if (!ss_utf8_valid((const unsigned char *)header, n)) s = ss_fail(err, SS_E_ST_UTF8, "header is not valid UTF-8");
     else s = parse_header(&ps);
     if (!s) {
-        if (ps.entries.len > 1) /* a header of no tensors has entries.data == NULL: qsort(NULL) is UB */
+        if (!sorted_by_offsets(&ps)) /* a header of no tensors is sorted: qsort(NULL) would be UB */
             qsort(ps.entries.data, ps.entries.len, sizeof(entry), by_offsets);
         s = validate(&ps, &data_len);
     }

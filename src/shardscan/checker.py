@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import attrgetter, is_not, ne
+from operator import attrgetter, is_, is_not, ne
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
 
@@ -279,16 +279,32 @@ def _strip_layout(layout: Layout, prefixes: Sequence[str]) -> Layout:
     )
 
 
-def _keys_against(layout: Layout, present: Mapping[str, Spec]) -> tuple[set[str], set[str]]:
-    """(missing, unexpected) keys of `present` measured against `layout`. Tied keys form
-    groups (a source and every target tied to it); like transformers' symmetric tying on load,
-    one member present is enough for the whole group. The layout's ignore patterns are honoured."""
+def _lookup(layout: Layout, present: Mapping[str, Spec]) -> list[Spec]:
+    """What `present` holds at each key of `layout`, in the layout's order (_ABSENT where it
+    holds nothing): one pass of lookups that the key, field and index comparisons share."""
+    return list(map(present.get, layout.specs, repeat(_ABSENT)))
+
+
+def _known_fields(layout: Layout) -> list[str]:
+    """The Spec fields the layout sets anywhere: only those can differ. Looked for among its
+    distinct Specs (an index or a config shares a few among all its keys)."""
+    distinct = dict(zip(map(id, layout.specs.values()), layout.specs.values())).values()
+    return [f for f in ("shape", "dtype", "checksum") if any(map(is_not, map(attrgetter(f), distinct), repeat(None)))]
+
+
+def _keys_against(layout: Layout, present: Mapping[str, Spec],
+                  haves: list[Spec] | None = None) -> tuple[set[str], set[str]]:
+    """(missing, unexpected) keys of `present` measured against `layout` (`haves`: its
+    _lookup, when the caller has it). Tied keys form groups (a source and every target tied
+    to it); like transformers' symmetric tying on load, one member present is enough for the
+    whole group. The layout's ignore patterns are honoured."""
+    absent = list(map(is_, _lookup(layout, present) if haves is None else haves, repeat(_ABSENT)))
     groups: dict[str, set[str]] = {}
     for target, source in layout.ties.items():
         groups.setdefault(source, {source}).add(target)
     group_of = {member: group for group in groups.values() for member in group}
     missing = set()
-    for key in layout.specs.keys() - present.keys():
+    for key in compress(layout.specs, absent):
         group = group_of.get(key)
         if group is not None and any(member in present for member in group):
             continue  # rebuilt from the member that is there
@@ -296,23 +312,26 @@ def _keys_against(layout: Layout, present: Mapping[str, Spec]) -> tuple[set[str]
             continue
         missing.add(key)
     unexpected = {k for k in layout.extra if k in present}
-    if layout.complete:
+    # Every present key the layout holds was found above: any others are outside it.
+    if layout.complete and len(present) > len(absent) - absent.count(True):
         ignore = layout.ignore_unexpected
         unexpected.update(k for k in present.keys() - layout.specs.keys() if not (ignore is not None and ignore.search(k)))
     return missing, unexpected
 
 
-def _mismatches(layout: Layout, actual: dict[str, Spec], out: dict[tuple[str, str], Mismatch]) -> None:
-    """Adds shape, dtype and checksum differences. A checksum is compared only when both sides
-    have one and shape and dtype agree (a changed dtype changes every byte: one finding is enough)."""
+def _mismatches(layout: Layout, actual: dict[str, Spec], out: dict[tuple[str, str], Mismatch],
+                haves: list[Spec] | None = None) -> None:
+    """Adds shape, dtype and checksum differences (`haves`: the _lookup of `actual`, when the
+    caller has it). A checksum is compared only when both sides have one and shape and dtype
+    agree (a changed dtype changes every byte: one finding is enough)."""
     # Only the fields the layout knows can differ (an index's: none), and only at keys where
     # they differ at all: both found in bulk, then each candidate judged as before.
-    wants = list(layout.specs.values())
-    known = [f for f in ("shape", "dtype", "checksum") if any(map(is_not, map(attrgetter(f), wants), repeat(None)))]
+    known = _known_fields(layout)
     if not known:
         return
     fields = attrgetter(*known)
-    haves = list(map(actual.get, layout.specs, repeat(_ABSENT)))  # _ABSENT differs in nothing below
+    wants = list(layout.specs.values())
+    haves = _lookup(layout, actual) if haves is None else haves  # _ABSENT differs in nothing below
     for key, want, have in compress(zip(layout.specs, wants, haves), map(ne, map(fields, wants), map(fields, haves))):
         changed = False
         if want.shape is not None and have.shape is not None and want.shape != have.shape:
@@ -325,7 +344,7 @@ def _mismatches(layout: Layout, actual: dict[str, Spec], out: dict[tuple[str, st
             out.setdefault((key, "checksum"), Mismatch(key, "checksum", want.checksum, have.checksum))
 
 
-def _index_findings(layout: Layout, actual: _Actual, directory: Path, index_name: str,
+def _index_findings(layout: Layout, actual: _Actual, haves: list[Spec], directory: Path, index_name: str,
                     whole_directory: bool) -> tuple[list[FileError], list[str]]:
     """What only an index can be wrong about: shards it names that are absent, gaps in a
     `-0000i-of-0000N` series, keys found in a shard other than the one it names, and a
@@ -343,7 +362,7 @@ def _index_findings(layout: Layout, actual: _Actual, directory: Path, index_name
         if name not in absent:
             errors.append(FileError(name, f"absent: the series {series} has a gap here", kind="absent"))
     # a file checked alone is named as given; the index names it relative to its directory
-    found_in = list(map(_FILE, map(actual.specs.get, layout.specs, repeat(_ABSENT))))
+    found_in = list(map(_FILE, haves))
     if not whole_directory:
         shown = {f: os.path.basename(f or "") or "?" for f in set(found_in)}
         found_in = list(map(shown.__getitem__, found_in))
@@ -510,22 +529,24 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
     """Measures the checkpoint against every layout."""
     prefixes = options.strip_prefix
     weights = _strip_specs(actual.specs, prefixes)
-    everything = {**weights, **actual.state_specs}
+    everything = {**weights, **actual.state_specs} if actual.state_specs else weights
     out = _Findings(missing={layouts.strip_prefixes(k, prefixes) for k in actual.damaged}, errors=list(actual.errors))
     compared_checksums = False
     for raw in found:
         layout = _strip_layout(raw, prefixes)
         # A manifest covers the whole resume set; every other layout describes the weights.
         present = everything if layout.kind == "manifest" else weights
-        lost, extra = _keys_against(layout, present)
+        haves = _lookup(layout, present)
+        lost, extra = _keys_against(layout, present, haves)
         out.missing |= lost
         out.unexpected |= extra
-        _mismatches(layout, present, out.mismatched)
-        compared_checksums |= any(spec.checksum for spec in layout.specs.values())
+        _mismatches(layout, present, out.mismatched, haves)
+        compared_checksums |= "checksum" in _known_fields(layout)
         out.errors += [FileError(file, error, kind=kind) for file, error, kind in layout.errors]
         out.warnings += layout.warnings
         if layout.kind == "index":
-            index_errors, index_warnings = _index_findings(raw, actual, root if root.is_dir() else root.parent,
+            own = haves if layout is raw and present is actual.specs else _lookup(raw, actual.specs)
+            index_errors, index_warnings = _index_findings(raw, actual, own, root if root.is_dir() else root.parent,
                                                            raw.source.removeprefix("index "), root.is_dir())
             out.errors += index_errors
             out.warnings += index_warnings
