@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shardscan import layout
 
@@ -183,3 +185,20 @@ def test_structural_layout_first_block_holds_its_own(tmp_path: Path) -> None:
     del shapes[bias]  # lost, block 0's own tensor cannot be known; the partial block 2 still is
     found = layout.structural_layout(json.loads((tmp_path / "config.json").read_text()), shapes, "config.json")
     assert set(found.specs) - set(shapes) == {"decoder.block.2.layer.1.EncDecAttention.k.weight"}
+
+
+def _block_of(key: str) -> tuple[str, str]:
+    """The rule, component by component: the first block-list name followed by a number."""
+    parts = key.split(".")
+    for i in range(len(parts) - 2):
+        if parts[i] in layout._BLOCK_CONTAINERS and parts[i + 1].isascii() and parts[i + 1].isdigit():
+            return ".".join(parts[: i + 2]), ".".join(parts[i + 2 :])
+    return "", ""
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["a", ".", "7", "01", "layers", "h", "blocks", "\n", "é"]), max_size=10)
+                .map("".join), max_size=8))
+def test_block_pairs_follow_the_rule(keys: list[str]) -> None:
+    # keys holding a newline take the key-by-key path; the rest are split in one pass
+    assert layout._block_pairs(keys) == [_block_of(key) for key in keys]

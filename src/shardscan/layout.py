@@ -24,8 +24,8 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import compress, groupby, repeat
-from operator import itemgetter, methodcaller
+from itertools import groupby, repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -49,8 +49,11 @@ _BLOCK_CONTAINERS = ("layers", "h", "layer", "blocks", "block", "decoder_layers"
 #: component followed by a number deciding.
 _BLOCK_KEY = re.compile(r"((?:[^.]*\.)*?(?:%s))\.([0-9]+)\.(.*)" % "|".join(_BLOCK_CONTAINERS), re.DOTALL)
 
+#: _BLOCK_KEY over keys joined by newlines, one (block, suffix) pair per line and ("", "")
+#: for a key in no block: "model.layers.3.mlp.w" -> ("model.layers.3", "mlp.w").
+_BLOCK_LINES = re.compile(r"^(?:((?:[^.\n]*\.)*?(?:%s)\.[0-9]+)\.(.*)|.*)$" % "|".join(_BLOCK_CONTAINERS), re.M)
+
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
-_CONTAINER_AND_NUMBER, _SUFFIX = methodcaller("group", 1, 2), methodcaller("group", 3)
 
 _SERIES = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})(?P<ext>\.[^.]+)$")
 
@@ -272,16 +275,13 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int,
         layout.warnings.append(f"{source}: no num_hidden_layers (or n_layer, num_layers): no structural check")
         return layout
     by_container: dict[str, dict[int, dict[str, tuple[int, ...] | None]]] = {}
-    # the first block-list component followed by a number decides: model.layers.3.mlp.experts.7.w
-    # is block 3 of model.layers with the suffix mlp.experts.7.w. The keys are matched and split
-    # by C-level maps; Python runs once per run of consecutive keys of one block.
-    found = list(map(_BLOCK_KEY.fullmatch, actual))
-    hits = list(compress(zip(found, actual.values()), found))
-    heads = map(_CONTAINER_AND_NUMBER, map(_FIRST, hits))
-    tails = zip(map(_SUFFIX, map(_FIRST, hits)), map(_SECOND, hits))
-    for (container, number), run in groupby(zip(heads, tails), key=_FIRST):
-        block = by_container.setdefault(container, {}).setdefault(int(number), {})
-        block.update(map(_SECOND, run))
+    # Keys come block by block: Python runs once per run of consecutive keys of one block.
+    pairs = _block_pairs(list(actual))
+    runs = groupby(zip(map(_FIRST, pairs), zip(map(_SECOND, pairs), actual.values())), key=_FIRST)
+    for head, run in runs:
+        if head:
+            container, _, number = head.rpartition(".")
+            by_container.setdefault(container, {}).setdefault(int(number), {}).update(map(_SECOND, run))
     if not by_container:
         if count:
             layout.warnings.append(f"{source}: num_hidden_layers = {count} but no numbered blocks (layers.N, h.N) found")
@@ -294,6 +294,19 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int,
     else:
         _expect_moe_blocks(layout, container, blocks, plan)
     return layout
+
+
+def _block_pairs(keys: list[str]) -> list[tuple[str, str]]:
+    """(block, suffix) of each key, ("", "") for a key in no block. The first block-list
+    component followed by a number decides: model.layers.3.mlp.experts.7.w is block
+    model.layers.3 with the suffix mlp.experts.7.w. One regex pass over all the keys at once,
+    key by key only when a key holds a newline."""
+    text = "\n".join(keys)
+    if keys and text.count("\n") == len(keys) - 1:
+        pairs = _BLOCK_LINES.findall(text)
+        if len(pairs) == len(keys):
+            return pairs
+    return [(f"{m[1]}.{m[2]}", m[3]) if m else ("", "") for m in map(_BLOCK_KEY.fullmatch, keys)]
 
 
 def _majority_specs(blocks: Iterable[Mapping[str, tuple[int, ...] | None]],
