@@ -666,3 +666,206 @@ void ss_st_listing_free(ss_st_listing *listing) {
     free(listing->metadata);
     memset(listing, 0, sizeof *listing);
 }
+
+/* ---- shard index ------------------------------------------------------------------------- */
+
+typedef struct {
+    uint32_t start, len;
+} span;
+
+/* An open-addressing set of names held as spans of one text: slots hold span index + 1. */
+typedef struct {
+    uint32_t *slots;
+    size_t size; /* a power of two, or 0 */
+} name_set;
+
+/* The slot of `name` (holding its index + 1) or the empty slot where it would go. */
+static uint32_t *name_slot(const name_set *set, const char *text, const span *spans, const char *name, uint32_t len) {
+    for (size_t at = (size_t)XXH3_64bits(name, len) & (set->size - 1);; at = (at + 1) & (set->size - 1)) {
+        uint32_t i = set->slots[at];
+        if (!i || (spans[i - 1].len == len && memcmp(text + spans[i - 1].start, name, len) == 0)) return &set->slots[at];
+    }
+}
+
+/* Room for one more name beside the `count` held: rebuilt twice as large past half full. */
+static int name_set_reserve(name_set *set, size_t count, const char *text, const span *spans) {
+    if (2 * (count + 1) <= set->size) return 1;
+    size_t size = set->size ? 2 * set->size : 64;
+    uint32_t *slots = calloc(size, sizeof *slots);
+    if (!slots) return 0;
+    free(set->slots);
+    set->slots = slots;
+    set->size = size;
+    for (size_t i = 0; i < count; i++) *name_slot(set, text, spans, text + spans[i].start, spans[i].len) = (uint32_t)(i + 1);
+    return 1;
+}
+
+typedef struct {
+    parser ps;           /* ps.text: the keys */
+    vec keys, shard_of;  /* span, uint32_t */
+    vec names, shards;   /* char: distinct shard names; span */
+    vec scratch;         /* char: the member name being read */
+    name_set key_set, shard_set;
+    int seen_map, seen_metadata;
+    int64_t total_size;
+} index_parser;
+
+static ss_status unusual(index_parser *ix, const char *what) {
+    return ss_fail(ix->ps.err, SS_E_INDEX_UNUSUAL, "%s", what);
+}
+
+static ss_status nomem(index_parser *ix) { return ss_fail(ix->ps.err, SS_E_NOMEM, "out of memory"); }
+
+/* One weight_map member: the key, then its shard, each name kept once. */
+static ss_status index_entry(index_parser *ix) {
+    parser *ps = &ix->ps;
+    ss_status s;
+    span key = {(uint32_t)ps->text.len, 0}, shard = {(uint32_t)ix->names.len, 0};
+    if ((s = parse_string(ps, &ps->text))) return s;
+    key.len = (uint32_t)(ps->text.len - key.start);
+    skip_ws(ps);
+    if (ps->p >= ps->end || *ps->p != ':') return json_error(ps, "expected ':'");
+    ps->p++;
+    skip_ws(ps);
+    if (ps->p >= ps->end || *ps->p != '"') return unusual(ix, "a weight_map value is not a string");
+    if ((s = parse_string(ps, &ix->names))) return s;
+    shard.len = (uint32_t)(ix->names.len - shard.start);
+    if (!name_set_reserve(&ix->key_set, ix->keys.len, ps->text.data, ix->keys.data)) return nomem(ix);
+    uint32_t *slot = name_slot(&ix->key_set, ps->text.data, ix->keys.data, (char *)ps->text.data + key.start, key.len);
+    if (*slot) return unusual(ix, "a weight_map key given twice");
+    if (!vec_push(&ix->keys, &key)) return nomem(ix);
+    *slot = (uint32_t)ix->keys.len;
+    /* Neighbouring keys mostly share a shard: the previous key's is tried before the set. */
+    const char *name = (char *)ix->names.data + shard.start;
+    const span *shards = ix->shards.data;
+    uint32_t id = ix->shard_of.len ? ((uint32_t *)ix->shard_of.data)[ix->shard_of.len - 1] : 0;
+    int seen = ix->shard_of.len && shards[id].len == shard.len &&
+               memcmp((char *)ix->names.data + shards[id].start, name, shard.len) == 0;
+    if (!seen) {
+        if (!name_set_reserve(&ix->shard_set, ix->shards.len, ix->names.data, shards)) return nomem(ix);
+        slot = name_slot(&ix->shard_set, ix->names.data, shards, name, shard.len);
+        seen = *slot != 0;
+        if (!seen) {
+            if (!vec_push(&ix->shards, &shard)) return nomem(ix);
+            *slot = (uint32_t)ix->shards.len;
+        }
+        id = *slot - 1;
+    }
+    if (seen) ix->names.len = shard.start; /* keep the first copy of each name only */
+    return vec_push(&ix->shard_of, &id) ? SS_OK : nomem(ix);
+}
+
+/* The members of the object at ps->p: weight_map entries when `member` is NULL, else each
+ * value handed to `member` with its name in ix->scratch. */
+static ss_status index_object(index_parser *ix, ss_status (*member)(index_parser *), const char *not_object) {
+    parser *ps = &ix->ps;
+    ss_status s;
+    if (ps->p >= ps->end || *ps->p != '{') return unusual(ix, not_object);
+    ps->p++;
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == '}') return ps->p++, SS_OK;
+    for (;;) {
+        if (!member) {
+            if ((s = index_entry(ix))) return s;
+        } else {
+            ix->scratch.len = 0;
+            if ((s = parse_string(ps, &ix->scratch))) return s;
+            skip_ws(ps);
+            if (ps->p >= ps->end || *ps->p != ':') return json_error(ps, "expected ':'");
+            ps->p++;
+            skip_ws(ps);
+            if ((s = member(ix))) return s;
+        }
+        skip_ws(ps);
+        if (ps->p < ps->end && *ps->p == ',') { ps->p++; skip_ws(ps); continue; }
+        if (ps->p < ps->end && *ps->p == '}') return ps->p++, SS_OK;
+        return json_error(ps, "expected ',' or '}'");
+    }
+}
+
+static ss_status metadata_member(index_parser *ix) {
+    if (!key_is(&ix->scratch, 0, "total_size")) return skip_value(&ix->ps, 2);
+    if (ix->total_size >= 0) return unusual(ix, "metadata.total_size given twice");
+    uint64_t v = 0;
+    ss_status s = SS_OK;
+    int r = parse_uint(&ix->ps, &v, &s);
+    if (r < 0) return s;
+    if (r == 0 || v > INT64_MAX) return unusual(ix, "metadata.total_size is not an integer in int64");
+    ix->total_size = (int64_t)v;
+    return SS_OK;
+}
+
+static ss_status top_member(index_parser *ix) {
+    int *seen = key_is(&ix->scratch, 0, "weight_map") ? &ix->seen_map
+              : key_is(&ix->scratch, 0, "metadata") ? &ix->seen_metadata : NULL;
+    if (!seen) return skip_value(&ix->ps, 1);
+    if (*seen) return unusual(ix, "weight_map or metadata given twice");
+    *seen = 1;
+    if (seen == &ix->seen_map) return index_object(ix, NULL, "weight_map is not an object");
+    return index_object(ix, metadata_member, "metadata is not an object");
+}
+
+/* Offsets (count + 1) of spans laid end to end in their text. */
+static uint32_t *span_offsets(const vec *spans) {
+    uint32_t *out = malloc((spans->len + 1) * sizeof *out);
+    if (!out) return NULL;
+    const span *sp = spans->data;
+    out[0] = 0;
+    for (size_t i = 0; i < spans->len; i++) out[i + 1] = sp[i].start + sp[i].len;
+    return out;
+}
+
+ss_status ss_index_parse(const char *data, size_t len, ss_index_listing *out, ss_error *err) {
+    memset(out, 0, sizeof *out);
+    out->total_size = -1;
+    index_parser ix = {.ps = {.begin = data, .p = data, .end = data + len, .err = err}, .total_size = -1};
+    ix.ps.text.item = ix.names.item = ix.scratch.item = 1;
+    ix.keys.item = ix.shards.item = sizeof(span);
+    ix.shard_of.item = sizeof(uint32_t);
+    parser *ps = &ix.ps;
+    ss_status s = SS_OK;
+    /* every text gets a buffer up front: "data + 0" on a NULL base would be undefined */
+    if (len > UINT32_MAX) s = unusual(&ix, "larger than 4 GiB"); /* spans are 32-bit */
+    else if (!vec_reserve(&ps->text, 1) || !vec_reserve(&ix.names, 1) || !vec_reserve(&ix.scratch, 1) ||
+             !vec_reserve(&ix.shard_of, 1))
+        s = nomem(&ix);
+    else if (!ss_utf8_valid((const unsigned char *)data, len)) s = unusual(&ix, "not UTF-8");
+    else {
+        skip_ws(ps);
+        s = index_object(&ix, top_member, "not a JSON object");
+        skip_ws(ps);
+        if (!s && ps->p != ps->end) s = json_error(ps, "trailing characters after the object");
+        if (!s && !ix.seen_map) s = unusual(&ix, "no weight_map");
+    }
+    if (!s) {
+        out->count = (uint32_t)ix.keys.len;
+        out->shard_count = (uint32_t)ix.shards.len;
+        out->key_offsets = span_offsets(&ix.keys);
+        out->shard_offsets = span_offsets(&ix.shards);
+        out->keys = ps->text.data, ps->text.data = NULL;
+        out->shards = ix.names.data, ix.names.data = NULL;
+        out->shard_of = ix.shard_of.data, ix.shard_of.data = NULL;
+        out->total_size = ix.total_size;
+        if (!out->key_offsets || !out->shard_offsets || !out->shard_of) s = nomem(&ix);
+    }
+    free(ps->text.data);
+    free(ix.names.data);
+    free(ix.scratch.data);
+    free(ix.keys.data);
+    free(ix.shards.data);
+    free(ix.shard_of.data);
+    free(ix.key_set.slots);
+    free(ix.shard_set.slots);
+    if (s) ss_index_listing_free(out);
+    return s;
+}
+
+void ss_index_listing_free(ss_index_listing *listing) {
+    free(listing->key_offsets);
+    free(listing->keys);
+    free(listing->shard_of);
+    free(listing->shard_offsets);
+    free(listing->shards);
+    memset(listing, 0, sizeof *listing);
+    listing->total_size = -1;
+}

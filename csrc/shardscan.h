@@ -44,6 +44,7 @@
     X(SS_E_ST_TRAILING, 36, "file has trailing bytes after the last tensor")                 \
     X(SS_E_ST_DUPLICATE, 37, "duplicate tensor name")                                         \
     X(SS_E_ST_TOO_DEEP, 38, "header JSON nests too deeply")                                  \
+    X(SS_E_INDEX_UNUSUAL, 39, "not a plain shard index: read it with a full JSON reader")     \
     X(SS_E_ZIP_NO_EOCD, 50, "no zip end-of-central-directory record (truncated?)")           \
     X(SS_E_ZIP_CORRUPT, 51, "zip central directory is corrupt")                              \
     X(SS_E_ZIP_COMPRESSED, 52, "zip record is compressed; torch writes stored records")      \
@@ -166,6 +167,28 @@ typedef struct {
  * empty. Always call ss_st_listing_free afterwards. */
 ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err);
 void ss_st_listing_free(ss_st_listing *listing);
+
+/* A shard index (`model.safetensors.index.json`, `pytorch_model.bin.index.json`): the keys of
+ * its weight_map in file order, each with the number of its shard among the distinct shard
+ * names (in order of first appearance), and metadata.total_size (-1 when absent). */
+typedef struct {
+    uint32_t count;           /* keys */
+    uint32_t *key_offsets;    /* count + 1 entries into keys */
+    char *keys;               /* UTF-8, unescaped, concatenated */
+    uint32_t *shard_of;       /* count entries into the shards */
+    uint32_t shard_count;
+    uint32_t *shard_offsets;  /* shard_count + 1 entries into shards */
+    char *shards;
+    int64_t total_size;
+} ss_index_listing;
+
+/* Reads the `len` bytes of an index. Only a plain one is read: UTF-8 JSON whose top-level
+ * object holds one weight_map of distinct keys, each mapped to a string, and at most one
+ * metadata object whose total_size, if given once, is an integer in int64. Anything else
+ * (invalid JSON included) is SS_E_INDEX_UNUSUAL or SS_E_ST_JSON, for the caller to read with
+ * a full JSON reader, which decides what it means. Always call ss_index_listing_free. */
+ss_status ss_index_parse(const char *data, size_t len, ss_index_listing *out, ss_error *err);
+void ss_index_listing_free(ss_index_listing *listing);
 
 /* ------------------------------------------------------------------------------------------
  * Hashing. A job is the logical bytes of one tensor. The common case is one contiguous run

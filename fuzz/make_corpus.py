@@ -39,7 +39,7 @@ def state_dicts() -> dict[str, dict]:
 
 
 def main(out: Path) -> None:
-    dirs = {name: out / name for name in ("safetensors", "zip", "pickle", "legacy", "dcp", "hash")}
+    dirs = {name: out / name for name in ("safetensors", "zip", "pickle", "legacy", "dcp", "hash", "index")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     (dirs["safetensors"] / "valid").write_bytes(VALID)
@@ -64,6 +64,22 @@ def main(out: Path) -> None:
     (dirs["pickle"] / "ordered").write_bytes(_plain_pickle())
     _dcp_metadata(dirs["dcp"])
     _hash_jobs(dirs["hash"])
+    _indexes(dirs["index"])
+
+
+def _indexes(out: Path) -> None:
+    """Seeds for fuzz_index.c: shard indexes written by huggingface_hub's sharded save."""
+    import tempfile
+
+    from huggingface_hub import save_torch_state_dict
+
+    for name, sd in state_dicts().items():
+        with tempfile.TemporaryDirectory() as tmp:
+            tensors = {k: v.contiguous().clone() for k, v in sd.items()}
+            save_torch_state_dict(tensors, tmp, max_shard_size=8, force_contiguous=True)
+            index = Path(tmp, "model.safetensors.index.json")
+            if index.exists():
+                (out / name).write_bytes(index.read_bytes())
 
 
 def _hash_jobs(out: Path) -> None:

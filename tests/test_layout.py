@@ -202,3 +202,49 @@ def _block_of(key: str) -> tuple[str, str]:
 def test_block_pairs_follow_the_rule(keys: list[str]) -> None:
     # keys holding a newline take the key-by-key path; the rest are split in one pass
     assert layout._block_pairs(keys) == [_block_of(key) for key in keys]
+
+
+def _json_reading(raw: bytes) -> tuple[list[str], list[str], int | None]:
+    """What the json module (transformers' reader) makes of an index: keys, their shards, total_size."""
+    data = json.loads(raw)
+    weight_map = data["weight_map"]
+    total = data.get("metadata", {}).get("total_size")
+    return list(weight_map), list(weight_map.values()), total
+
+
+_names = st.text(st.characters(exclude_categories=("Cs",)), max_size=6)
+_shards = st.sampled_from(["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "a\"b", "é"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_names, _shards), max_size=12), st.one_of(st.none(), st.integers(-5, 2**64), st.floats(), st.text(max_size=3)),
+       st.booleans(), st.sampled_from(["", " ", "\n\t "]), st.booleans())
+def test_index_read_in_c_agrees_with_json(entries: list[tuple[str, str]], total: object, ascii_only: bool, space: str,
+                                          metadata_first: bool) -> None:
+    from shardscan._core import parse_index
+
+    # json.dumps of a list of pairs keeps repeated keys, which json.loads resolves its own way
+    body = ",".join(f"{json.dumps(k, ensure_ascii=ascii_only)}:{space}{json.dumps(v, ensure_ascii=ascii_only)}" for k, v in entries)
+    meta = f'"metadata":{space}{{"total_size": {json.dumps(total)}, "format": "pt"}}' if total is not None else '"metadata": {}'
+    members = [meta, f'"weight_map":{space}{{{body}}}']
+    raw = (space + "{" + ",".join(members if metadata_first else members[::-1]) + "}" + space).encode()
+    keys, shards, total_size = _json_reading(raw)
+    plain = parse_index(raw)
+    simple_total = total is None or (type(total) is int and 0 <= total < 2**63)
+    if len(set(k for k, _ in entries)) == len(entries) and simple_total:
+        assert plain is not None  # a plain index takes the C path
+    if plain is not None:
+        assert plain.keys == keys
+        assert [plain.shards[i] for i in plain.shard_of] == shards
+        assert plain.total_size == total_size
+        assert len(set(plain.shards)) == len(plain.shards)
+
+
+@pytest.mark.parametrize("raw", [b"", b"[]", b'{"weight_map": []}', b'{"weight_map": {"a": 1}}', b'{"weight_map": {"a": "x"}} x',
+                                 b'\xef\xbb\xbf{"weight_map": {}}', b'{"weight_map": {"a": "x", "a": "y"}}',
+                                 b'{"weight_map": {}, "weight_map": {"a": "x"}}', b'{"metadata": {"total_size": 1.5}, "weight_map": {}}',
+                                 b'{"weight_map": {"\\ud800": "x"}}', b'{"weight_map": {"a": "x"}, "n": NaN}', b'{"metadata": []}'])
+def test_index_read_in_c_leaves_the_rest_to_json(raw: bytes) -> None:
+    from shardscan._core import parse_index
+
+    assert parse_index(raw) is None

@@ -148,22 +148,13 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
         if status not in (lib.SS_OK, lib.SS_E_ST_TRUNCATED):
             raise error_for(status, _message(err), file.path)
         n = listing.count
-        key_offsets = ffi.unpack(listing.key_offsets, n + 1)
-        keys_blob = ffi.buffer(listing.keys, key_offsets[-1])[:]
-        # Sliced by map over slice objects: the loops run in C, not one bytecode step per tensor.
-        key_slices = map(slice, key_offsets[:-1], key_offsets[1:])
-        text = keys_blob.decode()
-        if len(text) == len(keys_blob):  # ASCII: byte offsets are character offsets
-            keys = list(map(text.__getitem__, key_slices))
-        else:
-            keys = list(map(bytes.decode, map(keys_blob.__getitem__, key_slices)))
+        keys = _strings(listing.keys, ffi.unpack(listing.key_offsets, n + 1))
         shape_offsets = ffi.unpack(listing.shape_offsets, n + 1)
         dims = ffi.unpack(listing.dims, shape_offsets[-1])
         shapes = list(map(dims.__getitem__, map(slice, shape_offsets[:-1], shape_offsets[1:])))
         dtypes = list(map(DTYPE_NAMES.__getitem__, ffi.unpack(listing.dtypes, n)))
         meta_offsets = ffi.unpack(listing.metadata_offsets, 2 * listing.metadata_count + 1)
-        meta_blob = ffi.buffer(listing.metadata, meta_offsets[-1])[:]
-        strings = [meta_blob[meta_offsets[i] : meta_offsets[i + 1]].decode() for i in range(2 * listing.metadata_count)]
+        strings = _strings(listing.metadata, meta_offsets)
         return SafetensorsHeader(
             keys=keys,
             dtypes=dtypes,
@@ -176,6 +167,45 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
         )
     finally:
         lib.ss_st_listing_free(listing)
+
+
+def _strings(blob, offsets: list[int]) -> list[str]:
+    """The UTF-8 strings laid end to end in `blob` (a C char*) at `offsets` (count + 1)."""
+    raw = ffi.buffer(blob, offsets[-1])[:]
+    # Sliced by map over slice objects: the loops run in C, not one bytecode step per string.
+    slices = map(slice, offsets[:-1], offsets[1:])
+    text = raw.decode()
+    if len(text) == len(raw):  # ASCII: byte offsets are character offsets
+        return list(map(text.__getitem__, slices))
+    return list(map(bytes.decode, map(raw.__getitem__, slices)))
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """The weight_map of a shard index: each key's shard as a number into `shards`."""
+
+    keys: list[str]
+    shard_of: list[int]
+    shards: list[str]
+    total_size: int | None
+
+
+def parse_index(data: bytes) -> ShardIndex | None:
+    """A plain shard index read in C (see ss_index_parse), or None for anything else: the
+    caller then reads the file with the json module, whose reading is the one that counts."""
+    listing = ffi.new("ss_index_listing *")
+    err = ffi.new("ss_error *")
+    try:
+        if lib.ss_index_parse(ffi.from_buffer(data), len(data), listing, err) != lib.SS_OK:
+            return None
+        return ShardIndex(
+            keys=_strings(listing.keys, ffi.unpack(listing.key_offsets, listing.count + 1)),
+            shard_of=ffi.unpack(listing.shard_of, listing.count),
+            shards=_strings(listing.shards, ffi.unpack(listing.shard_offsets, listing.shard_count + 1)),
+            total_size=listing.total_size if listing.total_size >= 0 else None,
+        )
+    finally:
+        lib.ss_index_listing_free(listing)
 
 
 @dataclass(frozen=True, slots=True)  # one per tensor: no __dict__

@@ -109,7 +109,17 @@ def index_layout(path: Path) -> Layout:
     """The layout an index declares: every key of its `weight_map`, each in its shard.
     `metadata.total_size` is kept for the advisory comparison. Raises ValueError when the
     file is not a shard index (no `weight_map` object of key -> file name)."""
-    data = _read_json(path)
+    from ._core import parse_index
+
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    plain = parse_index(raw)  # the common case in C, one object per key
+    if plain is not None:
+        spec_of = [Spec(file=shard) for shard in plain.shards]  # Specs are frozen: one per shard
+        specs = dict(zip(plain.keys, map(spec_of.__getitem__, plain.shard_of)))
+        return Layout(kind="index", source=f"index {path.name}", specs=specs, files=tuple(sorted(plain.shards)),
+                      total_size=plain.total_size)
+    data = _parse_json(raw, path)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     try:  # checked on the few distinct values, not on every key's
         shards = set(weight_map.values()) if isinstance(weight_map, dict) else None
@@ -117,7 +127,7 @@ def index_layout(path: Path) -> Layout:
         shards = None
     if shards is None or not all(isinstance(v, str) for v in shards):
         raise ValueError(f"{path}: not a shard index (no weight_map of key -> shard file)")
-    spec_of = {shard: Spec(file=shard) for shard in shards}  # Specs are frozen: one per shard
+    spec_of = {shard: Spec(file=shard) for shard in shards}
     metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
     total = metadata.get("total_size")
     return Layout(
@@ -606,12 +616,16 @@ def prefix_candidates() -> list[tuple[str, ...]]:
 
 def _read_json(path: Path) -> Any:
     with open(path, "rb") as handle:
-        try:
-            return json.load(handle)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        except RecursionError:  # json nests by recursion: 100,000 '[' end here
-            raise ValueError(f"{path}: JSON nested too deeply to read") from None
+        return _parse_json(handle.read(), path)
+
+
+def _parse_json(raw: bytes, path: Path) -> Any:
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:  # json nests by recursion: 100,000 '[' end here
+        raise ValueError(f"{path}: JSON nested too deeply to read") from None
 
 
 def classify(path: Path) -> str:
