@@ -102,6 +102,16 @@ def test_debug_env_shows_the_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
+def test_output_through_a_pipe_arrives_whole_with_its_exit_code(tmp_path):
+    # The process ends without the interpreter's teardown: what it printed must still all arrive.
+    save_file({f"layer.{i}.weight": torch.zeros(1) for i in range(3000)}, tmp_path / "model.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes((tmp_path / "model.safetensors").read_bytes()[:-2])
+    proc = run_cli("scan", "-o", "-", str(tmp_path / "model.safetensors"), str(cut))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.count("layer.") == 3000 + 2999  # the cut file's last tensor is gone
+
+
 def test_cli_start_up_imports_no_heavy_modules():
     code = "import sys, shardscan.cli; print(sorted(m for m in ('torch', 'transformers', 'numpy', 'pyarrow') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -170,7 +170,7 @@ def test_dir_shows_the_lazily_loaded_api_without_loading_it():
 
 
 def interrupted_at_import_of(module: str, *args: str) -> subprocess.CompletedProcess:
-    """The console script (`from shardscan.cli import main; main()`) with a real SIGINT
+    """The console script (`from shardscan.cli import run; run()`) with a real SIGINT
     delivered the moment `module` starts loading, as a Ctrl-C at that instant would."""
     code = (
         "import signal, sys\n"
@@ -181,8 +181,8 @@ def interrupted_at_import_of(module: str, *args: str) -> subprocess.CompletedPro
         "            signal.raise_signal(signal.SIGINT)\n"
         "sys.meta_path.insert(0, CtrlC())\n"
         f"sys.argv = ['shardscan', *{list(args)!r}]\n"
-        "from shardscan.cli import main\n"
-        "sys.exit(main())\n"
+        "from shardscan.cli import run\n"
+        "run()\n"
     )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
 

@@ -320,13 +320,14 @@ def _keys_against(layout: Layout, present: Mapping[str, Spec],
 
 
 def _mismatches(layout: Layout, actual: dict[str, Spec], out: dict[tuple[str, str], Mismatch],
-                haves: list[Spec] | None = None) -> None:
-    """Adds shape, dtype and checksum differences (`haves`: the _lookup of `actual`, when the
-    caller has it). A checksum is compared only when both sides have one and shape and dtype
-    agree (a changed dtype changes every byte: one finding is enough)."""
+                haves: list[Spec] | None = None, known: list[str] | None = None) -> None:
+    """Adds shape, dtype and checksum differences (`haves`, `known`: the _lookup of `actual`
+    and the _known_fields of `layout`, when the caller has them). A checksum is compared only
+    when both sides have one and shape and dtype agree (a changed dtype changes every byte:
+    one finding is enough)."""
     # Only the fields the layout knows can differ (an index's: none), and only at keys where
     # they differ at all: both found in bulk, then each candidate judged as before.
-    known = _known_fields(layout)
+    known = _known_fields(layout) if known is None else known
     if not known:
         return
     fields = attrgetter(*known)
@@ -540,8 +541,9 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
         lost, extra = _keys_against(layout, present, haves)
         out.missing |= lost
         out.unexpected |= extra
-        _mismatches(layout, present, out.mismatched, haves)
-        compared_checksums |= "checksum" in _known_fields(layout)
+        known = _known_fields(layout)
+        _mismatches(layout, present, out.mismatched, haves, known)
+        compared_checksums |= "checksum" in known
         out.errors += [FileError(file, error, kind=kind) for file, error, kind in layout.errors]
         out.warnings += layout.warnings
         if layout.kind == "index":

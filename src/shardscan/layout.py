@@ -350,7 +350,7 @@ def _expect_moe_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapp
     experts 0..E-1. Work is per distinct suffix where it can be: an MoE checkpoint has ~100k
     keys but a few thousand suffixes."""
     placeholder = {}
-    for suffix in {s for block in blocks.values() for s in block}:
+    for suffix in set().union(*blocks.values()):
         found = moe.expert_placeholder(suffix) if "experts." in suffix else None
         placeholder[suffix] = found[0] if found else suffix
     fused = {s for s in set(placeholder.values()) | set(plan.tensors) if moe.is_fused_expert(s)}
