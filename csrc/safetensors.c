@@ -549,7 +549,7 @@ static ss_status fill_listing(parser *ps, uint64_t data_start, ss_st_listing *ou
     for (size_t i = 0; i < ps->meta.len; i++) meta_bytes += meta[2 * i + 1];
     out->count = (uint32_t)n;
     out->key_offsets = malloc((n + 1) * sizeof *out->key_offsets);
-    out->keys = malloc(key_bytes + 1);
+    out->keys = malloc(key_bytes + n + 1);
     out->dtypes = malloc(n + 1);
     out->shape_offsets = malloc((n + 1) * sizeof *out->shape_offsets);
     out->dims = malloc((ndims + 1) * sizeof *out->dims);
@@ -567,6 +567,7 @@ static ss_status fill_listing(parser *ps, uint64_t data_start, ss_st_listing *ou
         out->key_offsets[i] = k;
         memcpy(out->keys + k, text + e->key_start, e->key_len);
         k += e->key_len;
+        out->keys[k++] = '\0';
         out->dtypes[i] = e->dtype;
         out->shape_offsets[i] = d;
         memcpy(out->dims + d, dims + e->dims_start, e->ndims * sizeof *dims);
@@ -638,7 +639,7 @@ ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err) {
         while (cut < out->count && out->offsets[cut] + out->nbytes[cut] <= file->size) cut++;
         char label[160] = "";
         if (cut < out->count)
-            ss_quote_name(label, sizeof label, out->keys + out->key_offsets[cut], out->key_offsets[cut + 1] - out->key_offsets[cut]);
+            ss_quote_name(label, sizeof label, out->keys + out->key_offsets[cut], out->key_offsets[cut + 1] - out->key_offsets[cut] - 1);
         s = ss_fail(err, SS_E_ST_TRUNCATED, "truncated: %llu of %llu bytes present; tensor '%s' is cut short",
                     (unsigned long long)file->size, (unsigned long long)data_end, label);
     } else if (!s && data_end < file->size) {
@@ -723,6 +724,7 @@ static ss_status index_entry(index_parser *ix) {
     span key = {(uint32_t)ps->text.len, 0}, shard = {(uint32_t)ix->names.len, 0};
     if ((s = parse_string(ps, &ps->text))) return s;
     key.len = (uint32_t)(ps->text.len - key.start);
+    if (!vec_push(&ps->text, "")) return nomem(ix); /* the NUL that ends it */
     skip_ws(ps);
     if (ps->p >= ps->end || *ps->p != ':') return json_error(ps, "expected ':'");
     ps->p++;
@@ -805,13 +807,13 @@ static ss_status top_member(index_parser *ix) {
     return index_object(ix, metadata_member, "metadata is not an object");
 }
 
-/* Offsets (count + 1) of spans laid end to end in their text. */
-static uint32_t *span_offsets(const vec *spans) {
+/* Offsets (count + 1) of spans laid end to end in their text, each followed by `gap` bytes. */
+static uint32_t *span_offsets(const vec *spans, uint32_t gap) {
     uint32_t *out = malloc((spans->len + 1) * sizeof *out);
     if (!out) return NULL;
     const span *sp = spans->data;
     out[0] = 0;
-    for (size_t i = 0; i < spans->len; i++) out[i + 1] = sp[i].start + sp[i].len;
+    for (size_t i = 0; i < spans->len; i++) out[i + 1] = sp[i].start + sp[i].len + gap;
     return out;
 }
 
@@ -840,8 +842,8 @@ ss_status ss_index_parse(const char *data, size_t len, ss_index_listing *out, ss
     if (!s) {
         out->count = (uint32_t)ix.keys.len;
         out->shard_count = (uint32_t)ix.shards.len;
-        out->key_offsets = span_offsets(&ix.keys);
-        out->shard_offsets = span_offsets(&ix.shards);
+        out->key_offsets = span_offsets(&ix.keys, 1);
+        out->shard_offsets = span_offsets(&ix.shards, 0);
         out->keys = ps->text.data, ps->text.data = NULL;
         out->shards = ix.names.data, ix.names.data = NULL;
         out->shard_of = ix.shard_of.data, ix.shard_of.data = NULL;

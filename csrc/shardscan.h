@@ -148,8 +148,10 @@ typedef struct {
     uint64_t header_len;      /* N, the JSON length; tensor data starts at 8 + N */
     uint64_t data_end;        /* where the tensors say the data ends (8 + N + last end) */
     /* Per tensor, sorted by data offset: */
-    uint32_t *key_offsets;    /* count + 1 entries into keys (Arrow string layout) */
-    char *keys;               /* UTF-8 names, unescaped, concatenated */
+    /* UTF-8 names, unescaped, each followed by a NUL (a name may hold NULs of its own):
+     * name i is keys[key_offsets[i], key_offsets[i + 1] - 1). */
+    uint32_t *key_offsets;    /* count + 1 entries into keys */
+    char *keys;
     uint8_t *dtypes;          /* ss_dtype */
     uint32_t *shape_offsets;  /* count + 1 entries into dims (Arrow list layout) */
     int64_t *dims;
@@ -173,8 +175,8 @@ void ss_st_listing_free(ss_st_listing *listing);
  * names (in order of first appearance), and metadata.total_size (-1 when absent). */
 typedef struct {
     uint32_t count;           /* keys */
-    uint32_t *key_offsets;    /* count + 1 entries into keys */
-    char *keys;               /* UTF-8, unescaped, concatenated */
+    uint32_t *key_offsets;    /* count + 1 entries into keys, laid out as ss_st_listing's */
+    char *keys;
     uint32_t *shard_of;       /* count entries into the shards */
     uint32_t shard_count;
     uint32_t *shard_offsets;  /* shard_count + 1 entries into shards */

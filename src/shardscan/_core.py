@@ -148,7 +148,7 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
         if status not in (lib.SS_OK, lib.SS_E_ST_TRUNCATED):
             raise error_for(status, _message(err), file.path)
         n = listing.count
-        keys = _strings(listing.keys, ffi.unpack(listing.key_offsets, n + 1))
+        keys = _names(listing.keys, ffi.unpack(listing.key_offsets, n + 1))
         shape_offsets = ffi.unpack(listing.shape_offsets, n + 1)
         dims = ffi.unpack(listing.dims, shape_offsets[-1])
         shapes = list(map(dims.__getitem__, map(slice, shape_offsets[:-1], shape_offsets[1:])))
@@ -180,6 +180,17 @@ def _strings(blob, offsets: list[int]) -> list[str]:
     return list(map(bytes.decode, map(raw.__getitem__, slices)))
 
 
+def _names(blob, offsets: list[int]) -> list[str]:
+    """The names of a listing's `keys`: each followed by a NUL, name i ending at offsets[i + 1] - 1."""
+    if len(offsets) == 1:
+        return []
+    raw = ffi.buffer(blob, offsets[-1] - 1)[:]
+    names = raw.decode().split("\0")  # at C speed, unless a name holds a NUL of its own
+    if len(names) == len(offsets) - 1:
+        return names
+    return list(map(bytes.decode, map(raw.__getitem__, map(slice, offsets[:-1], [end - 1 for end in offsets[1:]]))))
+
+
 @dataclass(frozen=True)
 class ShardIndex:
     """The weight_map of a shard index: each key's shard as a number into `shards`."""
@@ -199,7 +210,7 @@ def parse_index(data: bytes) -> ShardIndex | None:
         if lib.ss_index_parse(ffi.from_buffer(data), len(data), listing, err) != lib.SS_OK:
             return None
         return ShardIndex(
-            keys=_strings(listing.keys, ffi.unpack(listing.key_offsets, listing.count + 1)),
+            keys=_names(listing.keys, ffi.unpack(listing.key_offsets, listing.count + 1)),
             shard_of=ffi.unpack(listing.shard_of, listing.count),
             shards=_strings(listing.shards, ffi.unpack(listing.shard_offsets, listing.shard_count + 1)),
             total_size=listing.total_size if listing.total_size >= 0 else None,
