@@ -871,3 +871,39 @@ void ss_index_listing_free(ss_index_listing *listing) {
     memset(listing, 0, sizeof *listing);
     listing->total_size = -1;
 }
+
+ss_status ss_index_compare(const ss_index_listing *index, const char *names, size_t names_len, uint32_t count,
+                           const uint32_t *file_of, uint8_t *index_state, uint32_t *found_file, uint8_t *name_listed,
+                           ss_error *err) {
+    size_t n = index->count;
+    span *spans = malloc((n + 1) * sizeof *spans);
+    name_set set = {0};
+    if (!spans) return ss_fail(err, SS_E_NOMEM, "out of memory");
+    for (size_t k = 0; k < n; k++)
+        spans[k] = (span){index->key_offsets[k], index->key_offsets[k + 1] - index->key_offsets[k] - 1};
+    ss_status s = SS_OK;
+    for (size_t k = 0; k < n && !s; k++) {
+        if (!name_set_reserve(&set, k, index->keys, spans)) s = ss_fail(err, SS_E_NOMEM, "out of memory");
+        else *name_slot(&set, index->keys, spans, index->keys + spans[k].start, spans[k].len) = (uint32_t)(k + 1);
+    }
+    memset(index_state, 0, n);
+    const char *p = names, *end = names + names_len;
+    for (uint32_t i = 0; i < count && !s; i++) {
+        const char *stop = memchr(p, '\0', (size_t)(end - p));
+        if (!stop) stop = end;
+        if (i + 1 < count ? stop == end : stop != end) {
+            s = ss_fail(err, SS_E_ARGUMENT, "%u names expected, separated by NULs", count);
+            break;
+        }
+        uint32_t k = set.size ? *name_slot(&set, index->keys, spans, p, (uint32_t)(stop - p)) : 0;
+        name_listed[i] = k != 0;
+        if (k) {
+            index_state[k - 1] = file_of[i] == index->shard_of[k - 1] ? 1 : 2;
+            found_file[k - 1] = file_of[i];
+        }
+        p = stop + 1;
+    }
+    free(spans);
+    free(set.slots);
+    return s;
+}

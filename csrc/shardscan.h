@@ -192,6 +192,16 @@ typedef struct {
 ss_status ss_index_parse(const char *data, size_t len, ss_index_listing *out, ss_error *err);
 void ss_index_listing_free(ss_index_listing *listing);
 
+/* The index against the `count` names a checkpoint's files hold (`names_len` bytes, separated
+ * by NULs; none may hold one), name i in the file numbered file_of[i] (a shard's number in
+ * the index, or any larger number for a file it does not name). For index key k,
+ * index_state[k] is 0 when no name equals it, 1 when one does in the shard the index names,
+ * 2 when one does in another file, found_file[k] (then set) saying which; name_listed[i] is 1
+ * when the index holds name i. The names must be distinct. */
+ss_status ss_index_compare(const ss_index_listing *index, const char *names, size_t names_len, uint32_t count,
+                           const uint32_t *file_of, uint8_t *index_state, uint32_t *found_file, uint8_t *name_listed,
+                           ss_error *err);
+
 /* ------------------------------------------------------------------------------------------
  * Hashing. A job is the logical bytes of one tensor. The common case is one contiguous run
  * (`file`, `offset`, `nbytes`, with nsegments = 0). Otherwise the job streams `nsegments`

@@ -567,3 +567,37 @@ def test_check_reuses_a_given_scan(qwen: Path) -> None:
     victim.unlink()
     given = scan_paths([str(p) for p in _shards(qwen)], hash=False)  # files named by their full path
     assert check(qwen, hash=False, scan=given).to_dict() | {"elapsed": 0} == check(qwen, hash=False).to_dict() | {"elapsed": 0}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_own_index_measured_in_c_finds_what_the_key_by_key_comparison_finds(qwen: Path, seed: int, monkeypatch) -> None:
+    """An index that lost keys, gained keys no shard holds, misplaces keys and names a shard
+    that is gone: the report is the same whether the core or Python compares it with the scan."""
+    import random
+
+    from shardscan import checker
+
+    rng = random.Random(seed)
+    index_path = qwen / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    weight_map = index["weight_map"]
+    keys, shards = list(weight_map), sorted(set(weight_map.values()))
+    for key in rng.sample(keys, rng.randint(1, 5)):
+        del weight_map[key]  # held by a shard, absent from the index: unexpected
+    for key in rng.sample(list(weight_map), rng.randint(1, 5)):
+        weight_map[key] = rng.choice([shard for shard in shards if shard != weight_map[key]])  # misplaced
+    for i in range(rng.randint(1, 3)):
+        weight_map[f"model.layers.{i}.ghost{'é' * (seed % 2)}.weight"] = rng.choice(shards)  # in no shard: missing
+    if seed % 3 == 0:
+        weight_map[keys[-1]] = "model-00099-of-00099.safetensors"  # a shard that is not there
+    index_path.write_text(json.dumps(index, ensure_ascii=seed % 2 == 0))
+    used = []
+    real = checker._index_in_c
+    monkeypatch.setattr(checker, "_index_in_c", lambda *a: used.append(real(*a)) or used[-1])
+    in_c = check(qwen, hash=False).to_dict()
+    assert used and used[0] is not None  # the core did measure it
+    monkeypatch.setattr(checker, "_index_in_c", lambda *a: None)
+    key_by_key = check(qwen, hash=False).to_dict()
+    in_c.pop("elapsed"), key_by_key.pop("elapsed")
+    assert in_c == key_by_key
+    assert in_c["missing"] and in_c["unexpected"] and any("but they are in" in e["error"] for e in in_c["errors"])

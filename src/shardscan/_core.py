@@ -191,14 +191,45 @@ def _names(blob, offsets: list[int]) -> list[str]:
     return list(map(bytes.decode, map(raw.__getitem__, map(slice, offsets[:-1], [end - 1 for end in offsets[1:]]))))
 
 
-@dataclass(frozen=True)
 class ShardIndex:
-    """The weight_map of a shard index: each key's shard as a number into `shards`."""
+    """A plain shard index held by the core (see ss_index_parse): its shards, each key's shard
+    as a number into them, and total_size. The keys become Python strings only when asked
+    for: compare() measures a checkpoint's names against them in C."""
 
-    keys: list[str]
-    shard_of: list[int]
-    shards: list[str]
-    total_size: int | None
+    def __init__(self, listing) -> None:
+        self._listing = ffi.gc(listing, lib.ss_index_listing_free)
+        self._offsets = ffi.unpack(listing.key_offsets, listing.count + 1)
+        self.shards = _strings(listing.shards, ffi.unpack(listing.shard_offsets, listing.shard_count + 1))
+        self.shard_of: list[int] = ffi.unpack(listing.shard_of, listing.count)
+        self.total_size = listing.total_size if listing.total_size >= 0 else None
+
+    def __len__(self) -> int:
+        return len(self.shard_of)
+
+    @property
+    def keys(self) -> list[str]:
+        return _names(self._listing.keys, self._offsets)
+
+    def key(self, k: int) -> str:
+        start, end = self._offsets[k], self._offsets[k + 1] - 1
+        return ffi.buffer(self._listing.keys + start, end - start)[:].decode()
+
+    def compare(self, names: list[str], file_of: list[int]) -> tuple[bytes, list[int], bytes] | None:
+        """(state of each index key: 0 no name equals it, 1 one does in its shard, 2 one does in
+        another file; that file's number for each key of state 2; whether the index holds each
+        name) for distinct `names`, name i in the file numbered file_of[i] (as shards, or
+        larger). None when a name holds a NUL, which the core's separator cannot carry."""
+        blob = "\0".join(names).encode() + b"\0"
+        if blob.count(b"\0") != len(names) + (not names):
+            return None
+        n = len(self.shard_of)
+        state, found, listed = ffi.new("uint8_t[]", n or 1), ffi.new("uint32_t[]", n or 1), ffi.new("uint8_t[]", len(names) or 1)
+        err = ffi.new("ss_error *")
+        status = lib.ss_index_compare(self._listing, ffi.from_buffer(blob), len(blob) - 1, len(names),
+                                      ffi.new("uint32_t[]", file_of or [0]), state, found, listed, err)
+        if status != lib.SS_OK:
+            raise error_for(status, _message(err), None)
+        return ffi.buffer(state, n)[:], ffi.unpack(found, n), ffi.buffer(listed, len(names))[:]
 
 
 def parse_index(data: bytes) -> ShardIndex | None:
@@ -206,17 +237,10 @@ def parse_index(data: bytes) -> ShardIndex | None:
     caller then reads the file with the json module, whose reading is the one that counts."""
     listing = ffi.new("ss_index_listing *")
     err = ffi.new("ss_error *")
-    try:
-        if lib.ss_index_parse(ffi.from_buffer(data), len(data), listing, err) != lib.SS_OK:
-            return None
-        return ShardIndex(
-            keys=_names(listing.keys, ffi.unpack(listing.key_offsets, listing.count + 1)),
-            shard_of=ffi.unpack(listing.shard_of, listing.count),
-            shards=_strings(listing.shards, ffi.unpack(listing.shard_offsets, listing.shard_count + 1)),
-            total_size=listing.total_size if listing.total_size >= 0 else None,
-        )
-    finally:
+    if lib.ss_index_parse(ffi.from_buffer(data), len(data), listing, err) != lib.SS_OK:
         lib.ss_index_listing_free(listing)
+        return None
+    return ShardIndex(listing)
 
 
 @dataclass(frozen=True, slots=True)  # one per tensor: no __dict__

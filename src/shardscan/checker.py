@@ -232,7 +232,8 @@ def _collect_file(actual: _Actual, columns, start: int, end: int, name: str) -> 
 
 def _any(values: list) -> bool:
     """Whether a value column holds anything but None and False (the values of no finding)."""
-    return values.count(None) + values.count(0) != len(values)  # 0 == False: counted once
+    nones = values.count(None)  # by identity, so fast: an unhashed column is all None
+    return nones != len(values) and nones + values.count(0) != len(values)  # 0 == False: counted once
 
 
 def _collect_row_by_row(actual: _Actual, columns, rows: Iterable[int], name_of: Callable[[str], str],
@@ -345,23 +346,9 @@ def _mismatches(layout: Layout, actual: dict[str, Spec], out: dict[tuple[str, st
             out.setdefault((key, "checksum"), Mismatch(key, "checksum", want.checksum, have.checksum))
 
 
-def _index_findings(layout: Layout, actual: _Actual, haves: list[Spec], directory: Path, index_name: str,
-                    whole_directory: bool) -> tuple[list[FileError], list[str]]:
-    """What only an index can be wrong about: shards it names that are absent, gaps in a
-    `-0000i-of-0000N` series, keys found in a shard other than the one it names, and a
-    `metadata.total_size` that disagrees with the tensors' bytes (a warning)."""
-    errors: list[FileError] = []
-    warnings: list[str] = []
-    on_disk = {p.name for p in directory.iterdir()}
-    absent = [name for name in layout.files if name not in on_disk]
-    for name in absent:
-        count = sum(1 for spec in layout.specs.values() if spec.file == name)
-        errors.append(FileError(name, f"absent: {index_name} maps {count} tensors to it", kind="absent"))
-    # a single file checked alone says nothing about its neighbours' series
-    named_or_present = set(layout.files) | {n for n in on_disk if formats.is_tensor_file_name(n)}
-    for name, series in layouts.series_gaps(named_or_present) if whole_directory else ():
-        if name not in absent:
-            errors.append(FileError(name, f"absent: the series {series} has a gap here", kind="absent"))
+def _moved(layout: Layout, actual: _Actual, haves: list[Spec], whole_directory: bool) -> dict[tuple[str, str], list[str]]:
+    """(shard the index names, file the key is in) -> keys, in the index's order, of every
+    key found in another file than its index says (`haves`: the _lookup of actual.specs)."""
     # a file checked alone is named as given; the index names it relative to its directory
     found_in = list(map(_FILE, haves))
     if not whole_directory:
@@ -370,8 +357,67 @@ def _index_findings(layout: Layout, actual: _Actual, haves: list[Spec], director
     named_in = list(map(_FILE, layout.specs.values()))
     moved: dict[tuple[str, str], list[str]] = {}
     for key, named, found in compress(zip(layout.specs, named_in, found_in), map(ne, named_in, found_in)):
-        if named is not None and key in actual.specs:  # in the index's order
+        if named is not None and key in actual.specs:
             moved.setdefault((named, found or "?"), []).append(key)
+    return moved
+
+
+def _index_in_c(layout: Layout, actual: _Actual) -> tuple[set[str], set[str], dict[tuple[str, str], list[str]]] | None:
+    """(missing, unexpected, moved) of the checkpoint's weights against an index the core
+    holds, measured in C without a Python object per index key: what _keys_against and _moved
+    find for an index (no ties, no ignore patterns, complete), for a whole directory. None
+    when the core cannot (no index held, or a key holding a NUL)."""
+    index = layout.index if isinstance(layout, layouts.IndexLayout) else None
+    if index is None:
+        return None
+    number = {shard: i for i, shard in enumerate(index.shards)}
+    for file in actual.bytes_by_file:  # every file a Spec names
+        number.setdefault(file, len(number))
+    names = list(number)
+    keys = list(actual.specs)
+    compared = index.compare(keys, list(map(number.__getitem__, map(_FILE, actual.specs.values()))))
+    if compared is None:
+        return None
+    state, found_in, listed = compared
+    missing = {index.key(k) for k in _positions(state, 0)}
+    unexpected = {keys[i] for i in _positions(listed, 0)}
+    moved: dict[tuple[str, str], list[str]] = {}
+    for k in _positions(state, 2):  # in the index's order
+        moved.setdefault((index.shards[index.shard_of[k]], names[found_in[k]] or "?"), []).append(index.key(k))
+    return missing, unexpected, moved
+
+
+def _positions(values: bytes, value: int) -> list[int]:
+    """Where `value` occurs in `values`, found by bytes.find (C) rather than a Python loop."""
+    out, at = [], values.find(value)
+    while at >= 0:
+        out.append(at)
+        at = values.find(value, at + 1)
+    return out
+
+
+def _index_findings(layout: Layout, actual: _Actual, moved: dict[tuple[str, str], list[str]], directory: Path,
+                    index_name: str, whole_directory: bool) -> tuple[list[FileError], list[str]]:
+    """What only an index can be wrong about: shards it names that are absent, gaps in a
+    `-0000i-of-0000N` series, keys found in a shard other than the one it names (`moved`:
+    (named, found in) -> keys), and a `metadata.total_size` that disagrees with the tensors'
+    bytes (a warning)."""
+    errors: list[FileError] = []
+    warnings: list[str] = []
+    on_disk = {p.name for p in directory.iterdir()}
+    absent = [name for name in layout.files if name not in on_disk]
+    index = layout.index if isinstance(layout, layouts.IndexLayout) else None
+    for name in absent:
+        if index is not None:
+            count = index.shard_of.count(index.shards.index(name))
+        else:
+            count = sum(1 for spec in layout.specs.values() if spec.file == name)
+        errors.append(FileError(name, f"absent: {index_name} maps {count} tensors to it", kind="absent"))
+    # a single file checked alone says nothing about its neighbours' series
+    named_or_present = set(layout.files) | {n for n in on_disk if formats.is_tensor_file_name(n)}
+    for name, series in layouts.series_gaps(named_or_present) if whole_directory else ():
+        if name not in absent:
+            errors.append(FileError(name, f"absent: the series {series} has a gap here", kind="absent"))
     for (named, found), keys in sorted(moved.items()):
         errors.append(FileError(
             index_name, f"maps {len(keys)} tensors to {named} but they are in {found}: {', '.join(families(keys))}",
@@ -537,18 +583,25 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
         layout = _strip_layout(raw, prefixes)
         # A manifest covers the whole resume set; every other layout describes the weights.
         present = everything if layout.kind == "manifest" else weights
-        haves = _lookup(layout, present)
-        lost, extra = _keys_against(layout, present, haves)
+        # The checkpoint's own index, unprefixed, is measured in C; an index has no fields to compare.
+        in_c = _index_in_c(raw, actual) if layout is raw and present is actual.specs and root.is_dir() else None
+        if in_c is None:
+            haves = _lookup(layout, present)
+            lost, extra = _keys_against(layout, present, haves)
+            known = _known_fields(layout)
+            _mismatches(layout, present, out.mismatched, haves, known)
+            compared_checksums |= "checksum" in known
+        else:
+            lost, extra, moved = in_c
         out.missing |= lost
         out.unexpected |= extra
-        known = _known_fields(layout)
-        _mismatches(layout, present, out.mismatched, haves, known)
-        compared_checksums |= "checksum" in known
         out.errors += [FileError(file, error, kind=kind) for file, error, kind in layout.errors]
         out.warnings += layout.warnings
         if layout.kind == "index":
-            own = haves if layout is raw and present is actual.specs else _lookup(raw, actual.specs)
-            index_errors, index_warnings = _index_findings(raw, actual, own, root if root.is_dir() else root.parent,
+            if in_c is None:
+                own = haves if layout is raw and present is actual.specs else _lookup(raw, actual.specs)
+                moved = _moved(raw, actual, own, root.is_dir())
+            index_errors, index_warnings = _index_findings(raw, actual, moved, root if root.is_dir() else root.parent,
                                                            raw.source.removeprefix("index "), root.is_dir())
             out.errors += index_errors
             out.warnings += index_warnings

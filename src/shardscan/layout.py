@@ -27,9 +27,12 @@ from dataclasses import dataclass, field
 from itertools import groupby, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from . import moe
+
+if TYPE_CHECKING:
+    from ._core import ShardIndex
 
 #: The manifest `check` uses automatically when it lies inside the checkpoint directory.
 MANIFEST_NAME = "shardscan.manifest.parquet"
@@ -113,12 +116,9 @@ def index_layout(path: Path) -> Layout:
 
     with open(path, "rb") as handle:
         raw = handle.read()
-    plain = parse_index(raw)  # the common case in C, one object per key
+    plain = parse_index(raw)  # the common case in C
     if plain is not None:
-        spec_of = [Spec(file=shard) for shard in plain.shards]  # Specs are frozen: one per shard
-        specs = dict(zip(plain.keys, map(spec_of.__getitem__, plain.shard_of)))
-        return Layout(kind="index", source=f"index {path.name}", specs=specs, files=tuple(sorted(plain.shards)),
-                      total_size=plain.total_size)
+        return IndexLayout(path.name, plain)
     data = _parse_json(raw, path)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     try:  # checked on the few distinct values, not on every key's
@@ -137,6 +137,31 @@ def index_layout(path: Path) -> Layout:
         files=tuple(sorted(shards)),
         total_size=int(total) if isinstance(total, (int, float)) and not isinstance(total, bool) else None,
     )
+
+
+class IndexLayout(Layout):
+    """An index the core read (a plain one: see ss_index_parse). Its `specs`, one Python object
+    per key, are made on first use; `check` measures the checkpoint's own scan against
+    `index` in C instead and never needs them. Setting `specs` drops `index`."""
+
+    def __init__(self, name: str, index: ShardIndex) -> None:
+        self.index: ShardIndex | None = index
+        super().__init__(kind="index", source=f"index {name}", specs=None, files=tuple(sorted(index.shards)),  # type: ignore[arg-type]
+                         total_size=index.total_size)
+
+    @property  # type: ignore[override]
+    def specs(self) -> dict[str, Spec]:
+        if self._specs is None:
+            assert self.index is not None, "an IndexLayout holds its index or its specs"
+            spec_of = [Spec(file=shard) for shard in self.index.shards]  # Specs are frozen: one per shard
+            self._specs = dict(zip(self.index.keys, map(spec_of.__getitem__, self.index.shard_of)))
+        return self._specs
+
+    @specs.setter
+    def specs(self, specs: dict[str, Spec] | None) -> None:
+        if specs is not None:
+            self.index = None
+        self._specs = specs
 
 
 def series_gaps(names: Iterable[str]) -> list[tuple[str, str]]:
