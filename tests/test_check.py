@@ -601,3 +601,18 @@ def test_own_index_measured_in_c_finds_what_the_key_by_key_comparison_finds(qwen
     in_c.pop("elapsed"), key_by_key.pop("elapsed")
     assert in_c == key_by_key
     assert in_c["missing"] and in_c["unexpected"] and any("but they are in" in e["error"] for e in in_c["errors"])
+
+
+@pytest.mark.parametrize("name", ["qwen2-cut", "gpt2-cut", "llama-cut"])
+def test_blocks_measured_block_by_block_find_what_the_key_by_key_comparison_finds(built: dict[str, Path], name: str,
+                                                                                  monkeypatch) -> None:
+    """Dense models whose last layers an interrupted run lost: config.json's structural layout
+    finds the same whether measured block by block or key by key."""
+    from shardscan.layout import BlockLayout
+
+    by_block = check(built[name], hash=False).to_dict()
+    monkeypatch.setattr(BlockLayout, "block_findings", lambda self: None)
+    key_by_key = check(built[name], hash=False).to_dict()
+    by_block.pop("elapsed"), key_by_key.pop("elapsed")
+    assert by_block == key_by_key
+    assert by_block["missing"] and all(re.match(MODELS[name[:-4]][1], key) for key in by_block["missing"])

@@ -422,3 +422,43 @@ def test_encoder_decoder_moe_checks_clean(family: str, tmp_path: Path) -> None:
     t.AutoModelForSeq2SeqLM.from_config(config).save_pretrained(tmp_path, max_shard_size="30KB")
     report = shardscan.check(tmp_path, hash=False)
     assert report.ok, render_report(report)
+
+
+@pytest.mark.parametrize("family", FAMILIES + OTHERS)
+def test_blocks_measured_block_by_block_find_what_the_key_by_key_comparison_finds(
+        saved: Callable[[str], Saved], family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Experts lost from one layer, a whole layer lost, a tensor of another shape and a layer
+    past num_hidden_layers: the same report whether the structural layout is measured block by
+    block or expanded to every key and compared one by one."""
+    s = saved(family)
+    path = s.copy(tmp_path / family)
+    first, last = s.moe_layers[0], LAYERS - 1
+    resized: list[str] = []
+    common = "mamba" if family == "jamba" else "attn"  # a tensor other blocks of its kind hold too
+
+    def damage(key: str, tensor: Any) -> Any:
+        if not key.startswith("model.layers."):
+            return tensor
+        if layer_of(key) == first and f".experts.{s.experts - 1}." in key or layer_of(key) == last:
+            return None
+        if not resized and tensor.dim() == 2 and common in key and layer_of(key) not in (first, last):
+            resized.append(key)
+            return torch.zeros(tensor.shape[0], tensor.shape[1] + 1, dtype=tensor.dtype)
+        return tensor
+
+    rewrite(path, damage)
+    shard = next(iter(sorted(path.glob("*.safetensors"))))
+    deeper = load_file(shard)
+    deeper[f"model.layers.{LAYERS + 3}.input_layernorm.weight"] = torch.ones(4)
+    save_file(deeper, shard, metadata={"format": "pt"})
+    used = []
+    real = layout.BlockLayout.block_findings
+    monkeypatch.setattr(layout.BlockLayout, "block_findings", lambda self: used.append(real(self)) or used[-1])
+    by_block = shardscan.check(path, hash=False).to_dict()
+    assert used and used[0] is not None  # the blocks were measured as blocks
+    monkeypatch.setattr(layout.BlockLayout, "block_findings", lambda self: None)
+    key_by_key = shardscan.check(path, hash=False).to_dict()
+    by_block.pop("elapsed"), key_by_key.pop("elapsed")
+    assert by_block == key_by_key
+    # (with two blocks of a kind, the resized tensor may be the one that sets the shape)
+    assert by_block["missing"] and by_block["unexpected"] and by_block["mismatched"] and resized

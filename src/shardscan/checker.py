@@ -583,16 +583,24 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
         layout = _strip_layout(raw, prefixes)
         # A manifest covers the whole resume set; every other layout describes the weights.
         present = everything if layout.kind == "manifest" else weights
-        # The checkpoint's own index, unprefixed, is measured in C; an index has no fields to compare.
-        in_c = _index_in_c(raw, actual) if layout is raw and present is actual.specs and root.is_dir() else None
-        if in_c is None:
+        # Unprefixed, the checkpoint's own index is measured in C and a config's blocks block by
+        # block (neither has fields but shapes to compare); any other layout key by key.
+        own = layout is raw and present is actual.specs
+        in_c = _index_in_c(raw, actual) if own and root.is_dir() else None
+        by_block = raw.block_findings() if own and isinstance(raw, layouts.BlockLayout) else None
+        if in_c is not None:
+            lost, extra, moved = in_c
+        elif by_block is not None:
+            lost, changed = by_block
+            extra = {k for k in layout.extra if k in present}
+            for key, want, have in changed:
+                out.mismatched.setdefault((key, "shape"), Mismatch(key, "shape", want, have))
+        else:
             haves = _lookup(layout, present)
             lost, extra = _keys_against(layout, present, haves)
             known = _known_fields(layout)
             _mismatches(layout, present, out.mismatched, haves, known)
             compared_checksums |= "checksum" in known
-        else:
-            lost, extra, moved = in_c
         out.missing |= lost
         out.unexpected |= extra
         out.errors += [FileError(file, error, kind=kind) for file, error, kind in layout.errors]

@@ -24,8 +24,8 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import groupby, repeat
-from operator import itemgetter
+from itertools import groupby
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -57,6 +57,7 @@ _BLOCK_KEY = re.compile(r"((?:[^.]*\.)*?(?:%s))\.([0-9]+)\.(.*)" % "|".join(_BLO
 _BLOCK_LINES = re.compile(r"^(?:((?:[^.\n]*\.)*?(?:%s)\.[0-9]+)\.(.*)|.*)$" % "|".join(_BLOCK_CONTAINERS), re.M)
 
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
+_SHAPE = attrgetter("shape")
 
 _SERIES = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})(?P<ext>\.[^.]+)$")
 
@@ -305,7 +306,7 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int,
     blocks hold no experts (expert tensors there are unexpected); and the multi-token-
     prediction blocks N.. are allowed, whole when present, never required."""
     count = layer_count(config)
-    layout = Layout(kind="config", source=f"{source} (structural)", specs={}, complete=False)
+    layout = BlockLayout(f"{source} (structural)")
     if count is None:
         layout.warnings.append(f"{source}: no num_hidden_layers (or n_layer, num_layers): no structural check")
         return layout
@@ -313,22 +314,79 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int,
     # Keys come block by block: Python runs once per run of consecutive keys of one block.
     pairs = _block_pairs(list(actual))
     runs = groupby(zip(map(_FIRST, pairs), zip(map(_SECOND, pairs), actual.values())), key=_FIRST)
+    canonical = True  # every block number written as str(int) writes it ("3", never "03")
     for head, run in runs:
         if head:
             container, _, number = head.rpartition(".")
-            by_container.setdefault(container, {}).setdefault(int(number), {}).update(map(_SECOND, run))
+            block = int(number)
+            canonical = canonical and str(block) == number
+            by_container.setdefault(container, {}).setdefault(block, {}).update(map(_SECOND, run))
     if not by_container:
         if count:
             layout.warnings.append(f"{source}: num_hidden_layers = {count} but no numbered blocks (layers.N, h.N) found")
         return layout
     container = max(by_container, key=lambda c: (sum(len(b) for b in by_container[c].values()), c))
     blocks = by_container[container]
+    layout.container = container
+    layout.blocks = blocks if canonical else None
     plan = moe.moe_plan(config, count)
     if plan is None:
         _expect_blocks(layout, container, blocks, count)
     else:
         _expect_moe_blocks(layout, container, blocks, plan)
     return layout
+
+
+class BlockLayout(Layout):
+    """The structural layout of a config: `container`.i.suffix for each block i and each suffix
+    of `expected[i]` (dicts of suffix -> Spec, shared by blocks that expect the same). `specs`,
+    one key string per tensor, is made on first use. `blocks` (block -> suffix -> shape, as
+    found in the checkpoint it was built from, or None when block numbers are not canonical)
+    lets `check` measure that checkpoint block by block instead (block_findings)."""
+
+    def __init__(self, source: str) -> None:
+        self.container = ""
+        self.expected: dict[int, dict[str, Spec]] = {}
+        self.blocks: dict[int, dict[str, tuple[int, ...] | None]] | None = None
+        super().__init__(kind="config", source=source, specs=None, complete=False)  # type: ignore[arg-type]
+
+    @property  # type: ignore[override]
+    def specs(self) -> dict[str, Spec]:
+        if self._specs is None:
+            self._specs = {}
+            for i, suffixes in self.expected.items():
+                prefix = f"{self.container}.{i}."
+                self._specs.update(zip(map(prefix.__add__, suffixes), suffixes.values()))
+        return self._specs
+
+    @specs.setter
+    def specs(self, specs: dict[str, Spec] | None) -> None:
+        if specs is not None:
+            self.blocks = None
+        self._specs = specs
+
+    def block_findings(self) -> tuple[set[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]] | None:
+        """(expected keys absent, (key, expected shape, shape) of each tensor whose shape
+        differs) in the checkpoint the layout was built from, worked out a block at a time: set
+        operations over each block's suffixes, strings only for what they find. None when the
+        blocks were not kept."""
+        if self.blocks is None:
+            return None
+        missing: set[str] = set()
+        changed = []
+        shapes_of: dict[int, dict[str, tuple[int, ...] | None]] = {}  # by id of a shared expected dict
+        for i, want in self.expected.items():
+            have = self.blocks.get(i, {})
+            prefix = f"{self.container}.{i}."
+            missing.update(map(prefix.__add__, want.keys() - have.keys()))
+            shapes = shapes_of.get(id(want))
+            if shapes is None:
+                shapes = shapes_of[id(want)] = dict(zip(want, map(_SHAPE, want.values())))
+            for suffix, shape in have.items() - shapes.items():  # what differs, and what is not expected
+                spec = want.get(suffix)
+                if spec is not None and spec.shape is not None and shape is not None:
+                    changed.append((prefix + suffix, spec.shape, shape))
+        return missing, changed
 
 
 def _block_pairs(keys: list[str]) -> list[tuple[str, str]]:
@@ -360,15 +418,18 @@ def _majority_specs(blocks: Iterable[Mapping[str, tuple[int, ...] | None]],
     return {suffix: Spec(shape=rank[2]) for suffix, rank in best.items()}
 
 
-def _expect_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapping[str, Any]], count: int) -> None:
+def _expect_blocks(layout: BlockLayout, container: str, blocks: Mapping[int, Mapping[str, Any]], count: int) -> None:
     spec_of = _majority_specs(blocks.values())
+    shared: dict[frozenset[str], dict[str, Spec]] = {}
     for i, suffixes in block_suffixes(blocks, count).items():
-        layout.specs.update((f"{container}.{i}.{suffix}", spec_of[suffix]) for suffix in suffixes)
+        if suffixes not in shared:
+            shared[suffixes] = {suffix: spec_of[suffix] for suffix in suffixes}
+        layout.expected[i] = shared[suffixes]
     # blocks the config does not have: a checkpoint of a deeper model, or a wrong config
     layout.extra = {f"{container}.{i}.{suffix}" for i, block in blocks.items() if i >= count for suffix in block}
 
 
-def _expect_moe_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapping[str, Any]], plan: moe.MoePlan) -> None:
+def _expect_moe_blocks(layout: BlockLayout, container: str, blocks: Mapping[int, Mapping[str, Any]], plan: moe.MoePlan) -> None:
     """The structural layout of an MoE config (see structural_layout). Per-expert tensors are
     compared as one placeholder suffix (mlp.experts.*.w1.weight), so a block's signature does
     not depend on which of its experts are there; each placeholder is then expanded to
@@ -390,22 +451,22 @@ def _expect_moe_blocks(layout: Layout, container: str, blocks: Mapping[int, Mapp
     moe_suffixes = {s for i, sig in signatures.items() if kinds[i] == moe.MOE for s in sig}
     expert_suffixes = {s for s in moe_suffixes if "*" in s}
     declared = _declared_moe_tensors(layout, container, plan, moe_suffixes)
-    expanded: dict[str, list[str]] = {}  # placeholder suffix -> its suffix for every expert
+    shared: dict[frozenset[str], dict[str, Spec]] = {}  # placeholder suffixes -> every expert's
     for i, suffixes in block_suffixes(signatures, len(plan.kinds), kinds).items():
         kind = kinds[i]
         if kind == moe.DENSE:
-            suffixes = {s for s in suffixes if "*" not in s and s not in fused}
+            suffixes = frozenset(s for s in suffixes if "*" not in s and s not in fused)
         elif kind == moe.MOE:
-            suffixes = set(suffixes) | declared | (expert_suffixes if plan.explicit else set())
-        prefix = f"{container}.{i}."
-        for suffix in suffixes:
-            if "*" not in suffix:
-                layout.specs[prefix + suffix] = spec_of.get(suffix) or Spec()
-                continue
-            if suffix not in expanded:
-                expanded[suffix] = [suffix.replace("*", str(e), 1) for e in range(plan.experts)]
-            spec = spec_of.get(suffix) or Spec()
-            layout.specs.update(zip(map(prefix.__add__, expanded[suffix]), repeat(spec)))
+            suffixes = suffixes | declared | (expert_suffixes if plan.explicit else set())
+        if suffixes not in shared:
+            expected = shared[suffixes] = {}
+            for suffix in suffixes:
+                spec = spec_of.get(suffix) or Spec()
+                if "*" not in suffix:
+                    expected[suffix] = spec
+                else:
+                    expected.update((suffix.replace("*", str(e), 1), spec) for e in range(plan.experts))
+        layout.expected[i] = shared[suffixes]
     for i, block in blocks.items():
         kind = kinds[i]
         if kind is None:  # beyond the blocks and MTP blocks the config declares
