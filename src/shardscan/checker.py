@@ -164,10 +164,6 @@ _SHAPE = attrgetter("shape")
 _ABSENT = Spec()  # stands in for a key a side lacks: every field None
 
 
-def _shapes(specs: Mapping[str, Spec]) -> dict[str, tuple[int, ...] | None]:
-    return dict(zip(specs, map(_SHAPE, specs.values())))
-
-
 def _qualifier(file: str, role: str) -> Callable[[str], str]:
     """How keys of a file of this role are named in findings: weights by their own key, other
     files' tensors under the file ("optimizer.pt:state.0.exp_avg"), since their keys repeat."""
@@ -453,7 +449,7 @@ def _prefix_note(layout: Layout, present: dict[str, Spec], base: tuple[set[str],
 
 
 def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: CheckOptions,
-          actual_shapes: Callable[[], dict[str, tuple[int, ...] | None]],
+          actual_specs: Callable[[], dict[str, Spec]],
           errors: list[FileError]) -> tuple[list[Layout], list[str]]:
     """The layouts to check against and notes on how they were chosen (see the module doc):
     without `against`, what the checkpoint declares (its indexes, manifest and config.json);
@@ -483,7 +479,7 @@ def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: 
             found.append(_named_layout(kind, against, root, options))
     if config is not None:
         try:
-            layout, note = _config_layout(*config, options, actual_shapes)
+            layout, note = _config_layout(*config, options, actual_specs)
         except ValueError as exc:
             if config[1]:
                 raise  # named by --against: a usage error
@@ -527,14 +523,14 @@ def _named_layout(kind: str, against: Path, root: Path, options: CheckOptions) -
 
 
 def _config_layout(config_path: Path, named: bool, options: CheckOptions,
-                   actual_shapes: Callable[[], dict[str, tuple[int, ...] | None]]) -> tuple[Layout, str | None]:
+                   actual_specs: Callable[[], dict[str, Spec]]) -> tuple[Layout, str | None]:
     """The layout a config.json declares: built by transformers when options.hf asks for it
     (None: when the config was named by `against`) and it can, else the structural check.
     Returns the layout and a note when transformers was wanted but not used."""
     config = layouts.read_config(config_path)
     use_hf = options.hf if options.hf is not None else named
     if not use_hf:
-        return layouts.structural_layout(config, actual_shapes(), config_path.name), None
+        return layouts.structural_layout(config, actual_specs(), config_path.name, shape_of=_SHAPE), None
     note = None
     if not layouts.transformers_available():
         if options.hf:
@@ -547,7 +543,7 @@ def _config_layout(config_path: Path, named: bool, options: CheckOptions,
             if options.hf and not isinstance(exc, layouts.RenamedOnLoad):
                 raise
             note = f"transformers could not build the model of {config_path.name} ({exc}): structural check only"
-    return layouts.structural_layout(config, actual_shapes(), config_path.name), note
+    return layouts.structural_layout(config, actual_specs(), config_path.name, shape_of=_SHAPE), note
 
 
 def _reference_layout(path: Path, options: CheckOptions) -> Layout:
@@ -688,7 +684,7 @@ def check(
     actual = _scan(root, options, index_shards=[name for index in own_indexes for name in index.files], given=scan)
     actual.errors += index_errors
     found, notes = _plan(root, against_path, own_indexes, options,
-                         lambda: _shapes(_strip_specs(actual.specs, options.strip_prefix)),
+                         lambda: _strip_specs(actual.specs, options.strip_prefix),
                          actual.errors)
     findings = _compare(found, actual, root, os.fspath(path), options)
     _published_digests(root, actual, findings, options)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from . import moe
 
@@ -290,10 +290,12 @@ def layer_count(config: Mapping[str, Any]) -> int | None:
     return None
 
 
-def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int, ...] | None], source: str) -> Layout:
+def structural_layout(config: Mapping[str, Any], actual: Mapping[str, Any], source: str, *,
+                      shape_of: Callable[[Any], tuple[int, ...] | None] | None = None) -> Layout:
     """Level (a), standard library only: with `num_hidden_layers` = N, every block 0..N-1 of
     the model's block container must carry the same tensor suffixes, with the same shapes,
-    as the blocks present. `actual` maps the checkpoint's keys to their shapes.
+    as the blocks present. `actual` maps the checkpoint's keys to their shapes, or to values
+    `shape_of` reads the shape from (a Spec's attrgetter("shape")).
 
     The block container is the one named like a block list (layers, h, blocks, ...) that
     holds the most keys; its expected keys are every present suffix at every index, each
@@ -313,7 +315,8 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, tuple[int,
     by_container: dict[str, dict[int, dict[str, tuple[int, ...] | None]]] = {}
     # Keys come block by block: Python runs once per run of consecutive keys of one block.
     pairs = _block_pairs(list(actual))
-    runs = groupby(zip(map(_FIRST, pairs), zip(map(_SECOND, pairs), actual.values())), key=_FIRST)
+    shapes = actual.values() if shape_of is None else map(shape_of, actual.values())
+    runs = groupby(zip(map(_FIRST, pairs), zip(map(_SECOND, pairs), shapes)), key=_FIRST)
     canonical = True  # every block number written as str(int) writes it ("3", never "03")
     for head, run in runs:
         if head:
@@ -377,11 +380,13 @@ class BlockLayout(Layout):
         shapes_of: dict[int, dict[str, tuple[int, ...] | None]] = {}  # by id of a shared expected dict
         for i, want in self.expected.items():
             have = self.blocks.get(i, {})
-            prefix = f"{self.container}.{i}."
-            missing.update(map(prefix.__add__, want.keys() - have.keys()))
             shapes = shapes_of.get(id(want))
             if shapes is None:
                 shapes = shapes_of[id(want)] = dict(zip(want, map(_SHAPE, want.values())))
+            if have == shapes:  # the block as expected (compared in C, nothing made): the common case
+                continue
+            prefix = f"{self.container}.{i}."
+            missing.update(map(prefix.__add__, want.keys() - have.keys()))
             for suffix, shape in have.items() - shapes.items():  # what differs, and what is not expected
                 spec = want.get(suffix)
                 if spec is not None and spec.shape is not None and shape is not None:
