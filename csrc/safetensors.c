@@ -262,9 +262,11 @@ static int parse_uint(parser *ps, uint64_t *out, ss_status *status) {
     return *status ? -1 : 0;
 }
 
-static int key_is(const vec *text, size_t start, const char *word) {
-    size_t n = strlen(word);
-    return text->len - start == n && memcmp((char *)text->data + start, word, n) == 0;
+/* Whether text[start..] is the string literal `word` (its length known at compile time). */
+#define key_is(text, start, word) key_is_n(text, start, word, sizeof(word) - 1)
+static int key_is_n(const vec *text, size_t start, const char *word, size_t n) {
+    const char *at = (char *)text->data + start;
+    return text->len - start == n && *at == *word && memcmp(at, word, n) == 0;
 }
 
 static const char *tensor_label(parser *ps, const entry *e, char *buf, size_t cap) {
@@ -309,7 +311,10 @@ static ss_status parse_tensor(parser *ps, entry *e) {
             const char *name = (char *)ps->text.data + at;
             int found = -1;
             for (int d = 0; d < SS_DTYPE_COUNT; d++)
-                if (DTYPES[d].st_len == n && memcmp(DTYPES[d].st_name, name, n) == 0) found = d;
+                if (DTYPES[d].st_len == n && memcmp(DTYPES[d].st_name, name, n) == 0) {
+                    found = d;
+                    break;
+                }
             if (found < 0) {
                 char shown[64];
                 ss_quote_name(shown, sizeof shown, name, n);
@@ -417,6 +422,65 @@ static int by_offsets(const void *a, const void *b) {
     return 0;
 }
 
+/* ---- sets of names ------------------------------------------------------------------------ */
+
+typedef struct {
+    uint32_t start, len;
+} span;
+
+/* An open-addressing set of names held as spans of one text. A slot holds the span's index
+ * + 1 in its low half (0: empty) and the top half of the name's hash in its high half, so
+ * that a probe compares bytes only when the hashes agree. */
+typedef struct {
+    uint64_t *slots;
+    size_t size; /* a power of two, or 0 */
+} name_set;
+
+/* The slot of `name`, or the empty slot where it would go; *tag receives the high half of
+ * the name's hash, for name_put. */
+static uint64_t *name_slot(const name_set *set, const char *text, const span *spans, const char *name, uint32_t len,
+                           uint64_t *tag) {
+    uint64_t hash = XXH3_64bits(name, len);
+    *tag = hash >> 32 << 32;
+    for (size_t at = (size_t)hash & (set->size - 1);; at = (at + 1) & (set->size - 1)) {
+        uint64_t slot = set->slots[at];
+        if (!slot) return &set->slots[at];
+        const span *other = &spans[(uint32_t)slot - 1];
+        if ((slot & ~0xFFFFFFFFull) == *tag && other->len == len && memcmp(text + other->start, name, len) == 0)
+            return &set->slots[at];
+    }
+}
+
+/* Puts name number `i` in the empty slot name_slot found for it. */
+static void name_put(uint64_t *slot, uint64_t tag, uint32_t i) { *slot = tag | (i + 1); }
+
+/* The number of the name a non-empty slot holds. */
+static uint32_t name_index(uint64_t slot) { return (uint32_t)slot - 1; }
+
+/* Empty, with room for `capacity` names. */
+static int name_set_init(name_set *set, size_t capacity) {
+    size_t size = 64;
+    while (size < 2 * capacity) size *= 2;
+    set->slots = calloc(size, sizeof *set->slots);
+    set->size = set->slots ? size : 0;
+    return set->slots != NULL;
+}
+
+/* Room for one more name beside the `count` held: rebuilt twice as large past half full. */
+static int name_set_reserve(name_set *set, size_t count, const char *text, const span *spans) {
+    if (2 * (count + 1) <= set->size) return 1;
+    name_set grown;
+    if (!name_set_init(&grown, 2 * (count + 1))) return 0;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t tag;
+        uint64_t *slot = name_slot(&grown, text, spans, text + spans[i].start, spans[i].len, &tag);
+        name_put(slot, tag, i);
+    }
+    free(set->slots);
+    *set = grown;
+    return 1;
+}
+
 /* Whether the entries are already in offset order: writers emit them so, and the check is
  * one pass where the sort is n log n. */
 static int sorted_by_offsets(const parser *ps) {
@@ -426,33 +490,33 @@ static int sorted_by_offsets(const parser *ps) {
     return 1;
 }
 
-/* A name given twice, found through an open-addressing table of entry indices (0 = empty):
- * linear in the number of tensors, which reach a million in one header. */
+/* A name given twice, found through a set of names: linear in the number of tensors, which
+ * reach a million in one header. */
 static ss_status check_duplicates(parser *ps) {
     size_t n = ps->entries.len;
     if (n < 2) return SS_OK;
-    size_t slots = 2;
-    while (slots < 2 * n) slots *= 2;
-    uint32_t *table = calloc(slots, sizeof *table);
-    if (!table) return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
+    span *spans = malloc(n * sizeof *spans);
+    name_set set = {0};
+    if (!spans || !name_set_init(&set, n)) {
+        free(spans);
+        return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
+    }
     const entry *es = ps->entries.data;
     const char *text = ps->text.data;
     ss_status s = SS_OK;
-    for (size_t i = 0; i < n && !s; i++) {
-        const char *name = text + es[i].key_start;
-        size_t at = (size_t)XXH3_64bits(name, es[i].key_len) & (slots - 1);
-        for (; table[at]; at = (at + 1) & (slots - 1)) {
-            const entry *other = &es[table[at] - 1];
-            if (other->key_len == es[i].key_len && memcmp(text + other->key_start, name, es[i].key_len) == 0) {
-                char label[160];
-                ss_quote_name(label, sizeof label, name, es[i].key_len);
-                s = ss_fail(ps->err, SS_E_ST_DUPLICATE, "tensor '%s' appears twice in the header", label);
-                break;
-            }
+    for (uint32_t i = 0; i < n && !s; i++) {
+        spans[i] = (span){es[i].key_start, es[i].key_len};
+        uint64_t tag;
+        uint64_t *slot = name_slot(&set, text, spans, text + spans[i].start, spans[i].len, &tag);
+        if (*slot) {
+            char label[160];
+            ss_quote_name(label, sizeof label, text + spans[i].start, spans[i].len);
+            s = ss_fail(ps->err, SS_E_ST_DUPLICATE, "tensor '%s' appears twice in the header", label);
         }
-        table[at] = (uint32_t)(i + 1);
+        name_put(slot, tag, i);
     }
-    free(table);
+    free(spans);
+    free(set.slots);
     return s;
 }
 
@@ -671,37 +735,6 @@ void ss_st_listing_free(ss_st_listing *listing) {
 /* ---- shard index ------------------------------------------------------------------------- */
 
 typedef struct {
-    uint32_t start, len;
-} span;
-
-/* An open-addressing set of names held as spans of one text: slots hold span index + 1. */
-typedef struct {
-    uint32_t *slots;
-    size_t size; /* a power of two, or 0 */
-} name_set;
-
-/* The slot of `name` (holding its index + 1) or the empty slot where it would go. */
-static uint32_t *name_slot(const name_set *set, const char *text, const span *spans, const char *name, uint32_t len) {
-    for (size_t at = (size_t)XXH3_64bits(name, len) & (set->size - 1);; at = (at + 1) & (set->size - 1)) {
-        uint32_t i = set->slots[at];
-        if (!i || (spans[i - 1].len == len && memcmp(text + spans[i - 1].start, name, len) == 0)) return &set->slots[at];
-    }
-}
-
-/* Room for one more name beside the `count` held: rebuilt twice as large past half full. */
-static int name_set_reserve(name_set *set, size_t count, const char *text, const span *spans) {
-    if (2 * (count + 1) <= set->size) return 1;
-    size_t size = set->size ? 2 * set->size : 64;
-    uint32_t *slots = calloc(size, sizeof *slots);
-    if (!slots) return 0;
-    free(set->slots);
-    set->slots = slots;
-    set->size = size;
-    for (size_t i = 0; i < count; i++) *name_slot(set, text, spans, text + spans[i].start, spans[i].len) = (uint32_t)(i + 1);
-    return 1;
-}
-
-typedef struct {
     parser ps;           /* ps.text: the keys */
     vec keys, shard_of;  /* span, uint32_t */
     vec names, shards;   /* char: distinct shard names; span */
@@ -733,10 +766,11 @@ static ss_status index_entry(index_parser *ix) {
     if ((s = parse_string(ps, &ix->names))) return s;
     shard.len = (uint32_t)(ix->names.len - shard.start);
     if (!name_set_reserve(&ix->key_set, ix->keys.len, ps->text.data, ix->keys.data)) return nomem(ix);
-    uint32_t *slot = name_slot(&ix->key_set, ps->text.data, ix->keys.data, (char *)ps->text.data + key.start, key.len);
+    uint64_t tag;
+    uint64_t *slot = name_slot(&ix->key_set, ps->text.data, ix->keys.data, (char *)ps->text.data + key.start, key.len, &tag);
     if (*slot) return unusual(ix, "a weight_map key given twice");
     if (!vec_push(&ix->keys, &key)) return nomem(ix);
-    *slot = (uint32_t)ix->keys.len;
+    name_put(slot, tag, (uint32_t)ix->keys.len - 1);
     /* Neighbouring keys mostly share a shard: the previous key's is tried before the set. */
     const char *name = (char *)ix->names.data + shard.start;
     const span *shards = ix->shards.data;
@@ -745,13 +779,13 @@ static ss_status index_entry(index_parser *ix) {
                memcmp((char *)ix->names.data + shards[id].start, name, shard.len) == 0;
     if (!seen) {
         if (!name_set_reserve(&ix->shard_set, ix->shards.len, ix->names.data, shards)) return nomem(ix);
-        slot = name_slot(&ix->shard_set, ix->names.data, shards, name, shard.len);
+        slot = name_slot(&ix->shard_set, ix->names.data, shards, name, shard.len, &tag);
         seen = *slot != 0;
         if (!seen) {
             if (!vec_push(&ix->shards, &shard)) return nomem(ix);
-            *slot = (uint32_t)ix->shards.len;
+            name_put(slot, tag, (uint32_t)ix->shards.len - 1);
         }
-        id = *slot - 1;
+        id = name_index(*slot);
     }
     if (seen) ix->names.len = shard.start; /* keep the first copy of each name only */
     return vec_push(&ix->shard_of, &id) ? SS_OK : nomem(ix);
@@ -878,14 +912,17 @@ ss_status ss_index_compare(const ss_index_listing *index, const char *names, siz
     size_t n = index->count;
     span *spans = malloc((n + 1) * sizeof *spans);
     name_set set = {0};
-    if (!spans) return ss_fail(err, SS_E_NOMEM, "out of memory");
-    for (size_t k = 0; k < n; k++)
-        spans[k] = (span){index->key_offsets[k], index->key_offsets[k + 1] - index->key_offsets[k] - 1};
-    ss_status s = SS_OK;
-    for (size_t k = 0; k < n && !s; k++) {
-        if (!name_set_reserve(&set, k, index->keys, spans)) s = ss_fail(err, SS_E_NOMEM, "out of memory");
-        else *name_slot(&set, index->keys, spans, index->keys + spans[k].start, spans[k].len) = (uint32_t)(k + 1);
+    if (!spans || !name_set_init(&set, n)) {
+        free(spans);
+        return ss_fail(err, SS_E_NOMEM, "out of memory");
     }
+    uint64_t tag;
+    for (uint32_t k = 0; k < n; k++) {
+        spans[k] = (span){index->key_offsets[k], index->key_offsets[k + 1] - index->key_offsets[k] - 1};
+        uint64_t *slot = name_slot(&set, index->keys, spans, index->keys + spans[k].start, spans[k].len, &tag);
+        name_put(slot, tag, k);
+    }
+    ss_status s = SS_OK;
     memset(index_state, 0, n);
     const char *p = names, *end = names + names_len;
     for (uint32_t i = 0; i < count && !s; i++) {
@@ -895,11 +932,12 @@ ss_status ss_index_compare(const ss_index_listing *index, const char *names, siz
             s = ss_fail(err, SS_E_ARGUMENT, "%u names expected, separated by NULs", count);
             break;
         }
-        uint32_t k = set.size ? *name_slot(&set, index->keys, spans, p, (uint32_t)(stop - p)) : 0;
-        name_listed[i] = k != 0;
-        if (k) {
-            index_state[k - 1] = file_of[i] == index->shard_of[k - 1] ? 1 : 2;
-            found_file[k - 1] = file_of[i];
+        uint64_t slot = *name_slot(&set, index->keys, spans, p, (uint32_t)(stop - p), &tag);
+        name_listed[i] = slot != 0;
+        if (slot) {
+            uint32_t k = name_index(slot);
+            index_state[k] = file_of[i] == index->shard_of[k] ? 1 : 2;
+            found_file[k] = file_of[i];
         }
         p = stop + 1;
     }
