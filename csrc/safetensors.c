@@ -601,31 +601,73 @@ static ss_status validate(parser *ps, uint64_t *data_len) {
     return SS_OK;
 }
 
+/* Numbers each tensor's (dtype, shape) among the distinct ones, in order of first appearance
+ * (a checkpoint of a million tensors has a few hundred): out->shape_of, and the distinct
+ * shapes in out->shape_offsets / out->dims. */
+static ss_status fill_shapes(parser *ps, ss_st_listing *out) {
+    size_t n = ps->entries.len, ndims = 0;
+    const entry *es = ps->entries.data;
+    const int64_t *dims = ps->dims.data;
+    for (size_t i = 0; i < n; i++) ndims += es[i].ndims;
+    /* Each tensor as one record of bytes, its dtype then its dimensions, to compare as names. */
+    char *records = malloc(n + ndims * sizeof *dims + 1);
+    span *distinct = malloc((n + 1) * sizeof *distinct);
+    name_set set = {0};
+    out->shape_of = malloc((n + 1) * sizeof *out->shape_of);
+    out->shape_offsets = malloc((n + 1) * sizeof *out->shape_offsets);
+    out->dims = malloc((ndims + 1) * sizeof *out->dims);
+    ss_status s = SS_OK;
+    if (!records || !distinct || !out->shape_of || !out->shape_offsets || !out->dims || !name_set_init(&set, n))
+        s = ss_fail(ps->err, SS_E_NOMEM, "out of memory");
+    uint32_t at = 0, count = 0, d = 0;
+    for (size_t i = 0; i < n && !s; i++) {
+        span record = {at, 1 + es[i].ndims * (uint32_t)sizeof *dims};
+        records[at] = (char)es[i].dtype;
+        memcpy(records + at + 1, dims + es[i].dims_start, es[i].ndims * sizeof *dims);
+        at += record.len;
+        uint64_t tag;
+        uint64_t *slot = name_slot(&set, records, distinct, records + record.start, record.len, &tag);
+        if (!*slot) {
+            distinct[count] = record;
+            out->shape_offsets[count] = d;
+            memcpy(out->dims + d, dims + es[i].dims_start, es[i].ndims * sizeof *dims);
+            d += es[i].ndims;
+            name_put(slot, tag, count++);
+        }
+        out->shape_of[i] = name_index(*slot);
+    }
+    if (!s) {
+        out->shape_count = count;
+        out->shape_offsets[count] = d;
+    }
+    free(records);
+    free(distinct);
+    free(set.slots);
+    return s;
+}
+
 /* Moves the parser's vectors into the listing's columns. */
 static ss_status fill_listing(parser *ps, uint64_t data_start, ss_st_listing *out) {
     size_t n = ps->entries.len;
     const entry *es = ps->entries.data;
-    const int64_t *dims = ps->dims.data;
     const char *text = ps->text.data;
-    size_t key_bytes = 0, ndims = 0, meta_bytes = 0;
-    for (size_t i = 0; i < n; i++) key_bytes += es[i].key_len, ndims += es[i].ndims;
+    size_t key_bytes = 0, meta_bytes = 0;
+    for (size_t i = 0; i < n; i++) key_bytes += es[i].key_len;
     const uint32_t *meta = ps->meta.data;
     for (size_t i = 0; i < ps->meta.len; i++) meta_bytes += meta[2 * i + 1];
     out->count = (uint32_t)n;
     out->key_offsets = malloc((n + 1) * sizeof *out->key_offsets);
     out->keys = malloc(key_bytes + n + 1);
     out->dtypes = malloc(n + 1);
-    out->shape_offsets = malloc((n + 1) * sizeof *out->shape_offsets);
-    out->dims = malloc((ndims + 1) * sizeof *out->dims);
     out->offsets = malloc((n + 1) * sizeof *out->offsets);
     out->nbytes = malloc((n + 1) * sizeof *out->nbytes);
     out->metadata_count = (uint32_t)(ps->meta.len / 2);
     out->metadata_offsets = malloc((ps->meta.len + 1) * sizeof *out->metadata_offsets);
     out->metadata = malloc(meta_bytes + 1);
-    if (!out->key_offsets || !out->keys || !out->dtypes || !out->shape_offsets || !out->dims || !out->offsets ||
-        !out->nbytes || !out->metadata_offsets || !out->metadata)
+    if (!out->key_offsets || !out->keys || !out->dtypes || !out->offsets || !out->nbytes || !out->metadata_offsets ||
+        !out->metadata)
         return ss_fail(ps->err, SS_E_NOMEM, "out of memory");
-    uint32_t k = 0, d = 0;
+    uint32_t k = 0;
     for (size_t i = 0; i < n; i++) {
         const entry *e = &es[i];
         out->key_offsets[i] = k;
@@ -633,14 +675,10 @@ static ss_status fill_listing(parser *ps, uint64_t data_start, ss_st_listing *ou
         k += e->key_len;
         out->keys[k++] = '\0';
         out->dtypes[i] = e->dtype;
-        out->shape_offsets[i] = d;
-        memcpy(out->dims + d, dims + e->dims_start, e->ndims * sizeof *dims);
-        d += e->ndims;
         out->offsets[i] = data_start + e->begin;
         out->nbytes[i] = e->end - e->begin;
     }
     out->key_offsets[n] = k;
-    out->shape_offsets[n] = d;
     uint32_t m = 0;
     for (size_t i = 0; i < ps->meta.len; i++) {
         out->metadata_offsets[i] = m;
@@ -648,7 +686,7 @@ static ss_status fill_listing(parser *ps, uint64_t data_start, ss_st_listing *ou
         m += meta[2 * i + 1];
     }
     out->metadata_offsets[ps->meta.len] = m;
-    return SS_OK;
+    return fill_shapes(ps, out);
 }
 
 ss_status ss_st_parse(const ss_file *file, ss_st_listing *out, ss_error *err) {
@@ -723,6 +761,7 @@ void ss_st_listing_free(ss_st_listing *listing) {
     free(listing->key_offsets);
     free(listing->keys);
     free(listing->dtypes);
+    free(listing->shape_of);
     free(listing->shape_offsets);
     free(listing->dims);
     free(listing->offsets);

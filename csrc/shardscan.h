@@ -153,7 +153,11 @@ typedef struct {
     uint32_t *key_offsets;    /* count + 1 entries into keys */
     char *keys;
     uint8_t *dtypes;          /* ss_dtype */
-    uint32_t *shape_offsets;  /* count + 1 entries into dims (Arrow list layout) */
+    /* Tensor i has the (dtype, shape) numbered shape_of[i] among the distinct ones: shape j
+     * is dims[shape_offsets[j], shape_offsets[j + 1]). */
+    uint32_t *shape_of;
+    uint32_t shape_count;
+    uint32_t *shape_offsets;  /* shape_count + 1 entries into dims */
     int64_t *dims;
     uint64_t *offsets;        /* absolute file offset of the first byte */
     uint64_t *nbytes;

@@ -131,7 +131,7 @@ class SafetensorsHeader:
 
     keys: list[str]
     dtypes: list[str]
-    shapes: list[list[int]]
+    shapes: list[tuple[int, ...]]  # shared by the tensors of one (dtype, shape)
     offsets: list[int]
     nbytes: list[int]
     metadata: dict[str, str]
@@ -149,9 +149,11 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
             raise error_for(status, _message(err), file.path)
         n = listing.count
         keys = _names(listing.keys, ffi.unpack(listing.key_offsets, n + 1))
-        shape_offsets = ffi.unpack(listing.shape_offsets, n + 1)
-        dims = ffi.unpack(listing.dims, shape_offsets[-1])
-        shapes = list(map(dims.__getitem__, map(slice, shape_offsets[:-1], shape_offsets[1:])))
+        shape_offsets = ffi.unpack(listing.shape_offsets, listing.shape_count + 1)
+        dims = tuple(ffi.unpack(listing.dims, shape_offsets[-1]))  # sliced into tuples
+        distinct = list(map(dims.__getitem__, map(slice, shape_offsets[:-1], shape_offsets[1:])))
+        # One shape object per distinct (dtype, shape), shared by its tensors.
+        shapes = list(map(distinct.__getitem__, ffi.unpack(listing.shape_of, n)))
         dtypes = list(map(DTYPE_NAMES.__getitem__, ffi.unpack(listing.dtypes, n)))
         meta_offsets = ffi.unpack(listing.metadata_offsets, 2 * listing.metadata_count + 1)
         strings = _strings(listing.metadata, meta_offsets)
