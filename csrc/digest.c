@@ -1,6 +1,8 @@
 /* Whole-file digests: SHA-256 (OpenSSL's EVP interface, which uses the CPU's SHA extensions)
  * and XXH3-128 of every byte of each file, one file per worker thread, largest files first.
  *
+ * XXH3 only when asked for.
+ *
  * Like the hashing engine, it reads straight from the read-only mapping in windows, asks the
  * kernel for the next window ahead of time and drops its mapping of each window once digested,
  * so resident memory stays bounded; both digests take each chunk while it is in L2. A file
@@ -30,6 +32,7 @@ typedef struct {
     uint32_t next;   /* next position in order; taken with __atomic_fetch_add */
     size_t page;
     uint64_t *progress;
+    int xxh3; /* also XXH3-128: SHA-256 alone is what a published digest is checked against */
 } digest_batch;
 
 static void digest_windows(const digest_batch *b, const ss_file *f, EVP_MD_CTX *sha, XXH3_state_t *xxh) {
@@ -41,7 +44,7 @@ static void digest_windows(const digest_batch *b, const ss_file *f, EVP_MD_CTX *
         for (size_t at = 0; at < len; at += CHUNK) {
             size_t n = len - at < CHUNK ? len - at : CHUNK;
             EVP_DigestUpdate(sha, p + at, n);
-            hash_update(xxh, p + at, n);
+            if (xxh) hash_update(xxh, p + at, n);
         }
         ss_release_pages(p, len, b->page);
         if (b->progress) __atomic_fetch_add(b->progress, len, __ATOMIC_RELAXED);
@@ -69,13 +72,15 @@ static void digest_one(const digest_batch *b, const ss_file *f, ss_file_digest *
         return;
     }
     ss_guard_jump = &jump;
-    digest_windows(b, f, sha, &xxh);
+    digest_windows(b, f, sha, b->xxh3 ? &xxh : NULL);
     ss_guard_jump = NULL;
     unsigned int sha_len = 0;
     EVP_DigestFinal_ex(sha, out->sha256, &sha_len);
-    XXH128_canonical_t canonical;
-    XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(&xxh));
-    memcpy(out->xxh3, canonical.digest, 16);
+    if (b->xxh3) {
+        XXH128_canonical_t canonical;
+        XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(&xxh));
+        memcpy(out->xxh3, canonical.digest, 16);
+    }
     out->status = sha_len == 32 ? SS_OK : SS_E_IO;
     if (out->status) snprintf(out->message, sizeof out->message, "OpenSSL returned a %u-byte SHA-256", sha_len);
 }
@@ -113,13 +118,13 @@ static int largest_file_first(const void *a, const void *b) {
     return (x->index > y->index) - (x->index < y->index);
 }
 
-ss_status ss_digest_files(ss_file *const *files, uint32_t nfiles, ss_file_digest *out, uint32_t threads,
+ss_status ss_digest_files(ss_file *const *files, uint32_t nfiles, ss_file_digest *out, int xxh3, uint32_t threads,
                           uint64_t *progress) {
     if (nfiles && (!files || !out)) return SS_E_ARGUMENT;
     if (nfiles == 0) return SS_OK;
     ss_guard_install();
     digest_batch b = {.files = files, .out = out, .nfiles = nfiles, .page = (size_t)sysconf(_SC_PAGESIZE),
-                      .progress = progress};
+                      .progress = progress, .xxh3 = xxh3};
     sized_file *sizes = malloc(nfiles * sizeof *sizes);
     b.order = malloc(nfiles * sizeof *b.order);
     if (!sizes || !b.order) {

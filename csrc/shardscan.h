@@ -309,12 +309,13 @@ typedef struct {
     char message[256];        /* on failure: what went wrong (never the path) */
 } ss_file_digest;
 
-/* Digests every file of `files` into out[i] (the caller's array of nfiles entries) on
+/* Digests every file of `files` into out[i] (the caller's array of nfiles entries), XXH3-128
+ * only when `xxh3` is non-zero (else out[i].xxh3 stays zero), on
  * `threads` threads (0 = online CPUs). A NULL file fails its own entry with SS_E_ARGUMENT.
  * Each entry's outcome is in its own status; returns SS_OK when the batch ran, SS_E_NOMEM or
  * SS_E_ARGUMENT when it could not start. `progress`, if not NULL, receives the bytes read so
  * far, added atomically. */
-ss_status ss_digest_files(ss_file *const *files, uint32_t nfiles, ss_file_digest *out, uint32_t threads,
+ss_status ss_digest_files(ss_file *const *files, uint32_t nfiles, ss_file_digest *out, int xxh3, uint32_t threads,
                           uint64_t *progress);
 
 /* ------------------------------------------------------------------------------------------

@@ -43,6 +43,12 @@ def test_digests_match_hashlib_and_xxhash(files, threads):
     assert seen[-1] == sum(p.stat().st_size for p in files)
 
 
+def test_sha256_alone_matches_hashlib(files):
+    # what a published digest is checked against: XXH3 is not computed at all
+    results = file_digests(files, threads=2, xxh3=False)
+    assert [(r.sha256, r.xxh3, r.size) for r in results] == [(expected(p)[0], None, expected(p)[2]) for p in files]
+
+
 def test_unreadable_entries_fail_alone(files, tmp_path):
     missing, directory = tmp_path / "missing", tmp_path / "folder"
     directory.mkdir()

@@ -438,10 +438,13 @@ def file_digests(
     files: Sequence[str | os.PathLike[str] | NativeFile],
     threads: int | None = None,
     progress: Callable[[int], None] | None = None,
+    *,
+    xxh3: bool = True,
 ) -> list[FileDigest]:
     """Digests every file in one parallel batch (one file per thread, largest first); one
     result per file, in order. Paths are opened (and closed) here, and a file that cannot be
-    opened gets its error in its own result; NativeFiles stay open. `progress` as for hash_jobs."""
+    opened gets its error in its own result; NativeFiles stay open. `progress` as for hash_jobs.
+    `xxh3=False`: SHA-256 only (each result's xxh3 None), about a tenth less work."""
     opened: list[NativeFile | None] = []
     results: list[FileDigest | None] = []
     owned: list[NativeFile] = []
@@ -465,7 +468,7 @@ def file_digests(
         if todo:
             handles = ffi.new("ss_file *[]", [opened[i].handle for i in todo])
             out = ffi.new("ss_file_digest[]", len(todo))
-            status = _with_progress(lambda counter: lib.ss_digest_files(handles, len(todo), out, threads or 0, counter),
+            status = _with_progress(lambda counter: lib.ss_digest_files(handles, len(todo), out, xxh3, threads or 0, counter),
                                     progress)
             if status != lib.SS_OK:
                 raise error_for(status, ffi.string(lib.ss_strerror(status)).decode(), None)
@@ -473,7 +476,7 @@ def file_digests(
                 path = opened[i].path
                 if slot.status == lib.SS_OK:
                     results[i] = FileDigest(path, bytes(ffi.buffer(slot.sha256, 32)).hex(),
-                                            bytes(ffi.buffer(slot.xxh3, 16)).hex(), slot.size)
+                                            bytes(ffi.buffer(slot.xxh3, 16)).hex() if xxh3 else None, slot.size)
                 else:
                     results[i] = FileDigest(path, None, None, slot.size, error_for(slot.status, _message(slot), path))
     finally:

@@ -315,7 +315,7 @@ def verify(expected: Sequence[Expected], threads: int | None = None,
 
     outcome = Outcome()
     sha_paths = list(dict.fromkeys(os.fspath(e.path) for e in expected if e.algorithm == SHA256 and _exists(e.path)))
-    actual = {d.path: d for d in file_digests(sha_paths, threads=threads, progress=progress)}
+    actual = {d.path: d for d in file_digests(sha_paths, threads=threads, progress=progress, xxh3=False)}
     for entry in expected:
         if not _exists(entry.path):
             if entry.required:
@@ -407,11 +407,13 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _digests(paths: Sequence[Path], threads: int | None, progress: Callable[[int, int], None] | None) -> list:
+def _digests(paths: Sequence[Path], threads: int | None, progress: Callable[[int, int], None] | None,
+             xxh3: bool = False) -> list:
     from ._core import file_digests
 
     total = sum(_size(p) for p in paths)
-    return file_digests(paths, threads=threads, progress=(lambda done: progress(done, total)) if progress else None)
+    return file_digests(paths, threads=threads, progress=(lambda done: progress(done, total)) if progress else None,
+                        xxh3=xxh3)
 
 
 # ---- the per-file table ------------------------------------------------------------------
@@ -472,7 +474,7 @@ def file_digests(paths: Sequence[PathLike] | PathLike, *, threads: int | None = 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     listed = list_files(paths)
-    results = _digests([p for _, p in listed], threads, progress)
+    results = _digests([p for _, p in listed], threads, progress, xxh3=True)
     columns = {
         "file": [arrow_text(name) for name, _ in listed],
         "size": [r.size if r.error is None else None for r in results],
