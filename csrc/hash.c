@@ -98,27 +98,10 @@ static void gather_bytes(stream *st, const uint8_t *p, size_t n, uint32_t swap) 
 /* Drops our mapping of the whole pages inside [p, p + n): they are hashed, keep RSS flat. */
 static void release_pages(const batch *b, const uint8_t *p, size_t n) { ss_release_pages(p, n, b->page); }
 
-/* Maps [p, p + n) ahead of the hash in one call, and asks for the next window's pages to be
- * read in (from disk on a cold cache, while this window is hashed). A failed populate (a
- * kernel without it, or a file that shrank) leaves the pages to fault in as they are read,
- * where the SIGBUS guard catches a shrink. */
-static void enter_window(const batch *b, const uint8_t *p, size_t n, uint64_t left) {
-    uintptr_t page_mask = (uintptr_t)b->page - 1;
-    uintptr_t start = (uintptr_t)p & ~page_mask, end = (uintptr_t)p + n;
-    if (left > n) {
-        uintptr_t next = (end + page_mask) & ~page_mask;
-        size_t ahead = left - n < b->window ? (size_t)(left - n) : b->window;
-        if (next < end + ahead) madvise((void *)next, end + ahead - next, MADV_WILLNEED);
-    }
-#ifdef MADV_POPULATE_READ
-    madvise((void *)start, end - start, MADV_POPULATE_READ);
-#endif
-}
-
 static void stream_contiguous(const batch *b, stream *st, const uint8_t *p, uint64_t n, uint32_t swap) {
     while (n) {
         size_t len = n < b->window ? (size_t)n : b->window;
-        enter_window(b, p, len, n);
+        ss_enter_window(p, len, n, b->window, b->page);
         if (swap > 1) {
             gather_bytes(st, p, len, swap);
             flush_gather(st);

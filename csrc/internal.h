@@ -54,6 +54,23 @@ static inline void ss_release_pages(const uint8_t *p, size_t n, size_t page) {
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
+/* Maps [p, p + n) ahead of reading it in one call, and asks for the next window's pages (up
+ * to `window` of the `left` bytes from p) to be read in, from disk on a cold cache, meanwhile.
+ * A failed populate (a kernel without it, or a file that shrank) leaves the pages to fault
+ * in as they are read, where the SIGBUS guard catches a shrink. */
+static inline void ss_enter_window(const uint8_t *p, size_t n, uint64_t left, size_t window, size_t page) {
+    uintptr_t page_mask = (uintptr_t)page - 1;
+    uintptr_t start = (uintptr_t)p & ~page_mask, end = (uintptr_t)p + n;
+    if (left > n) {
+        uintptr_t next = (end + page_mask) & ~page_mask;
+        size_t ahead = left - n < window ? (size_t)(left - n) : window;
+        if (next < end + ahead) madvise((void *)next, end + ahead - next, MADV_WILLNEED);
+    }
+#ifdef MADV_POPULATE_READ
+    madvise((void *)start, end - start, MADV_POPULATE_READ);
+#endif
+}
+
 /* Overflow-checked arithmetic: return 0 on overflow. */
 static inline int ss_add_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_add_overflow(a, b, out); }
 static inline int ss_mul_u64(uint64_t a, uint64_t b, uint64_t *out) { return !__builtin_mul_overflow(a, b, out); }
