@@ -205,9 +205,6 @@ class ShardIndex:
         self.shard_of: list[int] = ffi.unpack(listing.shard_of, listing.count)
         self.total_size = listing.total_size if listing.total_size >= 0 else None
 
-    def __len__(self) -> int:
-        return len(self.shard_of)
-
     @property
     def keys(self) -> list[str]:
         return _names(self._listing.keys, self._offsets)
