@@ -140,29 +140,46 @@ def index_layout(path: Path) -> Layout:
     )
 
 
-class IndexLayout(Layout):
-    """An index the core read (a plain one: see ss_index_parse). Its `specs`, one Python object
-    per key, are made on first use; `check` measures the checkpoint's own scan against
-    `index` in C instead and never needs them. Setting `specs` drops `index`."""
+class LazyLayout(Layout):
+    """A layout whose `specs`, one Python object per key, are made by `_make_specs` on first
+    use: `check` measures the checkpoint against what the layout holds instead. Setting
+    `specs` drops that (`_drop`), since it would no longer agree with them."""
+
+    @property  # type: ignore[override]
+    def specs(self) -> dict[str, Spec]:
+        if self._specs is None:
+            self._specs = self._make_specs()
+        return self._specs
+
+    @specs.setter
+    def specs(self, specs: dict[str, Spec] | None) -> None:
+        if specs is not None:
+            self._drop()
+        self._specs = specs
+
+    def _make_specs(self) -> dict[str, Spec]:
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        raise NotImplementedError
+
+
+class IndexLayout(LazyLayout):
+    """An index the core read (a plain one: see ss_index_parse); `check` measures the
+    checkpoint's own scan against `index` in C."""
 
     def __init__(self, name: str, index: ShardIndex) -> None:
         self.index: ShardIndex | None = index
         super().__init__(kind="index", source=f"index {name}", specs=None, files=tuple(sorted(index.shards)),  # type: ignore[arg-type]
                          total_size=index.total_size)
 
-    @property  # type: ignore[override]
-    def specs(self) -> dict[str, Spec]:
-        if self._specs is None:
-            assert self.index is not None, "an IndexLayout holds its index or its specs"
-            spec_of = [Spec(file=shard) for shard in self.index.shards]  # Specs are frozen: one per shard
-            self._specs = dict(zip(self.index.keys, map(spec_of.__getitem__, self.index.shard_of)))
-        return self._specs
+    def _make_specs(self) -> dict[str, Spec]:
+        assert self.index is not None, "an IndexLayout holds its index or its specs"
+        spec_of = [Spec(file=shard) for shard in self.index.shards]  # Specs are frozen: one per shard
+        return dict(zip(self.index.keys, map(spec_of.__getitem__, self.index.shard_of)))
 
-    @specs.setter
-    def specs(self, specs: dict[str, Spec] | None) -> None:
-        if specs is not None:
-            self.index = None
-        self._specs = specs
+    def _drop(self) -> None:
+        self.index = None
 
 
 def series_gaps(names: Iterable[str]) -> list[tuple[str, str]]:
@@ -340,12 +357,12 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, Any], sour
     return layout
 
 
-class BlockLayout(Layout):
+class BlockLayout(LazyLayout):
     """The structural layout of a config: `container`.i.suffix for each block i and each suffix
-    of `expected[i]` (dicts of suffix -> Spec, shared by blocks that expect the same). `specs`,
-    one key string per tensor, is made on first use. `blocks` (block -> suffix -> shape, as
-    found in the checkpoint it was built from, or None when block numbers are not canonical)
-    lets `check` measure that checkpoint block by block instead (block_findings)."""
+    of `expected[i]` (dicts of suffix -> Spec, shared by blocks that expect the same). `blocks`
+    (block -> suffix -> shape, as found in the checkpoint it was built from, or None when block
+    numbers are not canonical) lets `check` measure that checkpoint block by block
+    (block_findings)."""
 
     def __init__(self, source: str) -> None:
         self.container = ""
@@ -353,20 +370,15 @@ class BlockLayout(Layout):
         self.blocks: dict[int, dict[str, tuple[int, ...] | None]] | None = None
         super().__init__(kind="config", source=source, specs=None, complete=False)  # type: ignore[arg-type]
 
-    @property  # type: ignore[override]
-    def specs(self) -> dict[str, Spec]:
-        if self._specs is None:
-            self._specs = {}
-            for i, suffixes in self.expected.items():
-                prefix = f"{self.container}.{i}."
-                self._specs.update(zip(map(prefix.__add__, suffixes), suffixes.values()))
-        return self._specs
+    def _make_specs(self) -> dict[str, Spec]:
+        specs: dict[str, Spec] = {}
+        for i, suffixes in self.expected.items():
+            prefix = f"{self.container}.{i}."
+            specs.update(zip(map(prefix.__add__, suffixes), suffixes.values()))
+        return specs
 
-    @specs.setter
-    def specs(self, specs: dict[str, Spec] | None) -> None:
-        if specs is not None:
-            self.blocks = None
-        self._specs = specs
+    def _drop(self) -> None:
+        self.blocks = None
 
     def block_findings(self) -> tuple[set[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]] | None:
         """(expected keys absent, (key, expected shape, shape) of each tensor whose shape
