@@ -191,6 +191,14 @@ static ss_status guarded_copy(void *dst, const uint8_t *src, uint64_t len) {
     return SS_OK;
 }
 
+void ss_file_prefetch(const ss_file *file, uint64_t offset, uint64_t len) {
+    if (offset >= file->size) return;
+    if (len > file->size - offset) len = file->size - offset;
+    uintptr_t page_mask = (uintptr_t)sysconf(_SC_PAGESIZE) - 1;
+    uintptr_t start = (uintptr_t)(file->data + offset) & ~page_mask;
+    madvise((void *)start, (uintptr_t)(file->data + offset + len) - start, MADV_WILLNEED);
+}
+
 ss_status ss_file_read(const ss_file *file, uint64_t offset, void *dst, uint64_t len, ss_error *err) {
     ss_guard_install();
     uint64_t end;

@@ -20,6 +20,9 @@ extern __thread sigjmp_buf *ss_guard_jump;
 /* Installs the handler, or re-arms it if another library replaced it since; cheap when armed. */
 void ss_guard_install(void);
 
+/* Asks the kernel to read [offset, offset + len) of the file in, without waiting for it. */
+void ss_file_prefetch(const ss_file *file, uint64_t offset, uint64_t len);
+
 /* Formats err->message (what is wrong, never the path: the caller knows which file it asked
  * about) and sets err->status; returns status. */
 ss_status ss_fail(ss_error *err, ss_status status, const char *fmt, ...)

@@ -459,14 +459,32 @@ static ss_status read_local_header(const zip_archive *a, zip_record *r, ss_error
 /* The generic reader after the end records: directory, every record's local header. */
 static ss_status read_records(zip_archive *a, ss_error *err) {
     ss_status st = read_central_directory(a, err);
-    uint64_t pos = 0;
-    for (uint64_t n = 0; st == SS_OK && n < a->entries; n++) {
-        zip_record *r = &a->records[n];
-        st = decode_directory_entry(a, n, &pos, r, err);
-        if (st == SS_OK) st = read_local_header(a, r, err);
+    if (st != SS_OK) return st;
+    /* Every entry is decoded before any local header is read, so that all the local headers
+     * can be asked for at once: on a cold cache each is a read of its own, scattered through
+     * the archive, and one at a time they cost a disk round trip per tensor. */
+    uint64_t pos = 0, decoded = 0;
+    ss_error directory_err;
+    ss_status directory_st = SS_OK;
+    for (; decoded < a->entries; decoded++) {
+        directory_st = decode_directory_entry(a, decoded, &pos, &a->records[decoded], &directory_err);
+        if (directory_st != SS_OK) break;
     }
-    if (st == SS_OK) a->count = (uint32_t)a->entries;
-    return st;
+    for (uint64_t n = 0; n < decoded; n++) { /* the header, its name, and a page for its extra field */
+        const central_entry *e = &a->records[n].central;
+        if (e->local_offset < a->size) ss_file_prefetch(a->file, a->base + e->local_offset, LOCAL_LEN + e->name_len + 4096u);
+    }
+    /* Errors keep the order of a single pass: record n's local header before entry n + 1. */
+    for (uint64_t n = 0; n < decoded; n++) {
+        st = read_local_header(a, &a->records[n], err);
+        if (st != SS_OK) return st;
+    }
+    if (directory_st != SS_OK) {
+        *err = directory_err;
+        return directory_st;
+    }
+    a->count = (uint32_t)a->entries;
+    return SS_OK;
 }
 
 /* ==== 3. the torch rules ===================================================================== */
