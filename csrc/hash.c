@@ -34,8 +34,8 @@ typedef struct {
     ss_file *const *files;
     uint32_t nfiles;
     ss_job *jobs;
-    uint32_t *order; /* job indices, largest first */
-    uint32_t njobs;
+    uint32_t *order; /* indices of the jobs check_job passed, largest first */
+    uint32_t nrun;   /* entries in order */
     uint32_t next;   /* next position in order; taken with __atomic_fetch_add */
     size_t page;
     size_t window; /* bytes each worker maps at a time */
@@ -306,14 +306,35 @@ static void run_job(const batch *b, ss_job *job, uint8_t *gather) {
     job->status = SS_OK;
 }
 
+/* Asks for the first window of a job's first run to be read in. Within a run each window asks
+ * for the next, but a job's first window would otherwise be read only when the job starts, a
+ * stall per tensor on a cold cache. Small jobs are left to the kernel's readahead: the call
+ * would cost more than it saves. */
+#define PREFETCH_MIN (1u << 20)
+static void prefetch_start(const batch *b, const ss_job *job) {
+    ss_segment one;
+    uint32_t count;
+    const ss_segment *seg = job_segments(job, &one, &count);
+    const ss_file *f = b->files[seg->file];
+    if (seg->ndim || seg->nbytes < PREFETCH_MIN || !f->data) return;
+    uintptr_t page_mask = (uintptr_t)b->page - 1;
+    uintptr_t start = (uintptr_t)(f->data + seg->offset) & ~page_mask;
+    uintptr_t end = (uintptr_t)(f->data + seg->offset) + (seg->nbytes < b->window ? (size_t)seg->nbytes : b->window);
+    madvise((void *)start, end - start, MADV_WILLNEED);
+}
+
+/* Each worker, as it takes a job, asks for the first window of the job the next worker to be
+ * free will take: that job is then on its way in while the jobs before it are hashed. Only
+ * asked for, not taken, so every worker still takes the next job in order when it is free. */
 static void *worker(void *arg) {
     batch *b = arg;
     uint8_t *gather = malloc(GATHER);
     for (;;) {
         uint32_t at = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
-        if (at >= b->njobs) break;
+        if (at >= b->nrun) break;
+        uint32_t ahead = __atomic_load_n(&b->next, __ATOMIC_RELAXED);
+        if (ahead < b->nrun) prefetch_start(b, &b->jobs[b->order[ahead]]);
         ss_job *job = &b->jobs[b->order[at]];
-        if (job->status != SS_OK) continue; /* rejected by check_job */
         if (!gather) {
             job->status = SS_E_NOMEM;
             snprintf(job->message, sizeof job->message, "out of memory");
@@ -341,7 +362,7 @@ ss_status ss_hash_batch(ss_file *const *files, uint32_t nfiles, ss_job *jobs, ui
     if ((njobs && !jobs) || (nfiles && !files)) return SS_E_ARGUMENT;
     if (njobs == 0) return SS_OK;
     ss_guard_install();
-    batch b = {.files = files, .nfiles = nfiles, .jobs = jobs, .njobs = njobs, .page = (size_t)sysconf(_SC_PAGESIZE),
+    batch b = {.files = files, .nfiles = nfiles, .jobs = jobs, .page = (size_t)sysconf(_SC_PAGESIZE),
                .progress = progress};
     sized *sizes = malloc(njobs * sizeof *sizes);
     b.order = malloc(njobs * sizeof *b.order);
@@ -360,14 +381,16 @@ ss_status ss_hash_batch(ss_file *const *files, uint32_t nfiles, ss_job *jobs, ui
         sizes[i].index = i;
     }
     qsort(sizes, njobs, sizeof *sizes, largest_first);
-    for (uint32_t i = 0; i < njobs; i++) b.order[i] = sizes[i].index;
+    /* A job check_job rejected is never run, nor looked at by a worker (another's prefetch). */
+    for (uint32_t i = 0; i < njobs; i++)
+        if (jobs[sizes[i].index].status == SS_OK) b.order[b.nrun++] = sizes[i].index;
     free(sizes);
 
     if (threads == 0) {
         long online = sysconf(_SC_NPROCESSORS_ONLN);
         threads = online > 0 ? (uint32_t)online : 1;
     }
-    if (threads > njobs) threads = njobs;
+    if (threads > b.nrun) threads = b.nrun ? b.nrun : 1;
 #if defined(__x86_64__) || defined(__i386__)
     /* libxxhash picks its SIMD variant lazily on first use; pick it here, before the workers
      * start, so they never race to fill its dispatch table. */
