@@ -165,9 +165,16 @@ def residency(paths: list[Path]) -> tuple[int, int]:
             sum((p.stat().st_size + _PAGE - 1) // _PAGE for p in paths))
 
 
-def warm_up(paths: list[Path], reader: Path) -> None:
-    """Read every file once, untimed, so warm runs start from a full page cache."""
-    subprocess.run([str(reader), "pread", "2", *map(str, paths)], check=True, stdout=subprocess.DEVNULL)
+def warm_up(paths: list[Path], tools: Tools) -> None:
+    """Drop every file of the workdir from the page cache, then read the inputs once, untimed,
+    so that warm runs start from a full page cache filled the same way for every input, into
+    free memory. How pages came into the cache changes how fast they map: pages left there by
+    the program that wrote a file (freshly written torch.save shards hashed at about 0.75x the
+    speed of the same shards read back), or read into memory that other files' pages had
+    fragmented (the same shards, read the same way, moved by a fifth), would credit one
+    format with another's page cache."""
+    evict(sorted(p for p in tools.workdir.rglob("*") if p.is_file()))
+    subprocess.run([str(tools.reader), "pread", "2", *map(str, paths)], check=True, stdout=subprocess.DEVNULL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,6 +258,7 @@ def gcc_version() -> str:
 class Tools:
     reader: Path  # benches/readlimit.c
     spawner: Path  # benches/spawn.c
+    workdir: Path  # where the checkpoints (and these tools) live
 
 
 @dataclass
@@ -379,7 +387,7 @@ def measure(benches: list[Bench], mode: str, reps: int, warm_inputs: list[Path],
     """
     todo = [b for b in benches if b.argv and mode in b.modes]
     if mode == "warm" and todo and warm_inputs:
-        warm_up(warm_inputs, tools.reader)
+        warm_up(warm_inputs, tools)
     for rep in range(reps):
         for b in todo:
             done = b.runs.get(mode, [])
@@ -577,7 +585,7 @@ def run(cfg: Config) -> Path:
     load_start = os.getloadavg()
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     cfg.workdir.mkdir(parents=True, exist_ok=True)
-    tools = Tools(build_tool(cfg.workdir, "readlimit"), build_tool(cfg.workdir, "spawn"))
+    tools = Tools(build_tool(cfg.workdir, "readlimit"), build_tool(cfg.workdir, "spawn"), cfg.workdir)
     reader = tools.reader
     ss = shardscan_cmd()
     have_scan = probe([*ss, "scan"])
@@ -1065,6 +1073,8 @@ def targets(cfg: Config, benches: list[Bench], help_b: Bench, size_rows, sparse_
     out += hashing_targets(by, why, stat)
     if cfg.cold:
         out.append(Target("cold scan vs dd O_DIRECT", ratio(scan, dd, "cold", stat), 0.9, True, why_missing=why))
+        pread = next(b for b in benches if b.label.startswith("limit: pread"))
+        out.append(Target("cold scan vs 2-thread pread", ratio(scan, pread, "cold", stat), 0.95, True, why_missing=why))
         out.append(Target("cold scan vs xxhsum -H2 (cold)", ratio(scan, by["xxhsum -H2"], "cold", stat), 1.0, True,
                           why_missing=why))
     rss = [r.maxrss_kib / 1024 for b in [scan, *(b for _, _, b, _ in size_rows)]
