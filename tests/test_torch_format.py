@@ -283,6 +283,25 @@ def test_overlapping_records(tmp_path):
         scan(path)
 
 
+@pytest.mark.parametrize("local_record, damaged_entry, error", [
+    (1, 7, "record 'g/.format_version': no matching local header"),
+    (5, 1, "central directory entry 1 of 8 is missing or damaged"),
+])
+def test_first_fault_in_record_order_is_reported(tmp_path, local_record, damaged_entry, error):
+    """Directory entries are all decoded before any local header is read; the error reported
+    is still the first a single pass over the records meets."""
+    path = _good(tmp_path)
+    blob = bytearray(path.read_bytes())
+    entries = list(_central_entries(blob))
+    assert len(entries) == 8
+    local = struct.unpack("<I", blob[entries[local_record] + 42 : entries[local_record] + 46])[0]
+    blob[local : local + 4] = b"XXXX"
+    blob[entries[damaged_entry] : entries[damaged_entry] + 4] = b"XXXX"
+    path.write_bytes(blob)
+    with pytest.raises(FormatError, match=error):
+        scan(path)
+
+
 def test_offset_past_the_end(tmp_path):
     path = _good(tmp_path)
     blob = bytearray(path.read_bytes())
