@@ -320,12 +320,8 @@ static void prefetch_start(const batch *b, const ss_job *job) {
     ss_segment one;
     uint32_t count;
     const ss_segment *seg = job_segments(job, &one, &count);
-    const ss_file *f = b->files[seg->file];
-    if (seg->ndim || seg->nbytes < PREFETCH_MIN || !f->data) return;
-    uintptr_t page_mask = (uintptr_t)b->page - 1;
-    uintptr_t start = (uintptr_t)(f->data + seg->offset) & ~page_mask;
-    uintptr_t end = (uintptr_t)(f->data + seg->offset) + (seg->nbytes < b->window ? (size_t)seg->nbytes : b->window);
-    madvise((void *)start, end - start, MADV_WILLNEED);
+    if (seg->ndim || seg->nbytes < PREFETCH_MIN) return;
+    ss_file_prefetch(b->files[seg->file], seg->offset, seg->nbytes < b->window ? seg->nbytes : b->window);
 }
 
 /* Each worker, as it takes a job, asks for the first window of the job the next worker to be
