@@ -206,6 +206,25 @@ ss_status ss_index_compare(const ss_index_listing *index, const char *names, siz
                            const uint32_t *file_of, uint8_t *index_state, uint32_t *found_file, uint8_t *name_listed,
                            ss_error *err);
 
+/* The blocks of `count` tensor names laid end to end in `names` (`names_len` bytes, each
+ * name followed by a NUL). A name's block is its first dot-separated component that is one of
+ * `containers` (NUL-terminated names, an empty one last) followed by a component of ASCII
+ * digits and one more dot: "model.layers.3.mlp.w" is in block "model.layers.3" with the
+ * suffix "mlp.w"; a name in no block has the empty head and suffix. Heads and suffixes are
+ * numbered among the distinct ones in order of appearance. Always call ss_block_listing_free. */
+typedef struct {
+    uint32_t count;
+    uint32_t *head_of;        /* count entries: each name's head, a number into heads */
+    uint32_t *suffix_of;      /* count entries: each name's suffix, a number into suffixes */
+    uint32_t head_count, suffix_count;
+    uint32_t *head_offsets;   /* head_count + 1 entries into heads: each followed by a NUL */
+    uint32_t *suffix_offsets; /* suffix_count + 1 entries into suffixes: the same */
+    char *heads, *suffixes;
+} ss_block_listing;
+ss_status ss_block_split(const char *names, size_t names_len, uint32_t count, const char *containers,
+                         ss_block_listing *out, ss_error *err);
+void ss_block_listing_free(ss_block_listing *listing);
+
 /* ------------------------------------------------------------------------------------------
  * Hashing. A job is the logical bytes of one tensor. The common case is one contiguous run
  * (`file`, `offset`, `nbytes`, with nsegments = 0). Otherwise the job streams `nsegments`

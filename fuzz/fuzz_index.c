@@ -1,4 +1,4 @@
-/* libFuzzer target: the shard index reader on arbitrary bytes. */
+/* libFuzzer target: the shard index reader on arbitrary bytes, and the block split of its keys. */
 #define _GNU_SOURCE /* internal.h needs sigjmp_buf, which strict C11 hides */
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +34,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             abort(); /* refused only when a key holds a NUL, which the separator cannot carry */
         }
         free(state), free(listed), free(found);
+        /* Split into blocks, every key is its head, a dot and its suffix, or in no block. */
+        ss_block_listing blocks;
+        s = ss_block_split(n ? listing.keys : "", n ? listing.key_offsets[n] : 0, n, "layers\0h\0blocks\0\0", &blocks, &err);
+        if (s == SS_OK) {
+            for (uint32_t i = 0; i < n; i++) {
+                const char *key = listing.keys + listing.key_offsets[i];
+                size_t len = listing.key_offsets[i + 1] - listing.key_offsets[i] - 1;
+                uint32_t h = blocks.head_of[i], x = blocks.suffix_of[i];
+                if (h >= blocks.head_count || x >= blocks.suffix_count) abort();
+                size_t hl = blocks.head_offsets[h + 1] - blocks.head_offsets[h] - 1;
+                size_t xl = blocks.suffix_offsets[x + 1] - blocks.suffix_offsets[x] - 1;
+                const char *head = blocks.heads + blocks.head_offsets[h], *suffix = blocks.suffixes + blocks.suffix_offsets[x];
+                if (hl == 0 ? xl != 0 : (hl + 1 + xl != len || memcmp(key, head, hl) || key[hl] != '.' || memcmp(key + hl + 1, suffix, xl)))
+                    abort();
+            }
+        } else if (s != SS_E_ARGUMENT || !memchr(listing.keys, 0, names_len)) {
+            abort(); /* refused only when a key holds a NUL */
+        }
+        ss_block_listing_free(&blocks);
     }
     ss_index_listing_free(&listing);
     return 0;

@@ -197,11 +197,12 @@ def _block_of(key: str) -> tuple[str, str]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(st.sampled_from(["a", ".", "7", "01", "layers", "h", "blocks", "\n", "é"]), max_size=10)
-                .map("".join), max_size=8))
-def test_block_pairs_follow_the_rule(keys: list[str]) -> None:
-    # keys holding a newline take the key-by-key path; the rest are split in one pass
-    assert layout._block_pairs(keys) == [_block_of(key) for key in keys]
+@given(st.lists(st.lists(st.sampled_from(["a", ".", "7", "01", "layers", "layer", "h", "blocks", "\n", "é", "٣", "\0", "\ud800"]),
+                         max_size=10).map("".join), max_size=8))
+def test_block_columns_follow_the_rule(keys: list[str]) -> None:
+    # split in C; keys holding a NUL or a lone surrogate take the key-by-key path
+    pairs = [_block_of(key) for key in keys]
+    assert layout._block_columns(keys) == ([head for head, _ in pairs], [suffix for _, suffix in pairs])
 
 
 def _json_reading(raw: bytes) -> tuple[list[str], list[str], int | None]:

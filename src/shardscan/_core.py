@@ -242,6 +242,34 @@ def parse_index(data: bytes) -> ShardIndex | None:
     return ShardIndex(listing)
 
 
+def block_split(names: list[str], containers: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """The block and the suffix of each name (see ss_block_split), "" and "" for a name in
+    no block; equal parts are one shared string. None when a name holds a NUL, which the
+    core's separator cannot carry, or a lone surrogate, which UTF-8 cannot."""
+    if not names:
+        return [], []
+    try:
+        blob = ("\0".join(names) + "\0").encode()
+    except UnicodeEncodeError:
+        return None
+    listing = ffi.new("ss_block_listing *")
+    err = ffi.new("ss_error *")
+    wanted = b"".join(name.encode() + b"\0" for name in containers) + b"\0"
+    status = lib.ss_block_split(ffi.from_buffer(blob), len(blob), len(names), wanted, listing, err)
+    try:
+        if status == lib.SS_E_ARGUMENT:  # more NULs than names
+            return None
+        if status != lib.SS_OK:
+            raise error_for(status, _message(err), None)
+        n = listing.count
+        heads = _names(listing.heads, ffi.unpack(listing.head_offsets, listing.head_count + 1))
+        suffixes = _names(listing.suffixes, ffi.unpack(listing.suffix_offsets, listing.suffix_count + 1))
+        return (list(map(heads.__getitem__, ffi.unpack(listing.head_of, n))),
+                list(map(suffixes.__getitem__, ffi.unpack(listing.suffix_of, n))))
+    finally:
+        lib.ss_block_listing_free(listing)
+
+
 @dataclass(frozen=True, slots=True)  # one per tensor: no __dict__
 class Segment:
     """A strided view (shape, byte strides) or, with shape=None, a contiguous run of nbytes."""

@@ -49,12 +49,9 @@ LAYER_COUNT_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _BLOCK_CONTAINERS = ("layers", "h", "layer", "blocks", "block", "decoder_layers")
 
 #: A key inside a numbered block: (container, block number, suffix), the first block-list
-#: component followed by a number deciding.
+#: component followed by a number deciding. The core applies the same rule (ss_block_split);
+#: this reads the keys it cannot be given.
 _BLOCK_KEY = re.compile(r"((?:[^.]*\.)*?(?:%s))\.([0-9]+)\.(.*)" % "|".join(_BLOCK_CONTAINERS), re.DOTALL)
-
-#: _BLOCK_KEY over keys joined by newlines, one (block, suffix) pair per line and ("", "")
-#: for a key in no block: "model.layers.3.mlp.w" -> ("model.layers.3", "mlp.w").
-_BLOCK_LINES = re.compile(r"^(?:((?:[^.\n]*\.)*?(?:%s)\.[0-9]+)\.(.*)|.*)$" % "|".join(_BLOCK_CONTAINERS), re.M)
 
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 _SHAPE = attrgetter("shape")
@@ -331,9 +328,9 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, Any], sour
         return layout
     by_container: dict[str, dict[int, dict[str, tuple[int, ...] | None]]] = {}
     # Keys come block by block: Python runs once per run of consecutive keys of one block.
-    pairs = _block_pairs(list(actual))
+    heads, suffixes = _block_columns(list(actual))
     shapes = actual.values() if shape_of is None else map(shape_of, actual.values())
-    runs = groupby(zip(map(_FIRST, pairs), zip(map(_SECOND, pairs), shapes)), key=_FIRST)
+    runs = groupby(zip(heads, zip(suffixes, shapes)), key=_FIRST)
     canonical = True  # every block number written as str(int) writes it ("3", never "03")
     for head, run in runs:
         if head:
@@ -406,17 +403,18 @@ class BlockLayout(LazyLayout):
         return missing, changed
 
 
-def _block_pairs(keys: list[str]) -> list[tuple[str, str]]:
-    """(block, suffix) of each key, ("", "") for a key in no block. The first block-list
-    component followed by a number decides: model.layers.3.mlp.experts.7.w is block
-    model.layers.3 with the suffix mlp.experts.7.w. One regex pass over all the keys at once,
-    key by key only when a key holds a newline."""
-    text = "\n".join(keys)
-    if keys and text.count("\n") == len(keys) - 1:
-        pairs = _BLOCK_LINES.findall(text)
-        if len(pairs) == len(keys):
-            return pairs
-    return [(f"{m[1]}.{m[2]}", m[3]) if m else ("", "") for m in map(_BLOCK_KEY.fullmatch, keys)]
+def _block_columns(keys: list[str]) -> tuple[list[str], list[str]]:
+    """The block and the suffix of each key, "" and "" for a key in no block. The first
+    block-list component followed by a number decides: model.layers.3.mlp.experts.7.w is block
+    model.layers.3 with the suffix mlp.experts.7.w. Split in C, key by key here only when a
+    key holds a NUL (or a lone surrogate)."""
+    from ._core import block_split
+
+    split = block_split(keys, _BLOCK_CONTAINERS)
+    if split is not None:
+        return split
+    matches = list(map(_BLOCK_KEY.fullmatch, keys))
+    return ([f"{m[1]}.{m[2]}" if m else "" for m in matches], [m[3] if m else "" for m in matches])
 
 
 def _majority_specs(blocks: Iterable[Mapping[str, tuple[int, ...] | None]],
