@@ -423,8 +423,17 @@ def _majority_specs(blocks: Iterable[Mapping[str, tuple[int, ...] | None]],
     text so the result is deterministic. `rename` maps a suffix to the one it is counted
     under. One Spec per suffix, shared by every block (Specs are frozen)."""
     counts: Counter = Counter()
+    # Neighbouring blocks are mostly equal (compared in C: their suffixes and shapes are shared
+    # objects): each run of equal blocks is counted once, times its length.
+    runs: list[list] = []
     for block in blocks:
-        counts.update(zip(map(rename.__getitem__, block) if rename else block, block.values()))
+        if runs and runs[-1][0] == block:
+            runs[-1][1] += 1
+        else:
+            runs.append([block, 1])
+    for block, times in runs:
+        found = Counter(zip(map(rename.__getitem__, block) if rename else block, block.values()))
+        counts.update({pair: n * times for pair, n in found.items()} if times > 1 else found)
     best: dict[str, tuple[int, str, Any]] = {}
     for (suffix, shape), n in counts.items():
         rank = (n, str(shape), shape)
