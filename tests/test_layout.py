@@ -249,3 +249,12 @@ def test_index_read_in_c_leaves_the_rest_to_json(raw: bytes) -> None:
     from shardscan._core import parse_index
 
     assert parse_index(raw) is None
+
+
+@pytest.mark.parametrize("odd", ["a\0b", "\ud800"])
+def test_index_compared_in_c_declines_names_it_cannot_carry(odd: str) -> None:
+    from shardscan._core import parse_index
+
+    index = parse_index(b'{"weight_map": {"a": "s1", "b": "s2"}}')
+    assert index.compare(["a", "b"], [0, 0]) == (b"\x01\x02", [0, 0], b"\x01\x01")  # b is in s1, not s2
+    assert index.compare([odd, "b"], [0, 1]) is None  # a NUL would split a name; UTF-8 holds no surrogate

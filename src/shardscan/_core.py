@@ -217,15 +217,19 @@ class ShardIndex:
         """(state of each index key: 0 no name equals it, 1 one does in its shard, 2 one does in
         another file; that file's number for each key of state 2; whether the index holds each
         name) for distinct `names`, name i in the file numbered file_of[i] (as shards, or
-        larger). None when a name holds a NUL, which the core's separator cannot carry."""
-        blob = "\0".join(names).encode() + b"\0"
-        if blob.count(b"\0") != len(names) + (not names):
+        larger). None when a name holds a NUL, which the core's separator cannot carry, or a
+        lone surrogate, which UTF-8 cannot."""
+        try:
+            blob = "\0".join(names).encode()
+        except UnicodeEncodeError:
             return None
         n = len(self.shard_of)
         state, found, listed = ffi.new("uint8_t[]", n or 1), ffi.new("uint32_t[]", n or 1), ffi.new("uint8_t[]", len(names) or 1)
         err = ffi.new("ss_error *")
-        status = lib.ss_index_compare(self._listing, ffi.from_buffer(blob), len(blob) - 1, len(names),
+        status = lib.ss_index_compare(self._listing, ffi.from_buffer(blob), len(blob), len(names),
                                       ffi.new("uint32_t[]", file_of or [0]), state, found, listed, err)
+        if status == lib.SS_E_ARGUMENT:  # more NULs than separators
+            return None
         if status != lib.SS_OK:
             raise error_for(status, _message(err), None)
         return ffi.buffer(state, n)[:], ffi.unpack(found, n), ffi.buffer(listed, len(names))[:]
