@@ -327,7 +327,10 @@ def _rebase(job: HashJob, base: int) -> HashJob:
 def _columns(listings: list[Listing], hashed: list[HashResult] | None) -> Columns:
     lists: dict[str, list] = {name: [] for name in NAMES}
     for listing in listings:
-        lists["file"].extend(map(listing.names.__getitem__, listing.row_file))
+        if len(listing.names) == 1:  # every row in its one file
+            lists["file"].extend([listing.names[0]] * len(listing))
+        else:
+            lists["file"].extend(map(listing.names.__getitem__, listing.row_file))
         for name, values in listing.columns.items():
             lists[name].extend(values)
         lists["format"].extend([listing.format] * len(listing))

@@ -31,10 +31,10 @@ def read(file: NativeFile, name: str) -> Listing:
     whole = len(header.keys)
     if header.error is not None:
         whole = next((i for i, (o, n) in enumerate(zip(header.offsets, header.nbytes)) if o + n > size), whole)
-    columns = {
-        "key": header.keys[:whole], "dtype": header.dtypes[:whole], "shape": header.shapes[:whole],
-        "offset": header.offsets[:whole], "nbytes": header.nbytes[:whole], "storage": [None] * whole,
-    }
+    rows = header.keys, header.dtypes, header.shapes, header.offsets, header.nbytes
+    if whole < len(header.keys):
+        rows = tuple(column[:whole] for column in rows)
+    columns = dict(zip(("key", "dtype", "shape", "offset", "nbytes"), rows), storage=[None] * whole)
     listing = Listing(format=NAME, files=[file], names=[name], columns=columns, row_file=[0] * whole, jobs=None)
     if header.error is not None:
         rest = list(zip(header.keys[whole:], header.offsets[whole:]))
