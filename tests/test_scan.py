@@ -177,3 +177,12 @@ def test_combined_scans_equal_one_scan(sharded):
     assert combined.table.equals(whole.table)
     assert (combined.problems, combined.files, combined.per_file) == (whole.problems, whole.files, whole.per_file)
     assert combined.select(paths[:1]).table.equals(scan_paths(paths[:1]).table)
+
+
+def test_names_holding_a_nul_or_any_unicode_read_as_safetensors_reads_them(tmp_path: Path) -> None:
+    names = ["a\0b", "", "\0", "é.layers.0.w", "x" * 300]
+    save_file({name: torch.full((2,), i, dtype=torch.float32) for i, name in enumerate(names)}, tmp_path / "m.safetensors")
+    with safe_open(tmp_path / "m.safetensors", "pt") as handle:
+        expected = list(handle.keys())
+    table = shardscan.scan(tmp_path / "m.safetensors")
+    assert sorted(table.column("key").to_pylist()) == sorted(expected) == sorted(names)

@@ -148,7 +148,7 @@ def parse_safetensors(file: NativeFile) -> SafetensorsHeader:
         if status not in (lib.SS_OK, lib.SS_E_ST_TRUNCATED):
             raise error_for(status, _message(err), file.path)
         n = listing.count
-        keys = _names(listing.keys, ffi.unpack(listing.key_offsets, n + 1))
+        keys = _names(listing.keys, listing.key_offsets, n)
         shape_offsets = ffi.unpack(listing.shape_offsets, listing.shape_count + 1)
         dims = tuple(ffi.unpack(listing.dims, shape_offsets[-1]))  # sliced into tuples
         distinct = list(map(dims.__getitem__, map(slice, shape_offsets[:-1], shape_offsets[1:])))
@@ -182,15 +182,19 @@ def _strings(blob, offsets: list[int]) -> list[str]:
     return list(map(bytes.decode, map(raw.__getitem__, slices)))
 
 
-def _names(blob, offsets: list[int]) -> list[str]:
-    """The names of a listing's `keys`: each followed by a NUL, name i ending at offsets[i + 1] - 1."""
-    if len(offsets) == 1:
+def _names(blob, offsets, count: int) -> list[str]:
+    """The `count` names of a listing's `blob` (C char*), each followed by a NUL, name i ending
+    at offsets[i + 1] - 1 (`offsets`: a C array of count + 1, read only when a name holds a
+    NUL of its own)."""
+    if count == 0:
         return []
-    raw = ffi.buffer(blob, offsets[-1] - 1)[:]
-    names = raw.decode().split("\0")  # at C speed, unless a name holds a NUL of its own
-    if len(names) == len(offsets) - 1:
+    size = offsets[count] - 1
+    names = str(ffi.buffer(blob, size), "utf-8").split("\0")  # at C speed, with no copy of the bytes
+    if len(names) == count:
         return names
-    return list(map(bytes.decode, map(raw.__getitem__, map(slice, offsets[:-1], [end - 1 for end in offsets[1:]]))))
+    raw = ffi.buffer(blob, size)[:]
+    bounds = ffi.unpack(offsets, count + 1)
+    return list(map(bytes.decode, map(raw.__getitem__, map(slice, bounds[:-1], [end - 1 for end in bounds[1:]]))))
 
 
 class ShardIndex:
@@ -207,7 +211,7 @@ class ShardIndex:
 
     @property
     def keys(self) -> list[str]:
-        return _names(self._listing.keys, self._offsets)
+        return _names(self._listing.keys, self._listing.key_offsets, self._listing.count)
 
     def key(self, k: int) -> str:
         start, end = self._offsets[k], self._offsets[k + 1] - 1
@@ -266,8 +270,8 @@ def block_split(names: list[str], containers: Sequence[str]) -> tuple[list[str],
         if status != lib.SS_OK:
             raise error_for(status, _message(err), None)
         n = listing.count
-        heads = _names(listing.heads, ffi.unpack(listing.head_offsets, listing.head_count + 1))
-        suffixes = _names(listing.suffixes, ffi.unpack(listing.suffix_offsets, listing.suffix_count + 1))
+        heads = _names(listing.heads, listing.head_offsets, listing.head_count)
+        suffixes = _names(listing.suffixes, listing.suffix_offsets, listing.suffix_count)
         return (list(map(heads.__getitem__, ffi.unpack(listing.head_of, n))),
                 list(map(suffixes.__getitem__, ffi.unpack(listing.suffix_of, n))))
     finally:
