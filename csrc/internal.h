@@ -14,8 +14,8 @@ struct ss_file {
 };
 
 /* SIGBUS guard. While a thread has `ss_guard_jump` pointing at a sigjmp_buf, a SIGBUS on that
- * thread (a mapped file shrank under us) jumps there instead of killing the process. Use only
- * through SS_GUARDED below, which keeps the jump target on the caller's stack. */
+ * thread (a mapped file shrank under us) jumps there instead of killing the process. Set it in
+ * a frame of its own that nothing live crosses (see guarded_copy in file.c), and clear it there. */
 extern __thread sigjmp_buf *ss_guard_jump;
 /* Installs the handler, or re-arms it if another library replaced it since; cheap when armed. */
 void ss_guard_install(void);
