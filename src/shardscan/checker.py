@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import attrgetter, is_, is_not, ne
+from operator import attrgetter, is_, is_not, itemgetter, ne
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
 
@@ -208,17 +208,19 @@ def _file_blocks(files: list[str], name_of: Callable[[str], str]) -> list[tuple[
 
 def _collect_file(actual: _Actual, columns, start: int, end: int, name: str) -> None:
     """The rows of one weight file, in bulk (the caller checks that no key repeats)."""
-    keys, nbytes = columns.key[start:end], columns.nbytes[start:end]
+    # The file's slice of each column; the columns themselves when it is the only file.
+    rows = itemgetter(slice(start, end)) if (start, end) != (0, len(columns.key)) else (lambda column: column)  # noqa: E731
+    keys, nbytes = rows(columns.key), rows(columns.nbytes)
     actual.bytes_by_file[name] = actual.bytes_by_file.get(name, 0) + sum(nbytes)
     # An unhashed scan leaves the value columns all None: list.count sees that at C speed.
-    nan, inf, zero = columns.nan_count[start:end], columns.inf_count[start:end], columns.all_zero[start:end]
-    shapes = list(map(tuple, columns.shape[start:end]))
+    nan, inf, zero = rows(columns.nan_count), rows(columns.inf_count), rows(columns.all_zero)
+    shapes = list(map(tuple, rows(columns.shape)))
     if _any(nan) or _any(inf):
         actual.nonfinite += [NonFinite(key, name, n or 0, i or 0) for key, n, i in zip(keys, nan, inf)
                              if (n or i) and not key.startswith(_BOOKKEEPING)]
     if _any(zero):
         actual.zeros += [key for key, z, shape, size in zip(keys, zero, shapes, nbytes) if z and len(shape) >= 2 and size]
-    dtypes, checksums = columns.dtype[start:end], columns.checksum[start:end]
+    dtypes, checksums = rows(columns.dtype), rows(columns.checksum)
     if _any(checksums):
         actual.specs.update(zip(keys, map(Spec, dtypes, shapes, checksums, repeat(name))))
     else:  # unhashed: one Spec per distinct (dtype, shape) of the file (Specs are frozen)
@@ -714,12 +716,14 @@ def _published_digests(root: Path, actual: _Actual, findings: _Findings, options
 
     outcome = check_published(root, options.sha256, hash=options.hash, threads=options.threads,
                               progress=options.progress)
-    present = {**_strip_specs(actual.specs, options.strip_prefix), **actual.state_specs}
     changed: dict[str, list[str]] = {}
-    for key, kind in findings.mismatched:
-        spec = present.get(key)
-        if kind == "checksum" and spec is not None and spec.file:
-            changed.setdefault(spec.file, []).append(key)
+    checksums = [key for key, kind in findings.mismatched if kind == "checksum"]
+    if outcome.errors and checksums:  # only then: the lookup copies every Spec
+        present = {**_strip_specs(actual.specs, options.strip_prefix), **actual.state_specs}
+        for key in checksums:
+            spec = present.get(key)
+            if spec is not None and spec.file:
+                changed.setdefault(spec.file, []).append(key)
     for file, error, kind in outcome.errors:
         keys = changed.get(file)
         tensors = f"; tensors whose checksum differs from the manifest: {', '.join(families(keys))}" if keys else ""

@@ -331,8 +331,11 @@ def _columns(listings: list[Listing], hashed: list[HashResult] | None) -> Column
             lists["file"].extend([listing.names[0]] * len(listing))
         else:
             lists["file"].extend(map(listing.names.__getitem__, listing.row_file))
-        for name, values in listing.columns.items():
-            lists[name].extend(values)
+        if len(listings) == 1:  # one listing's rows: its columns as they are, not copied
+            lists.update(listing.columns)
+        else:
+            for name, values in listing.columns.items():
+                lists[name].extend(values)
         lists["format"].extend([listing.format] * len(listing))
     rows = len(lists["key"])
     for name in HASHED:
