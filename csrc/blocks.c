@@ -58,7 +58,7 @@ static int gather(const parts *p, const char *text, char **out, uint32_t **offse
     size_t bytes = 0;
     for (uint32_t i = 0; i < p->count; i++) bytes += p->spans[i].len + 1;
     *out = malloc(bytes + 1);
-    *offsets = malloc((p->count + 1) * sizeof **offsets);
+    *offsets = malloc(((size_t)p->count + 1) * sizeof **offsets);
     if (!*out || !*offsets) return 0;
     uint32_t at = 0;
     for (uint32_t i = 0; i < p->count; i++) {
@@ -75,11 +75,13 @@ ss_status ss_block_split(const char *names, size_t names_len, uint32_t count, co
                          ss_block_listing *out, ss_error *err) {
     memset(out, 0, sizeof *out);
     if (names_len > UINT32_MAX) return ss_fail(err, SS_E_ARGUMENT, "names of more than 4 GiB");
+    if (count > names_len) /* each name ends in a NUL: no more names than bytes */
+        return ss_fail(err, SS_E_ARGUMENT, "names are not %u NUL-terminated names", count);
     parts heads = {0}, suffixes = {0};
-    out->head_of = malloc((count + 1) * sizeof *out->head_of);
-    out->suffix_of = malloc((count + 1) * sizeof *out->suffix_of);
-    heads.spans = malloc((count + 1) * sizeof *heads.spans);
-    suffixes.spans = malloc((count + 1) * sizeof *suffixes.spans);
+    out->head_of = malloc(((size_t)count + 1) * sizeof *out->head_of);
+    out->suffix_of = malloc(((size_t)count + 1) * sizeof *out->suffix_of);
+    heads.spans = malloc(((size_t)count + 1) * sizeof *heads.spans);
+    suffixes.spans = malloc(((size_t)count + 1) * sizeof *suffixes.spans);
     ss_status s = SS_OK;
     if (!out->head_of || !out->suffix_of || !heads.spans || !suffixes.spans) s = SS_E_NOMEM;
     uint32_t i = 0;

@@ -205,6 +205,17 @@ def test_block_columns_follow_the_rule(keys: list[str]) -> None:
     assert layout._block_columns(keys) == ([head for head, _ in pairs], [suffix for _, suffix in pairs])
 
 
+@pytest.mark.parametrize("count", [0, 1, 3, 2**32 - 1])
+def test_block_split_refuses_a_count_its_names_do_not_have(count: int) -> None:
+    from shardscan._core import ffi, lib
+
+    names = b"model.layers.0.w\0b\0"  # two names
+    listing, err = ffi.new("ss_block_listing *"), ffi.new("ss_error *")
+    status = lib.ss_block_split(names, len(names), count, b"layers\0\0", listing, err)
+    lib.ss_block_listing_free(listing)
+    assert status == lib.SS_E_ARGUMENT, ffi.string(err.message)
+
+
 def _json_reading(raw: bytes) -> tuple[list[str], list[str], int | None]:
     """What the json module (transformers' reader) makes of an index: keys, their shards, total_size."""
     data = json.loads(raw)
