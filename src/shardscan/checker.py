@@ -224,8 +224,20 @@ def _collect_file(actual: _Actual, columns, start: int, end: int, name: str) -> 
     if _any(checksums):
         actual.specs.update(zip(keys, map(Spec, dtypes, shapes, checksums, repeat(name))))
     else:  # unhashed: one Spec per distinct (dtype, shape) of the file (Specs are frozen)
-        distinct = {row: Spec(*row, None, name) for row in set(zip(dtypes, shapes))}
-        actual.specs.update(zip(keys, map(distinct.__getitem__, zip(dtypes, shapes))))
+        actual.specs.update(zip(keys, map(_SpecsOfFile(name).__getitem__, zip(dtypes, shapes))))
+
+
+class _SpecsOfFile(dict):
+    """(dtype, shape) -> the Spec of the file's tensors of that dtype and shape, made when first
+    asked for: one lookup per row, in C but for the first of each."""
+
+    def __init__(self, file: str) -> None:
+        super().__init__()
+        self.file = file
+
+    def __missing__(self, row: tuple[str, tuple[int, ...]]) -> Spec:
+        spec = self[row] = Spec(*row, None, self.file)
+        return spec
 
 
 def _any(values: list) -> bool:
