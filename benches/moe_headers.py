@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_checkpoint import make_many  # noqa: E402
 from make_moe import make_deepseek_v3  # noqa: E402
+from run import shardscan_cmd  # noqa: E402
 
 #: What a user writes instead: read each shard's 8-byte length, then json.load the header.
 STDLIB_READER = """
@@ -37,7 +38,7 @@ print(n)
 
 
 def shardscan_argv(target: Path) -> list[str]:
-    return [sys.executable, "-m", "shardscan", "check", "--no-hash", str(target)]
+    return [*shardscan_cmd(), "check", "--no-hash", str(target)]
 
 
 def stdlib_argv(target: Path) -> list[str]:
