@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from shardscan.cli import app
+from shardscan.cli import _app_for, _command_name, app
 
 from oracle import tensor_checksum
 
@@ -44,6 +44,20 @@ def test_every_command_has_help():
         sub = runner.invoke(app, [name, "--help"])
         assert sub.exit_code == 0, sub.output
         assert " ".join(callback.__doc__.split())[:40] in " ".join(sub.output.split())
+
+
+def test_a_command_alone_parses_and_helps_as_in_the_whole_app(checkpoint):
+    names = [_command_name(c) for c in app.registered_commands]
+    for name in names:
+        alone = _app_for(["--version", name, "x"][1:])
+        assert [_command_name(c) for c in alone.registered_commands] == [name]
+        assert runner.invoke(alone, [name, "--help"]).output == runner.invoke(app, [name, "--help"]).output
+    path, _ = checkpoint
+    whole, alone = (runner.invoke(cli, ["check", "--json", "--no-hash", str(path)]) for cli in (app, _app_for(["check"])))
+    assert whole.exit_code == alone.exit_code == 0
+    assert {**json.loads(alone.output), "elapsed": 0} == {**json.loads(whole.output), "elapsed": 0}
+    # No command, or an unknown one: the whole app, for its listing and its suggestions.
+    assert _app_for([]) is app and _app_for(["--help"]) is app and _app_for(["chek"]) is app
 
 
 def test_scan_json_is_one_object_with_oracle_checksums(checkpoint):

@@ -36,7 +36,7 @@ except KeyboardInterrupt:
 if TYPE_CHECKING:
     from .scanner import ScanResult
 
-app = typer.Typer(
+_SETTINGS: dict = dict(
     name="shardscan",
     help="Check model checkpoints for missing, truncated and corrupt tensors, without loading them.",
     add_completion=False,
@@ -44,6 +44,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+app = typer.Typer(**_SETTINGS)
 
 
 
@@ -531,7 +532,7 @@ def main() -> None:
     # removed on the way out (write_atomic cleans up on any BaseException).
     previous = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
-        app()
+        _app_for(sys.argv[1:])()
     except SystemExit:
         raise
     except (KeyboardInterrupt, _Interrupt):
@@ -545,6 +546,25 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _app_for(args: list[str]) -> typer.Typer:
+    """The app with only the command `args` name, if they name one. Typer reads the signature
+    of every registered command each time it builds the CLI, a third of a small check's
+    start-up; what one command prints and parses does not depend on the others."""
+    name = next((arg for arg in args if not arg.startswith("-")), None)
+    chosen = [command for command in app.registered_commands if _command_name(command) == name]
+    if not chosen:
+        return app  # no command, or an unknown one: its listing and suggestions need them all
+    one = typer.Typer(**_SETTINGS)
+    one.registered_callback = app.registered_callback
+    one.registered_commands = chosen
+    return one
+
+
+def _command_name(command: typer.models.CommandInfo) -> str | None:
+    """The name Typer gives a registered command: its own, else its function's, dashed."""
+    return command.name or (command.callback.__name__.replace("_", "-") if command.callback else None)
 
 
 def run() -> None:
