@@ -1,7 +1,11 @@
-/* The repeated blocks of a model, read from its tensor names: "model.layers.3.mlp.w" lies in
- * block "model.layers.3" with the suffix "mlp.w". Every name of a checkpoint (an MoE model
- * has about 100k) is split before its layout is built, and blocks repeat the same few
- * thousand suffixes: the split runs here, and each distinct part is handed over once. */
+/* A checkpoint's tensor names measured as one list (an MoE model has about 100k of them).
+ *
+ * The repeated blocks of a model: "model.layers.3.mlp.w" lies in block "model.layers.3" with
+ * the suffix "mlp.w". Every name is split before its layout is built, and blocks repeat the
+ * same few thousand suffixes: the split runs here, and each distinct part is handed over once.
+ *
+ * Names given twice: a key that two shards hold is found here, without a Python object per
+ * name. */
 #define _GNU_SOURCE /* internal.h needs POSIX's sigjmp_buf, which strict -std=c11 hides */
 #include <stdlib.h>
 #include <string.h>
@@ -117,4 +121,39 @@ void ss_block_listing_free(ss_block_listing *listing) {
     free(listing->head_offsets), free(listing->suffix_offsets);
     free(listing->heads), free(listing->suffixes);
     memset(listing, 0, sizeof *listing);
+}
+
+ss_status ss_first_repeat(const char *names, size_t names_len, uint32_t count, uint32_t *first, ss_error *err) {
+    *first = count;
+    if (names_len > UINT32_MAX) return ss_fail(err, SS_E_ARGUMENT, "names of more than 4 GiB");
+    if (count > names_len) /* each name ends in a NUL: no more names than bytes */
+        return ss_fail(err, SS_E_ARGUMENT, "names are not %u NUL-terminated names", count);
+    span *spans = malloc(((size_t)count + 1) * sizeof *spans);
+    name_set set = {0};
+    if (!spans || !name_set_init(&set, count)) {
+        free(spans);
+        return ss_fail(err, SS_E_NOMEM, "out of memory");
+    }
+    /* Every name is walked, past a repeat too: a name holding a NUL, which would read as two,
+     * shows only in the count. */
+    const char *name = names, *stop = names + names_len;
+    uint32_t i = 0, repeat = count;
+    for (; name < stop && i < count; i++) {
+        const char *nul = memchr(name, '\0', (size_t)(stop - name));
+        if (!nul) break;
+        spans[i] = (span){(uint32_t)(name - names), (uint32_t)(nul - name)};
+        if (repeat == count) {
+            uint64_t tag;
+            uint64_t *slot = name_slot(&set, names, spans, name, spans[i].len, &tag);
+            if (*slot) repeat = i;
+            else name_put(slot, tag, i);
+        }
+        name = nul + 1;
+    }
+    ss_status s = SS_OK;
+    if (i != count || name != stop) s = ss_fail(err, SS_E_ARGUMENT, "names are not %u NUL-terminated names", count);
+    else *first = repeat;
+    free(spans);
+    free(set.slots);
+    return s;
 }

@@ -225,6 +225,11 @@ ss_status ss_block_split(const char *names, size_t names_len, uint32_t count, co
                          ss_block_listing *out, ss_error *err);
 void ss_block_listing_free(ss_block_listing *listing);
 
+/* The first of `count` names laid end to end in `names` (`names_len` bytes, each followed by
+ * a NUL) that equals an earlier one: *first receives its number, or `count` when the names
+ * are distinct. */
+ss_status ss_first_repeat(const char *names, size_t names_len, uint32_t count, uint32_t *first, ss_error *err);
+
 /* ------------------------------------------------------------------------------------------
  * Hashing. A job is the logical bytes of one tensor. The common case is one contiguous run
  * (`file`, `offset`, `nbytes`, with nsegments = 0). Otherwise the job streams `nsegments`

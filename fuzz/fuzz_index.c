@@ -1,4 +1,5 @@
-/* libFuzzer target: the shard index reader on arbitrary bytes, and the block split of its keys. */
+/* libFuzzer target: the shard index reader on arbitrary bytes; the block split of its keys and
+ * the search for a repeated one. */
 #define _GNU_SOURCE /* internal.h needs sigjmp_buf, which strict C11 hides */
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             abort(); /* refused only when a key holds a NUL, which the separator cannot carry */
         }
         free(state), free(listed), free(found);
+        /* The keys are distinct; given twice over, the first repeat is the first key's second
+         * copy. Only a key holding a NUL, which reads as two names, is refused. */
+        size_t text_len = n ? listing.key_offsets[n] : 0;
+        char *twice = malloc(2 * text_len + 1);
+        if (!twice) abort();
+        if (text_len) memcpy(twice, listing.keys, text_len), memcpy(twice + text_len, listing.keys, text_len);
+        uint32_t once = 0, again = 0;
+        ss_status s1 = ss_first_repeat(twice, text_len, n, &once, &err);
+        ss_status s2 = ss_first_repeat(twice, 2 * text_len, 2 * n, &again, &err);
+        int holds_nul = 0;
+        for (uint32_t i = 0; i < n; i++)
+            holds_nul |= memchr(listing.keys + listing.key_offsets[i], 0, listing.key_offsets[i + 1] - listing.key_offsets[i] - 1) != NULL;
+        if (s1 != s2 || (s1 == SS_OK ? holds_nul || once != n || again != n : s1 != SS_E_ARGUMENT || !holds_nul)) abort();
+        free(twice);
         /* Split into blocks, every key is its head, a dot and its suffix, or in no block. */
         ss_block_listing blocks;
         s = ss_block_split(n ? listing.keys : "", n ? listing.key_offsets[n] : 0, n, "layers\0h\0blocks\0\0", &blocks, &err);

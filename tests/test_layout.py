@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardscan import layout
+from shardscan._core import Names, first_repeat
 
 
 def test_series_gaps() -> None:
@@ -55,7 +56,7 @@ def test_structural_layout_finds_absent_and_partial_blocks() -> None:
     del actual["model.layers.1.norm.weight"]
     actual["model.layers.2.mlp.weight"] = (4, 5)  # the odd one out; the majority shape is expected
     actual["model.layers.7.mlp.weight"] = (4, 4)  # beyond num_hidden_layers
-    found = layout.structural_layout({"num_hidden_layers": 4}, actual, "config.json")
+    found = layout.structural_layout({"num_hidden_layers": 4}, list(actual), list(actual.values()), "config.json")
     expected = {f"model.layers.{i}.{s}" for i in range(4) for s in ("mlp.weight", "norm.weight")}
     assert set(found.specs) == expected
     assert found.specs["model.layers.2.mlp.weight"].shape == (4, 4)
@@ -64,7 +65,7 @@ def test_structural_layout_finds_absent_and_partial_blocks() -> None:
 
 
 def test_structural_layout_without_count_warns() -> None:
-    found = layout.structural_layout({}, {"a.layers.0.w": (1,)}, "config.json")
+    found = layout.structural_layout({}, ["a.layers.0.w"], [(1,)], "config.json")
     assert not found.specs and found.warnings
 
 
@@ -148,7 +149,7 @@ def test_structural_layout_hybrid_blocks() -> None:
         actual[f"m.layers.{i}.{kind}.a"] = (4, 4)
         actual[f"m.layers.{i}.{kind}.b"] = (4, 4)
     del actual["m.layers.3.mamba.b"]
-    found = layout.structural_layout({"num_hidden_layers": 5}, actual, "config.json")
+    found = layout.structural_layout({"num_hidden_layers": 5}, list(actual), list(actual.values()), "config.json")
     absent = set(found.specs) - set(actual)
     # block 3 lacks its own kind's tensor; block 4 (absent) needs only what every kind has
     assert absent == {"m.layers.3.mamba.b", "m.layers.4.norm.weight"}
@@ -179,11 +180,11 @@ def test_structural_layout_first_block_holds_its_own(tmp_path: Path) -> None:
         shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     bias = "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
     assert bias in shapes
-    found = layout.structural_layout(json.loads((tmp_path / "config.json").read_text()), shapes, "config.json")
+    found = layout.structural_layout(json.loads((tmp_path / "config.json").read_text()), list(shapes), list(shapes.values()), "config.json")
     assert set(found.specs) == {k for k in shapes if k.startswith("decoder.block.")}
     del shapes["decoder.block.2.layer.1.EncDecAttention.k.weight"]
     del shapes[bias]  # lost, block 0's own tensor cannot be known; the partial block 2 still is
-    found = layout.structural_layout(json.loads((tmp_path / "config.json").read_text()), shapes, "config.json")
+    found = layout.structural_layout(json.loads((tmp_path / "config.json").read_text()), list(shapes), list(shapes.values()), "config.json")
     assert set(found.specs) - set(shapes) == {"decoder.block.2.layer.1.EncDecAttention.k.weight"}
 
 
@@ -202,7 +203,25 @@ def _block_of(key: str) -> tuple[str, str]:
 def test_block_columns_follow_the_rule(keys: list[str]) -> None:
     # split in C; keys holding a NUL or a lone surrogate take the key-by-key path
     pairs = [_block_of(key) for key in keys]
-    assert layout._block_columns(keys) == ([head for head, _ in pairs], [suffix for _, suffix in pairs])
+    assert layout._block_columns(Names(keys)) == ([head for head, _ in pairs], [suffix for _, suffix in pairs])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "a.b", "", "é", "\0", "a\0", "\ud800"]), max_size=8))
+def test_first_repeat_finds_the_first_name_given_twice(keys: list[str]) -> None:
+    expected = next((i for i, key in enumerate(keys) if key in keys[:i]), len(keys))
+    found = first_repeat(Names(keys))
+    # The core cannot carry a name holding a NUL or a lone surrogate: it declines them all.
+    assert found == (None if any("\0" in key or "\ud800" in key for key in keys) else expected)
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 2**32 - 1])
+def test_first_repeat_refuses_a_count_its_names_do_not_have(count: int) -> None:
+    from shardscan._core import ffi, lib
+
+    names = b"a\0b\0"  # two names
+    first, err = ffi.new("uint32_t *"), ffi.new("ss_error *")
+    assert lib.ss_first_repeat(names, len(names), count, first, err) == lib.SS_E_ARGUMENT, ffi.string(err.message)
 
 
 @pytest.mark.parametrize("count", [0, 1, 3, 2**32 - 1])
@@ -267,5 +286,5 @@ def test_index_compared_in_c_declines_names_it_cannot_carry(odd: str) -> None:
     from shardscan._core import parse_index
 
     index = parse_index(b'{"weight_map": {"a": "s1", "b": "s2"}}')
-    assert index.compare(["a", "b"], [0, 0]) == (b"\x01\x02", [0, 0], b"\x01\x01")  # b is in s1, not s2
-    assert index.compare([odd, "b"], [0, 1]) is None  # a NUL would split a name; UTF-8 holds no surrogate
+    assert index.compare(Names(["a", "b"]), [0, 0]) == (b"\x01\x02", [0, 0], b"\x01\x01")  # b is in s1, not s2
+    assert index.compare(Names([odd, "b"]), [0, 1]) is None  # a NUL would split a name; UTF-8 holds no surrogate

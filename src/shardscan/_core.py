@@ -204,7 +204,6 @@ class ShardIndex:
 
     def __init__(self, listing) -> None:
         self._listing = ffi.gc(listing, lib.ss_index_listing_free)
-        self._offsets = ffi.unpack(listing.key_offsets, listing.count + 1)
         self.shards = _strings(listing.shards, ffi.unpack(listing.shard_offsets, listing.shard_count + 1))
         self.shard_of: list[int] = ffi.unpack(listing.shard_of, listing.count)
         self.total_size = listing.total_size if listing.total_size >= 0 else None
@@ -214,29 +213,28 @@ class ShardIndex:
         return _names(self._listing.keys, self._listing.key_offsets, self._listing.count)
 
     def key(self, k: int) -> str:
-        start, end = self._offsets[k], self._offsets[k + 1] - 1
+        offsets = self._listing.key_offsets  # read in C: only the keys a check reports are asked for
+        start, end = offsets[k], offsets[k + 1] - 1
         return ffi.buffer(self._listing.keys + start, end - start)[:].decode()
 
-    def compare(self, names: list[str], file_of: list[int]) -> tuple[bytes, list[int], bytes] | None:
+    def compare(self, names: Names, file_of: list[int]) -> tuple[bytes, list[int], bytes] | None:
         """(state of each index key: 0 no name equals it, 1 one does in its shard, 2 one does in
         another file; that file's number for each key of state 2; whether the index holds each
         name) for distinct `names`, name i in the file numbered file_of[i] (as shards, or
-        larger). None when a name holds a NUL, which the core's separator cannot carry, or a
-        lone surrogate, which UTF-8 cannot."""
-        try:
-            blob = "\0".join(names).encode()
-        except UnicodeEncodeError:
+        larger). None when the core cannot carry the names."""
+        if names.blob is None:
             return None
-        n = len(self.shard_of)
-        state, found, listed = ffi.new("uint8_t[]", n or 1), ffi.new("uint32_t[]", n or 1), ffi.new("uint8_t[]", len(names) or 1)
+        n, count = len(self.shard_of), len(names)
+        state, found, listed = ffi.new("uint8_t[]", n or 1), ffi.new("uint32_t[]", n or 1), ffi.new("uint8_t[]", count or 1)
         err = ffi.new("ss_error *")
-        status = lib.ss_index_compare(self._listing, ffi.from_buffer(blob), len(blob), len(names),
+        # The core takes the names separated by NULs: the last one's is left out.
+        status = lib.ss_index_compare(self._listing, ffi.from_buffer(names.blob), max(len(names.blob) - 1, 0), count,
                                       ffi.new("uint32_t[]", file_of or [0]), state, found, listed, err)
         if status == lib.SS_E_ARGUMENT:  # more NULs than separators
             return None
         if status != lib.SS_OK:
             raise error_for(status, _message(err), None)
-        return ffi.buffer(state, n)[:], ffi.unpack(found, n), ffi.buffer(listed, len(names))[:]
+        return ffi.buffer(state, n)[:], ffi.unpack(found, n), ffi.buffer(listed, count)[:]
 
 
 def parse_index(data: bytes) -> ShardIndex | None:
@@ -250,20 +248,38 @@ def parse_index(data: bytes) -> ShardIndex | None:
     return ShardIndex(listing)
 
 
-def block_split(names: list[str], containers: Sequence[str]) -> tuple[list[str], list[str]] | None:
+class Names:
+    """Names as the core reads them (UTF-8, each followed by a NUL), joined once for every
+    measure taken of them: block_split, first_repeat, ShardIndex.compare. `blob` is None when
+    a name holds a lone surrogate, which UTF-8 cannot carry; a name holding a NUL, which the
+    separator cannot, is found by the core. Either way the measures answer None and the caller
+    works in Python."""
+
+    __slots__ = ("items", "blob")
+
+    def __init__(self, items: list[str]) -> None:
+        self.items = items
+        try:
+            # joined with an empty name last: each name then ends in a NUL, with no copy of the text
+            self.blob: bytes | None = "\0".join([*items, ""]).encode() if items else b""
+        except UnicodeEncodeError:
+            self.blob = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def block_split(names: Names, containers: Sequence[str]) -> tuple[list[str], list[str]] | None:
     """The block and the suffix of each name (see ss_block_split), "" and "" for a name in
-    no block; equal parts are one shared string. None when a name holds a NUL, which the
-    core's separator cannot carry, or a lone surrogate, which UTF-8 cannot."""
-    if not names:
+    no block; equal parts are one shared string. None when the core cannot carry the names."""
+    if not names.items:
         return [], []
-    try:
-        blob = ("\0".join(names) + "\0").encode()
-    except UnicodeEncodeError:
+    if names.blob is None:
         return None
     listing = ffi.new("ss_block_listing *")
     err = ffi.new("ss_error *")
     wanted = b"".join(name.encode() + b"\0" for name in containers) + b"\0"
-    status = lib.ss_block_split(ffi.from_buffer(blob), len(blob), len(names), wanted, listing, err)
+    status = lib.ss_block_split(ffi.from_buffer(names.blob), len(names.blob), len(names), wanted, listing, err)
     try:
         if status == lib.SS_E_ARGUMENT:  # more NULs than names
             return None
@@ -276,6 +292,21 @@ def block_split(names: list[str], containers: Sequence[str]) -> tuple[list[str],
                 list(map(suffixes.__getitem__, ffi.unpack(listing.suffix_of, n))))
     finally:
         lib.ss_block_listing_free(listing)
+
+
+def first_repeat(names: Names) -> int | None:
+    """The position of the first name equal to an earlier one, len(names) when they are
+    distinct; None when the core cannot carry the names."""
+    if names.blob is None:
+        return None
+    first = ffi.new("uint32_t *")
+    err = ffi.new("ss_error *")
+    status = lib.ss_first_repeat(ffi.from_buffer(names.blob), len(names.blob), len(names), first, err)
+    if status == lib.SS_E_ARGUMENT:  # more NULs than names
+        return None
+    if status != lib.SS_OK:
+        raise error_for(status, _message(err), None)
+    return first[0]
 
 
 @dataclass(frozen=True, slots=True)  # one per tensor: no __dict__

@@ -24,12 +24,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from itertools import compress, repeat
-from operator import attrgetter, is_, is_not, itemgetter, ne
+from itertools import chain, compress, repeat
+from operator import attrgetter, is_, is_not, ne
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, NamedTuple, Sequence
 
 from . import _gc
+from ._core import Names, first_repeat
 from . import formats
 from . import layout as layouts
 from ._typing import PathLike
@@ -39,15 +40,30 @@ from .resume import MODEL, OBJECTS, STATE, resume_set, role_of
 from .report import Diff, FileError, Mismatch, NonFinite, Report, families, natural_sorted
 
 if TYPE_CHECKING:
-    from .scanner import ScanResult
+    from .scanner import Columns, ScanResult
+
+
+class _FileRows(NamedTuple):
+    """The rows [start, end) of the scan's `columns` that one weight file holds."""
+
+    columns: Columns
+    start: int
+    end: int
+    file: str
+
+    def column(self, name: str) -> list:
+        """The file's entries of one column (the column itself when it holds them alone)."""
+        values = getattr(self.columns, name)
+        return values if (self.start, self.end) == (0, len(values)) else values[self.start : self.end]
 
 
 @dataclass
 class _Actual:
-    """The checkpoint as scanned: key -> Spec of each intact tensor, keys whose bytes are gone
-    (cut or lost by a truncation), and everything reported per file."""
+    """The checkpoint as scanned: the weights' rows a file at a time (`weights`, their keys
+    distinct), keys whose bytes are gone (cut or lost by a truncation), and everything reported
+    per file. `specs`, key -> Spec of each intact weight, is made when first asked for: the
+    index and the structural check measure the weights' columns without it."""
 
-    specs: dict[str, Spec]  # the weights
     damaged: set[str]
     errors: list[FileError]
     files: int
@@ -59,6 +75,35 @@ class _Actual:
     state_specs: dict[str, Spec] = field(default_factory=dict)  # other files' tensors, by qualified key
     nonfinite: list[NonFinite] = field(default_factory=list)
     zeros: list[str] = field(default_factory=list)  # all-zero tensors of rank >= 2, by qualified key
+    weights: list[_FileRows] = field(default_factory=list)
+    _specs: dict[str, Spec] | None = None
+    _names: Names | None = None
+
+    @property
+    def specs(self) -> dict[str, Spec]:
+        if self._specs is None:
+            self._specs = {}
+            for rows in self.weights:
+                _add_specs(self._specs, rows)
+        return self._specs
+
+    def names(self) -> Names:
+        """The weights' keys, in order, as the core measures them."""
+        if self._names is None:
+            self._names = Names(self._column("key") if self._specs is None else list(self._specs))
+        return self._names
+
+    def shapes(self) -> list[tuple[int, ...] | None]:
+        """The weights' shapes, in the order of names()."""
+        # A reader may list a shape as a list; a Spec's is a tuple (tuple() returns a tuple as it is).
+        return list(map(tuple, self._column("shape"))) if self._specs is None else list(map(_SHAPE, self._specs.values()))
+
+    def _column(self, name: str) -> list:
+        rows = self.weights
+        if rows and all(r.columns is rows[0].columns for r in rows) and rows[0].start == 0 \
+                and rows[-1].end == len(rows[0].columns.key) == sum(r.end - r.start for r in rows):
+            return getattr(rows[0].columns, name)  # the weights are every row, in order
+        return list(chain.from_iterable(r.column(name) for r in rows))
 
 
 @dataclass(frozen=True)
@@ -139,7 +184,7 @@ def _scan(path: Path, options: CheckOptions, *, index_shards: Iterable[str] = ()
     own = os.fspath(path)
     role = (lambda name: MODEL) if whole else (lambda name: MODEL if name == own else role_of(name))
     prefix = f"{label}/" if label and path.is_dir() else ""
-    actual = _Actual(specs={}, damaged=set(), errors=[], files=len(given.files), tensors=len(given.columns),
+    actual = _Actual(damaged=set(), errors=[], files=len(given.files), tensors=len(given.columns),
                      nbytes=sum(given.columns.nbytes), bytes_by_file={}, notes=notes)
     _collect_rows(actual, given, name_of, role)
     for problem in given.problems:
@@ -172,23 +217,29 @@ def _qualifier(file: str, role: str) -> Callable[[str], str]:
 
 def _collect_rows(actual: _Actual, result: ScanResult, name_of: Callable[[str], str],
                   role: Callable[[str], str]) -> None:
-    """Specs of the scanned rows: the weights' by key (a key in two weight files is a
-    duplicate), the other files' by qualified key. A file's rows are contiguous (one listing
-    each), so the weights are taken a file at a time; they are looked at row by row only when
-    the key count says a key repeats (or a file's rows are not contiguous)."""
+    """The scanned rows: the weights a file at a time (a key in two weight files is a
+    duplicate), the other files' Specs by qualified key. A file's rows are contiguous (one
+    listing each), so the weights are taken a file at a time; they are looked at row by row
+    only when a key repeats (or a file's rows are not contiguous)."""
     columns = result.columns
     blocks = _file_blocks(columns.file, name_of)
-    weights = [block for block in blocks or () if role(block[2]) == MODEL]
-    for block in weights:
-        _collect_file(actual, columns, *block)
-    if blocks is not None and len(actual.specs) == sum(end - start for start, end, _ in weights):
+    for start, end, name in blocks or ():
+        if role(name) == MODEL:
+            _collect_file(actual, _FileRows(columns, start, end, name))
+    if blocks is not None and _distinct(actual.names()):
         rest = [range(start, end) for start, end, name in blocks if role(name) != MODEL]
     else:
-        for found in (actual.specs, actual.bytes_by_file, actual.nonfinite, actual.zeros):
+        for found in (actual.weights, actual.bytes_by_file, actual.nonfinite, actual.zeros):
             found.clear()
+        actual._specs, actual._names = {}, None
         rest = [range(len(columns.file))]
     for rows in rest:
         _collect_row_by_row(actual, columns, rows, name_of, role)
+
+
+def _distinct(names: Names) -> bool:
+    repeat = first_repeat(names)
+    return repeat == len(names) if repeat is not None else len(set(names.items)) == len(names)
 
 
 def _file_blocks(files: list[str], name_of: Callable[[str], str]) -> list[tuple[int, int, str]] | None:
@@ -206,25 +257,29 @@ def _file_blocks(files: list[str], name_of: Callable[[str], str]) -> list[tuple[
     return blocks
 
 
-def _collect_file(actual: _Actual, columns, start: int, end: int, name: str) -> None:
-    """The rows of one weight file, in bulk (the caller checks that no key repeats)."""
-    # The file's slice of each column; the columns themselves when it is the only file.
-    rows = itemgetter(slice(start, end)) if (start, end) != (0, len(columns.key)) else (lambda column: column)  # noqa: E731
-    keys, nbytes = rows(columns.key), rows(columns.nbytes)
+def _collect_file(actual: _Actual, rows: _FileRows) -> None:
+    """The rows of one weight file, in bulk."""
+    actual.weights.append(rows)
+    keys, nbytes, name = rows.column("key"), rows.column("nbytes"), rows.file
     actual.bytes_by_file[name] = actual.bytes_by_file.get(name, 0) + sum(nbytes)
     # An unhashed scan leaves the value columns all None: list.count sees that at C speed.
-    nan, inf, zero = rows(columns.nan_count), rows(columns.inf_count), rows(columns.all_zero)
-    shapes = list(map(tuple, rows(columns.shape)))
+    nan, inf, zero = rows.column("nan_count"), rows.column("inf_count"), rows.column("all_zero")
     if _any(nan) or _any(inf):
         actual.nonfinite += [NonFinite(key, name, n or 0, i or 0) for key, n, i in zip(keys, nan, inf)
                              if (n or i) and not key.startswith(_BOOKKEEPING)]
     if _any(zero):
-        actual.zeros += [key for key, z, shape, size in zip(keys, zero, shapes, nbytes) if z and len(shape) >= 2 and size]
-    dtypes, checksums = rows(columns.dtype), rows(columns.checksum)
+        actual.zeros += [key for key, z, shape, size in zip(keys, zero, rows.column("shape"), nbytes)
+                         if z and len(shape) >= 2 and size]
+
+
+def _add_specs(specs: dict[str, Spec], rows: _FileRows) -> None:
+    """The Specs of one weight file's rows, by key."""
+    keys, dtypes, checksums = rows.column("key"), rows.column("dtype"), rows.column("checksum")
+    shapes = list(map(tuple, rows.column("shape")))
     if _any(checksums):
-        actual.specs.update(zip(keys, map(Spec, dtypes, shapes, checksums, repeat(name))))
+        specs.update(zip(keys, map(Spec, dtypes, shapes, checksums, repeat(rows.file))))
     else:  # unhashed: one Spec per distinct (dtype, shape) of the file (Specs are frozen)
-        actual.specs.update(zip(keys, map(_SpecsOfFile(name).__getitem__, zip(dtypes, shapes))))
+        specs.update(zip(keys, map(_SpecsOfFile(rows.file).__getitem__, zip(dtypes, shapes))))
 
 
 class _SpecsOfFile(dict):
@@ -384,13 +439,17 @@ def _index_in_c(layout: Layout, actual: _Actual) -> tuple[set[str], set[str], di
     for file in actual.bytes_by_file:  # every file a Spec names
         number.setdefault(file, len(number))
     names = list(number)
-    keys = list(actual.specs)
-    compared = index.compare(keys, list(map(number.__getitem__, map(_FILE, actual.specs.values()))))
+    keys = actual.names()
+    if actual._specs is None:
+        file_of = list(chain.from_iterable(repeat(number[r.file], r.end - r.start) for r in actual.weights))
+    else:
+        file_of = list(map(number.__getitem__, map(_FILE, actual.specs.values())))
+    compared = index.compare(keys, file_of)
     if compared is None:
         return None
     state, found_in, listed = compared
     missing = {index.key(k) for k in _positions(state, 0)}
-    unexpected = {keys[i] for i in _positions(listed, 0)}
+    unexpected = {keys.items[i] for i in _positions(listed, 0)}
     moved: dict[tuple[str, str], list[str]] = {}
     for k in _positions(state, 2):  # in the index's order
         moved.setdefault((index.shards[index.shard_of[k]], names[found_in[k]] or "?"), []).append(index.key(k))
@@ -463,7 +522,7 @@ def _prefix_note(layout: Layout, present: dict[str, Spec], base: tuple[set[str],
 
 
 def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: CheckOptions,
-          actual_specs: Callable[[], dict[str, Spec]],
+          weight_columns: Callable[[], tuple[Sequence[str], list]],
           errors: list[FileError]) -> tuple[list[Layout], list[str]]:
     """The layouts to check against and notes on how they were chosen (see the module doc):
     without `against`, what the checkpoint declares (its indexes, manifest and config.json);
@@ -493,7 +552,7 @@ def _plan(root: Path, against: Path | None, own_indexes: list[Layout], options: 
             found.append(_named_layout(kind, against, root, options))
     if config is not None:
         try:
-            layout, note = _config_layout(*config, options, actual_specs)
+            layout, note = _config_layout(*config, options, weight_columns)
         except ValueError as exc:
             if config[1]:
                 raise  # named by --against: a usage error
@@ -537,14 +596,14 @@ def _named_layout(kind: str, against: Path, root: Path, options: CheckOptions) -
 
 
 def _config_layout(config_path: Path, named: bool, options: CheckOptions,
-                   actual_specs: Callable[[], dict[str, Spec]]) -> tuple[Layout, str | None]:
+                   weight_columns: Callable[[], tuple[Sequence[str], list]]) -> tuple[Layout, str | None]:
     """The layout a config.json declares: built by transformers when options.hf asks for it
     (None: when the config was named by `against`) and it can, else the structural check.
     Returns the layout and a note when transformers was wanted but not used."""
     config = layouts.read_config(config_path)
     use_hf = options.hf if options.hf is not None else named
     if not use_hf:
-        return layouts.structural_layout(config, actual_specs(), config_path.name, shape_of=_SHAPE), None
+        return layouts.structural_layout(config, *weight_columns(), config_path.name), None
     note = None
     if not layouts.transformers_available():
         if options.hf:
@@ -557,7 +616,7 @@ def _config_layout(config_path: Path, named: bool, options: CheckOptions,
             if options.hf and not isinstance(exc, layouts.RenamedOnLoad):
                 raise
             note = f"transformers could not build the model of {config_path.name} ({exc}): structural check only"
-    return layouts.structural_layout(config, actual_specs(), config_path.name, shape_of=_SHAPE), note
+    return layouts.structural_layout(config, *weight_columns(), config_path.name), note
 
 
 def _reference_layout(path: Path, options: CheckOptions) -> Layout:
@@ -582,27 +641,34 @@ class _Findings:
     notes: list[str] = field(default_factory=list)
 
 
+def _present(actual: _Actual, prefixes: tuple[str, ...], whole: bool) -> dict[str, Spec]:
+    """key -> Spec of what a layout is measured against: the weights (their keys stripped of
+    `prefixes`), with every other file's tensors too when `whole` (a manifest's)."""
+    weights = _strip_specs(actual.specs, prefixes)
+    return {**weights, **actual.state_specs} if whole else weights
+
+
 def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, options: CheckOptions) -> _Findings:
     """Measures the checkpoint against every layout."""
     prefixes = options.strip_prefix
-    weights = _strip_specs(actual.specs, prefixes)
-    everything = {**weights, **actual.state_specs} if actual.state_specs else weights
     out = _Findings(missing={layouts.strip_prefixes(k, prefixes) for k in actual.damaged}, errors=list(actual.errors))
     compared_checksums = False
     for raw in found:
         layout = _strip_layout(raw, prefixes)
         # A manifest covers the whole resume set; every other layout describes the weights.
-        present = everything if layout.kind == "manifest" else weights
+        whole = layout.kind == "manifest" and actual.state_specs
         # Unprefixed, the checkpoint's own index is measured in C and a config's blocks block by
-        # block (neither has fields but shapes to compare); any other layout key by key.
-        own = layout is raw and present is actual.specs
+        # block (neither has fields but shapes to compare); any other layout key by key, and
+        # only those need a Spec per key.
+        own = not prefixes and not whole
         in_c = _index_in_c(raw, actual) if own and root.is_dir() else None
         by_block = raw.block_findings() if own and isinstance(raw, layouts.BlockLayout) else None
+        present = _present(actual, prefixes, whole) if in_c is None and by_block is None else None
         if in_c is not None:
             lost, extra, moved = in_c
         elif by_block is not None:
             lost, changed = by_block
-            extra = {k for k in layout.extra if k in present}
+            extra = {k for k in layout.extra if k in actual.specs} if layout.extra else set()
             for key, want, have in changed:
                 out.mismatched.setdefault((key, "shape"), Mismatch(key, "shape", want, have))
         else:
@@ -617,14 +683,14 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
         out.warnings += layout.warnings
         if layout.kind == "index":
             if in_c is None:
-                own = haves if layout is raw and present is actual.specs else _lookup(raw, actual.specs)
-                moved = _moved(raw, actual, own, root.is_dir())
+                own_haves = haves if layout is raw and present is actual.specs else _lookup(raw, actual.specs)
+                moved = _moved(raw, actual, own_haves, root.is_dir())
             index_errors, index_warnings = _index_findings(raw, actual, moved, root if root.is_dir() else root.parent,
                                                            raw.source.removeprefix("index "), root.is_dir())
             out.errors += index_errors
             out.warnings += index_warnings
-        if layout.complete:
-            note = _prefix_note(layout, present, (lost, extra), path, prefixes)
+        if layout.complete and lost and extra:
+            note = _prefix_note(layout, present or _present(actual, prefixes, whole), (lost, extra), path, prefixes)
             if note:
                 out.notes.append(note)
     if (compared_checksums or options.checksums) and not options.hash:
@@ -697,8 +763,7 @@ def check(
     own_indexes, index_errors = _own_indexes(root) if root.is_dir() else ([], [])
     actual = _scan(root, options, index_shards=[name for index in own_indexes for name in index.files], given=scan)
     actual.errors += index_errors
-    found, notes = _plan(root, against_path, own_indexes, options,
-                         lambda: _strip_specs(actual.specs, options.strip_prefix),
+    found, notes = _plan(root, against_path, own_indexes, options, lambda: _weight_columns(actual, options.strip_prefix),
                          actual.errors)
     findings = _compare(found, actual, root, os.fspath(path), options)
     _published_digests(root, actual, findings, options)
@@ -719,6 +784,14 @@ def check(
         elapsed=time.perf_counter() - started,
         nonfinite=tuple(actual.nonfinite),
     )
+
+
+def _weight_columns(actual: _Actual, prefixes: tuple[str, ...]) -> tuple[Names | list[str], list[tuple[int, ...] | None]]:
+    """The weights' keys (stripped of `prefixes`) and their shapes, for the structural check."""
+    if not prefixes:
+        return actual.names(), actual.shapes()
+    specs = _strip_specs(actual.specs, prefixes)
+    return list(specs), list(map(_SHAPE, specs.values()))
 
 
 def _published_digests(root: Path, actual: _Actual, findings: _Findings, options: CheckOptions) -> None:

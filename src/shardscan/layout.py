@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from . import moe
 
 if TYPE_CHECKING:
-    from ._core import ShardIndex
+    from ._core import Names, ShardIndex
 
 #: The manifest `check` uses automatically when it lies inside the checkpoint directory.
 MANIFEST_NAME = "shardscan.manifest.parquet"
@@ -304,12 +304,11 @@ def layer_count(config: Mapping[str, Any]) -> int | None:
     return None
 
 
-def structural_layout(config: Mapping[str, Any], actual: Mapping[str, Any], source: str, *,
-                      shape_of: Callable[[Any], tuple[int, ...] | None] | None = None) -> Layout:
+def structural_layout(config: Mapping[str, Any], keys: Sequence[str] | Names, shapes: Sequence[tuple[int, ...] | None],
+                      source: str) -> Layout:
     """Level (a), standard library only: with `num_hidden_layers` = N, every block 0..N-1 of
     the model's block container must carry the same tensor suffixes, with the same shapes,
-    as the blocks present. `actual` maps the checkpoint's keys to their shapes, or to values
-    `shape_of` reads the shape from (a Spec's attrgetter("shape")).
+    as the blocks present. `keys` are the checkpoint's (distinct), `shapes` their shapes.
 
     The block container is the one named like a block list (layers, h, blocks, ...) that
     holds the most keys; its expected keys are every present suffix at every index, each
@@ -328,8 +327,9 @@ def structural_layout(config: Mapping[str, Any], actual: Mapping[str, Any], sour
         return layout
     by_container: dict[str, dict[int, dict[str, tuple[int, ...] | None]]] = {}
     # Keys come block by block: Python runs once per run of consecutive keys of one block.
-    heads, suffixes = _block_columns(list(actual))
-    shapes = actual.values() if shape_of is None else map(shape_of, actual.values())
+    from ._core import Names
+
+    heads, suffixes = _block_columns(keys if isinstance(keys, Names) else Names(list(keys)))
     runs = groupby(zip(heads, zip(suffixes, shapes)), key=_FIRST)
     canonical = True  # every block number written as str(int) writes it ("3", never "03")
     for head, run in runs:
@@ -403,7 +403,7 @@ class BlockLayout(LazyLayout):
         return missing, changed
 
 
-def _block_columns(keys: list[str]) -> tuple[list[str], list[str]]:
+def _block_columns(keys: Names) -> tuple[list[str], list[str]]:
     """The block and the suffix of each key, "" and "" for a key in no block. The first
     block-list component followed by a number decides: model.layers.3.mlp.experts.7.w is block
     model.layers.3 with the suffix mlp.experts.7.w. Split in C, key by key here only when a
@@ -413,7 +413,7 @@ def _block_columns(keys: list[str]) -> tuple[list[str], list[str]]:
     split = block_split(keys, _BLOCK_CONTAINERS)
     if split is not None:
         return split
-    matches = list(map(_BLOCK_KEY.fullmatch, keys))
+    matches = list(map(_BLOCK_KEY.fullmatch, keys.items))
     return ([f"{m[1]}.{m[2]}" if m else "" for m in matches], [m[3] if m else "" for m in matches])
 
 
