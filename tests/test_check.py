@@ -616,3 +616,16 @@ def test_blocks_measured_block_by_block_find_what_the_key_by_key_comparison_find
     by_block.pop("elapsed"), key_by_key.pop("elapsed")
     assert by_block == key_by_key
     assert by_block["missing"] and all(re.match(MODELS[name[:-4]][1], key) for key in by_block["missing"])
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+def test_a_key_two_shards_hold_is_a_duplicate(tmp_path: Path, hashed: bool) -> None:
+    # A loader keeps whichever copy it reads last: the checkpoint says two things at once.
+    save_file({"a": torch.zeros(2), "b": torch.ones(2)}, tmp_path / "model-00001-of-00002.safetensors")
+    save_file({"c": torch.ones(3), "a": torch.ones(2)}, tmp_path / "model-00002-of-00002.safetensors")
+    report = check(tmp_path, hash=hashed)
+    assert [(e.file, e.kind) for e in report.errors] == [("model-00002-of-00002.safetensors", "duplicate")]
+    assert "'a'" in report.errors[0].error and not report.ok
+    # Each name once across the shards: no finding.
+    save_file({"c": torch.ones(3), "d": torch.ones(2)}, tmp_path / "model-00002-of-00002.safetensors")
+    assert check(tmp_path, hash=hashed).ok
