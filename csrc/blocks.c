@@ -82,13 +82,15 @@ ss_status ss_block_split(const char *names, size_t names_len, uint32_t count, co
     if (count > names_len) /* each name ends in a NUL: no more names than bytes */
         return ss_fail(err, SS_E_ARGUMENT, "names are not %u NUL-terminated names", count);
     parts heads = {0}, suffixes = {0};
-    out->head_of = malloc(((size_t)count + 1) * sizeof *out->head_of);
     out->suffix_of = malloc(((size_t)count + 1) * sizeof *out->suffix_of);
+    out->run_head = malloc(((size_t)count + 1) * sizeof *out->run_head);
+    out->run_end = malloc(((size_t)count + 1) * sizeof *out->run_end);
     heads.spans = malloc(((size_t)count + 1) * sizeof *heads.spans);
     suffixes.spans = malloc(((size_t)count + 1) * sizeof *suffixes.spans);
     ss_status s = SS_OK;
-    if (!out->head_of || !out->suffix_of || !heads.spans || !suffixes.spans) s = SS_E_NOMEM;
-    uint32_t i = 0;
+    if (!out->suffix_of || !out->run_head || !out->run_end || !heads.spans || !suffixes.spans) s = SS_E_NOMEM;
+    uint32_t i = 0, runs = 0;
+    span head = {0, 0}; /* the current run's head */
     for (const char *name = names, *stop = names + names_len; !s && name < stop; i++) {
         const char *nul = memchr(name, '\0', (size_t)(stop - name));
         if (!nul || i == count) {
@@ -98,16 +100,25 @@ ss_status ss_block_split(const char *names, size_t names_len, uint32_t count, co
         const char *split = block_end(name, (size_t)(nul - name), containers);
         uint32_t at = (uint32_t)(name - names), head_len = split ? (uint32_t)(split - name) : 0;
         uint32_t suffix_start = split ? (uint32_t)(split + 1 - names) : at;
-        out->head_of[i] = part_number(&heads, names, at, head_len);
+        /* Names come block by block: the previous name's head is tried before the set. */
+        if (!runs || head_len != head.len || memcmp(names + at, names + head.start, head_len) != 0) {
+            uint32_t number = part_number(&heads, names, at, head_len);
+            if (number == UINT32_MAX) s = SS_E_NOMEM;
+            if (runs) out->run_end[runs - 1] = i;
+            out->run_head[runs++] = number;
+            head = (span){at, head_len};
+        }
         out->suffix_of[i] = part_number(&suffixes, names, suffix_start, split ? (uint32_t)(nul - split - 1) : 0);
-        if (out->head_of[i] == UINT32_MAX || out->suffix_of[i] == UINT32_MAX) s = SS_E_NOMEM;
+        if (out->suffix_of[i] == UINT32_MAX) s = SS_E_NOMEM;
         name = nul + 1;
     }
+    if (runs) out->run_end[runs - 1] = i;
     if (!s && i != count) s = ss_fail(err, SS_E_ARGUMENT, "names are not %u NUL-terminated names", count);
     if (!s && (!gather(&heads, names, &out->heads, &out->head_offsets) ||
                !gather(&suffixes, names, &out->suffixes, &out->suffix_offsets)))
         s = SS_E_NOMEM;
     out->count = count;
+    out->run_count = runs;
     out->head_count = heads.count;
     out->suffix_count = suffixes.count;
     free(heads.set.slots), free(heads.spans), free(suffixes.set.slots), free(suffixes.spans);
@@ -117,7 +128,7 @@ ss_status ss_block_split(const char *names, size_t names_len, uint32_t count, co
 }
 
 void ss_block_listing_free(ss_block_listing *listing) {
-    free(listing->head_of), free(listing->suffix_of);
+    free(listing->suffix_of), free(listing->run_head), free(listing->run_end);
     free(listing->head_offsets), free(listing->suffix_offsets);
     free(listing->heads), free(listing->suffixes);
     memset(listing, 0, sizeof *listing);

@@ -211,11 +211,15 @@ ss_status ss_index_compare(const ss_index_listing *index, const char *names, siz
  * `containers` (NUL-terminated names, an empty one last) followed by a component of ASCII
  * digits and one more dot: "model.layers.3.mlp.w" is in block "model.layers.3" with the
  * suffix "mlp.w"; a name in no block has the empty head and suffix. Heads and suffixes are
- * numbered among the distinct ones in order of appearance. Always call ss_block_listing_free. */
+ * numbered among the distinct ones in order of appearance; the names' heads are given as runs
+ * of consecutive names that share one (a checkpoint lists its names block by block). Always
+ * call ss_block_listing_free. */
 typedef struct {
     uint32_t count;
-    uint32_t *head_of;        /* count entries: each name's head, a number into heads */
     uint32_t *suffix_of;      /* count entries: each name's suffix, a number into suffixes */
+    uint32_t run_count;
+    uint32_t *run_head;       /* run_count entries: the head of each run, a number into heads */
+    uint32_t *run_end;        /* run_count entries: the number of the name after each run */
     uint32_t head_count, suffix_count;
     uint32_t *head_offsets;   /* head_count + 1 entries into heads: each followed by a NUL */
     uint32_t *suffix_offsets; /* suffix_count + 1 entries into suffixes: the same */

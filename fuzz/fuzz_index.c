@@ -49,14 +49,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             holds_nul |= memchr(listing.keys + listing.key_offsets[i], 0, listing.key_offsets[i + 1] - listing.key_offsets[i] - 1) != NULL;
         if (s1 != s2 || (s1 == SS_OK ? holds_nul || once != n || again != n : s1 != SS_E_ARGUMENT || !holds_nul)) abort();
         free(twice);
-        /* Split into blocks, every key is its head, a dot and its suffix, or in no block. */
+        /* Split into blocks, every key is its head, a dot and its suffix, or in no block; the
+         * runs of heads cover the keys in order, each run's head differing from the last's. */
         ss_block_listing blocks;
         s = ss_block_split(n ? listing.keys : "", n ? listing.key_offsets[n] : 0, n, "layers\0h\0blocks\0\0", &blocks, &err);
         if (s == SS_OK) {
+            uint32_t run = 0;
             for (uint32_t i = 0; i < n; i++) {
+                while (run < blocks.run_count && blocks.run_end[run] <= i) run++;
+                if (run == blocks.run_count || (run && blocks.run_head[run] == blocks.run_head[run - 1])) abort();
                 const char *key = listing.keys + listing.key_offsets[i];
                 size_t len = listing.key_offsets[i + 1] - listing.key_offsets[i] - 1;
-                uint32_t h = blocks.head_of[i], x = blocks.suffix_of[i];
+                uint32_t h = blocks.run_head[run], x = blocks.suffix_of[i];
                 if (h >= blocks.head_count || x >= blocks.suffix_count) abort();
                 size_t hl = blocks.head_offsets[h + 1] - blocks.head_offsets[h] - 1;
                 size_t xl = blocks.suffix_offsets[x + 1] - blocks.suffix_offsets[x] - 1;
@@ -64,7 +68,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 if (hl == 0 ? xl != 0 : (hl + 1 + xl != len || memcmp(key, head, hl) || key[hl] != '.' || memcmp(key + hl + 1, suffix, xl)))
                     abort();
             }
-        } else if (s != SS_E_ARGUMENT || !memchr(listing.keys, 0, names_len)) {
+            if (n ? blocks.run_end[blocks.run_count - 1] != n : blocks.run_count != 0) abort();
+        } else if (s != SS_E_ARGUMENT || !holds_nul) {
             abort(); /* refused only when a key holds a NUL */
         }
         ss_block_listing_free(&blocks);

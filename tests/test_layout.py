@@ -203,7 +203,12 @@ def _block_of(key: str) -> tuple[str, str]:
 def test_block_columns_follow_the_rule(keys: list[str]) -> None:
     # split in C; keys holding a NUL or a lone surrogate take the key-by-key path
     pairs = [_block_of(key) for key in keys]
-    assert layout._block_columns(Names(keys)) == ([head for head, _ in pairs], [suffix for _, suffix in pairs])
+    runs, suffixes = layout._block_columns(Names(keys))
+    # the runs cover the keys in order, neighbouring runs in different blocks
+    assert [start for _, start, _ in runs] == [0, *[end for _, _, end in runs]][: len(runs)]
+    assert all(a[0] != b[0] for a, b in zip(runs, runs[1:]))
+    heads = [head for head, start, end in runs for _ in range(start, end)]
+    assert (heads, suffixes) == ([head for head, _ in pairs], [suffix for _, suffix in pairs])
 
 
 @settings(max_examples=300, deadline=None)

@@ -269,9 +269,11 @@ class Names:
         return len(self.items)
 
 
-def block_split(names: Names, containers: Sequence[str]) -> tuple[list[str], list[str]] | None:
-    """The block and the suffix of each name (see ss_block_split), "" and "" for a name in
-    no block; equal parts are one shared string. None when the core cannot carry the names."""
+def block_split(names: Names, containers: Sequence[str]) -> tuple[list[tuple[str, int, int]], list[str]] | None:
+    """The blocks of the names (see ss_block_split): (head, first name, end name) of each run
+    of consecutive names in one block, the head "" for names in none, and the suffix of each
+    name ("" in no block); equal parts are one shared string. None when the core cannot carry
+    the names."""
     if not names.items:
         return [], []
     if names.blob is None:
@@ -285,11 +287,11 @@ def block_split(names: Names, containers: Sequence[str]) -> tuple[list[str], lis
             return None
         if status != lib.SS_OK:
             raise error_for(status, _message(err), None)
-        n = listing.count
         heads = _names(listing.heads, listing.head_offsets, listing.head_count)
         suffixes = _names(listing.suffixes, listing.suffix_offsets, listing.suffix_count)
-        return (list(map(heads.__getitem__, ffi.unpack(listing.head_of, n))),
-                list(map(suffixes.__getitem__, ffi.unpack(listing.suffix_of, n))))
+        ends = ffi.unpack(listing.run_end, listing.run_count)
+        runs = list(zip(map(heads.__getitem__, ffi.unpack(listing.run_head, listing.run_count)), [0, *ends[:-1]], ends))
+        return runs, list(map(suffixes.__getitem__, ffi.unpack(listing.suffix_of, listing.count)))
     finally:
         lib.ss_block_listing_free(listing)
 

@@ -25,7 +25,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import groupby
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -53,7 +53,6 @@ _BLOCK_CONTAINERS = ("layers", "h", "layer", "blocks", "block", "decoder_layers"
 #: this reads the keys it cannot be given.
 _BLOCK_KEY = re.compile(r"((?:[^.]*\.)*?(?:%s))\.([0-9]+)\.(.*)" % "|".join(_BLOCK_CONTAINERS), re.DOTALL)
 
-_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 _SHAPE = attrgetter("shape")
 
 _SERIES = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})(?P<ext>\.[^.]+)$")
@@ -326,18 +325,16 @@ def structural_layout(config: Mapping[str, Any], keys: Sequence[str] | Names, sh
         layout.warnings.append(f"{source}: no num_hidden_layers (or n_layer, num_layers): no structural check")
         return layout
     by_container: dict[str, dict[int, dict[str, tuple[int, ...] | None]]] = {}
-    # Keys come block by block: Python runs once per run of consecutive keys of one block.
     from ._core import Names
 
-    heads, suffixes = _block_columns(keys if isinstance(keys, Names) else Names(list(keys)))
-    runs = groupby(zip(heads, zip(suffixes, shapes)), key=_FIRST)
+    runs, suffixes = _block_columns(keys if isinstance(keys, Names) else Names(list(keys)))
     canonical = True  # every block number written as str(int) writes it ("3", never "03")
-    for head, run in runs:
+    for head, start, end in runs:  # keys come block by block: Python runs once per run
         if head:
             container, _, number = head.rpartition(".")
             block = int(number)
             canonical = canonical and str(block) == number
-            by_container.setdefault(container, {}).setdefault(block, {}).update(map(_SECOND, run))
+            by_container.setdefault(container, {}).setdefault(block, {}).update(zip(suffixes[start:end], shapes[start:end]))
     if not by_container:
         if count:
             layout.warnings.append(f"{source}: num_hidden_layers = {count} but no numbered blocks (layers.N, h.N) found")
@@ -403,9 +400,10 @@ class BlockLayout(LazyLayout):
         return missing, changed
 
 
-def _block_columns(keys: Names) -> tuple[list[str], list[str]]:
-    """The block and the suffix of each key, "" and "" for a key in no block. The first
-    block-list component followed by a number decides: model.layers.3.mlp.experts.7.w is block
+def _block_columns(keys: Names) -> tuple[list[tuple[str, int, int]], list[str]]:
+    """(block, first key, end key) of each run of consecutive keys in one block, the block ""
+    for keys in none, and the suffix of each key ("" in no block). The first block-list
+    component followed by a number decides: model.layers.3.mlp.experts.7.w is block
     model.layers.3 with the suffix mlp.experts.7.w. Split in C, key by key here only when a
     key holds a NUL (or a lone surrogate)."""
     from ._core import block_split
@@ -414,7 +412,12 @@ def _block_columns(keys: Names) -> tuple[list[str], list[str]]:
     if split is not None:
         return split
     matches = list(map(_BLOCK_KEY.fullmatch, keys.items))
-    return ([f"{m[1]}.{m[2]}" if m else "" for m in matches], [m[3] if m else "" for m in matches])
+    runs, start = [], 0
+    for head, run in groupby(f"{m[1]}.{m[2]}" if m else "" for m in matches):
+        end = start + sum(1 for _ in run)
+        runs.append((head, start, end))
+        start = end
+    return runs, [m[3] if m else "" for m in matches]
 
 
 def _majority_specs(blocks: Iterable[Mapping[str, tuple[int, ...] | None]],
