@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping, NamedTuple, Sequence
 
 from . import _gc
-from ._core import Names, first_repeat
 from . import formats
 from . import layout as layouts
+from ._core import Names, first_repeat
 from ._typing import PathLike
 from .discover import markers
 from .layout import Layout, Spec
@@ -99,6 +99,7 @@ class _Actual:
         return list(map(tuple, self._column("shape"))) if self._specs is None else list(map(_SHAPE, self._specs.values()))
 
     def _column(self, name: str) -> list:
+        """The weights' entries of one scan column, in key order."""
         rows = self.weights
         if rows and all(r.columns is rows[0].columns for r in rows) and rows[0].start == 0 \
                 and rows[-1].end == len(rows[0].columns.key) == sum(r.end - r.start for r in rows):
@@ -238,6 +239,7 @@ def _collect_rows(actual: _Actual, result: ScanResult, name_of: Callable[[str], 
 
 
 def _distinct(names: Names) -> bool:
+    """Whether no name repeats: asked of the core, of a set when the core cannot carry them."""
     repeat = first_repeat(names)
     return repeat == len(names) if repeat is not None else len(set(names.items)) == len(names)
 
@@ -656,7 +658,7 @@ def _compare(found: list[Layout], actual: _Actual, root: Path, path: str, option
     for raw in found:
         layout = _strip_layout(raw, prefixes)
         # A manifest covers the whole resume set; every other layout describes the weights.
-        whole = layout.kind == "manifest" and actual.state_specs
+        whole = layout.kind == "manifest" and bool(actual.state_specs)
         # Unprefixed, the checkpoint's own index is measured in C and a config's blocks block by
         # block (neither has fields but shapes to compare); any other layout key by key, and
         # only those need a Spec per key.
