@@ -49,7 +49,7 @@ def test_every_command_has_help():
 def test_a_command_alone_parses_and_helps_as_in_the_whole_app(checkpoint):
     names = [_command_name(c) for c in app.registered_commands]
     for name in names:
-        alone = _app_for(["--version", name, "x"][1:])
+        alone = _app_for(["--version", name, "x"])  # options before the command are passed over
         assert [_command_name(c) for c in alone.registered_commands] == [name]
         assert runner.invoke(alone, [name, "--help"]).output == runner.invoke(app, [name, "--help"]).output
     path, _ = checkpoint
