@@ -1,5 +1,6 @@
 """Headers at MoE scale: `shardscan check --no-hash` of a DeepSeek-V3-shaped checkpoint against the
-stdlib-json read of the same 163 headers a user would write, both timed as whole processes.
+stdlib-json read of the same 163 headers a user would write, both timed as whole processes; and,
+against the same json read, the floor under any shardscan command on that input (CORE_FLOOR).
 
     python benches/moe_headers.py [--workdir /tmp/shardscan-bench] [--reps 7] [--million]
 
@@ -34,6 +35,32 @@ for p in sorted(Path(sys.argv[1]).glob('*.safetensors')):
         (size,) = struct.unpack('<Q', f.read(8))
         n += len(json.loads(f.read(size))) - 1
 print(n)
+"""
+
+
+#: The floor under any shardscan command on this input: the interpreter, typer (every command
+#: parses its arguments with it) and the C core imported, then the index and every header
+#: parsed in C, one file after another, with nothing made of what they hold. check is this
+#: plus its own work; the gap between the two is all that tuning check itself can remove.
+CORE_FLOOR = """
+import sys
+from pathlib import Path
+import typer
+from shardscan._native import ffi, lib
+err = ffi.new('ss_error *')
+index = ffi.new('ss_index_listing *')
+data = (Path(sys.argv[1]) / 'model.safetensors.index.json').read_bytes()
+assert lib.ss_index_parse(ffi.from_buffer(data), len(data), index, err) == lib.SS_OK
+n = index.count
+lib.ss_index_listing_free(index)
+for p in sorted(Path(sys.argv[1]).glob('*.safetensors')):
+    opened, listing = ffi.new('ss_file **'), ffi.new('ss_st_listing *')
+    assert lib.ss_file_open(bytes(p), opened, err) == lib.SS_OK
+    assert lib.ss_st_parse(opened[0], listing, err) == lib.SS_OK
+    n -= listing.count
+    lib.ss_st_listing_free(listing)
+    lib.ss_file_close(opened[0])
+assert n == 0, n
 """
 
 
@@ -79,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     ss = shardscan_cmd()  # byte-compiles the package once, before any timed run
     ds = a.workdir / "deepseek-v3"
     man = make_deepseek_v3(ds)
-    rows = [(f"DeepSeek-V3-shaped, {man['tensors']:,} tensors in {man['shards']} shards + index + config",
-             ds, clock(shardscan_argv(ss, ds), stdlib_argv(ds), a.reps))]
+    label = f"DeepSeek-V3-shaped, {man['tensors']:,} tensors in {man['shards']} shards + index + config"
+    rows = [(label, ds, clock(shardscan_argv(ss, ds), stdlib_argv(ds), a.reps))]
+    floor = clock([sys.executable, "-c", CORE_FLOOR, str(ds)], stdlib_argv(ds), a.reps)
     if a.million:
         one = a.workdir / "many" / "n1000000.safetensors"
         make_many(one, 1_000_000)
@@ -91,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, _, clocks in rows:
         for clock, (ta, tb, r) in clocks.items():
             print(f"| {label} | {clock} | {ta:.3f} s | {tb:.3f} s | {r:.2f}x |")
+    print()
+    print("| input | clock | floor: typer + the C core imported, index and headers parsed in C | stdlib `json.load` of the headers | ratio (lower is faster) |")
+    print("|---|---|---|---|---|")
+    for clock, (ta, tb, r) in floor.items():
+        print(f"| {label} | {clock} | {ta:.3f} s | {tb:.3f} s | {r:.2f}x |")
     return 0
 
 
