@@ -134,12 +134,28 @@ void ss_guard_install(void) {
 
 /* ---- files --------------------------------------------------------------------------------- */
 
+/* Why `path` did not open. A link whose target is gone is named as such: "No such file"
+ * would send the user looking for a file that is right there in the listing (a hub snapshot
+ * moved or copied without its blobs leaves exactly this). */
+static ss_status open_failure(const char *path, int error, ss_error *err) {
+    char target[512];
+    struct stat st;
+    if (error == ENOENT && lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        if (n >= 0) {
+            target[n] = '\0';
+            return ss_fail(err, SS_E_IO, "a symbolic link to %s, which does not exist", target);
+        }
+    }
+    return ss_fail(err, SS_E_IO, "cannot open: %s", strerror(error));
+}
+
 ss_status ss_file_open(const char *path, ss_file **out, ss_error *err) {
     *out = NULL;
     ss_guard_install();
     /* O_NONBLOCK: opening a FIFO must never wait for a writer; we refuse it right after. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0) return ss_fail(err, SS_E_IO, "cannot open: %s", strerror(errno));
+    if (fd < 0) return open_failure(path, errno, err);
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;

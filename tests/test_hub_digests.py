@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -138,6 +139,17 @@ def test_a_missing_blob_fails_and_one_file_checks_alone(snapshot):
     assert [e.file for e in errors] == ["generation_config.json"] and "absent" in errors[0].error
     # the safetensors file checked alone is judged on its own digest only
     assert shardscan.check(path / "model.safetensors").ok
+
+
+def test_a_snapshot_copied_without_its_blobs_names_the_links_that_lead_nowhere(snapshot, tmp_path):
+    path, _ = snapshot
+    copy = tmp_path / "copied"
+    shutil.copytree(path, copy, symlinks=True)  # as `cp -a`: the relative links now lead nowhere
+    target = os.readlink(copy / "model.safetensors")
+    assert not (copy / target).exists()
+    result = CliRunner().invoke(app, ["check", os.fspath(copy)])
+    assert result.exit_code == 1
+    assert f"model.safetensors: FAILED a symbolic link to {target}, which does not exist" in result.stdout
 
 
 def test_the_cli_says_so_and_exits_1(snapshot):
