@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ss = shardscan_cmd()  # byte-compiles the package once, before any timed run
     ds = a.workdir / "deepseek-v3"
     man = make_deepseek_v3(ds)
-    label = f"DeepSeek-V3-shaped, {man['tensors']:,} tensors in {man['shards']} shards + index + config"
-    rows = [(label, ds, clock(shardscan_argv(ss, ds), stdlib_argv(ds), a.reps))]
+    moe = f"DeepSeek-V3-shaped, {man['tensors']:,} tensors in {man['shards']} shards + index + config"
+    rows = [(moe, ds, clock(shardscan_argv(ss, ds), stdlib_argv(ds), a.reps))]
     floor = clock([sys.executable, "-c", CORE_FLOOR, str(ds)], stdlib_argv(ds), a.reps)
     if a.million:
         one = a.workdir / "many" / "n1000000.safetensors"
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| input | clock | floor: typer + the C core imported, index and headers parsed in C | stdlib `json.load` of the headers | ratio (lower is faster) |")
     print("|---|---|---|---|---|")
     for clock, (ta, tb, r) in floor.items():
-        print(f"| {label} | {clock} | {ta:.3f} s | {tb:.3f} s | {r:.2f}x |")
+        print(f"| {moe} | {clock} | {ta:.3f} s | {tb:.3f} s | {r:.2f}x |")
     return 0
 
 
